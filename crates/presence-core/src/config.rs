@@ -1,0 +1,152 @@
+//! Lifecycle timings and limits, with the defaults of the wire contract.
+
+use serde::Serialize;
+
+use crate::time::Millis;
+
+/// The lifecycle timings (all in milliseconds). Defaults follow PROTOCOL.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timings {
+    /// How often clients are asked to heartbeat.
+    pub heartbeat_interval_ms: Millis,
+    /// Silence after which a foreground session is `stale`.
+    pub heartbeat_timeout_ms: Millis,
+    /// Inactivity after which a session is `idle`.
+    pub idle_after_ms: Millis,
+    /// Inactivity after which a session is `away`.
+    pub away_after_ms: Millis,
+    /// Silence after which a `background` session is `stale` (browsers
+    /// throttle timers in hidden tabs to about one a minute).
+    pub background_timeout_ms: Millis,
+    /// How long a stale session is kept so that a reconnect can resume it.
+    pub reconnect_grace_ms: Millis,
+    /// How often expired sessions are looked for.
+    pub prune_interval_ms: Millis,
+    /// The shortest gap between two diffs of one room to one client.
+    pub emit_debounce_ms: Millis,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 10_000,
+            heartbeat_timeout_ms: 20_000,
+            idle_after_ms: 45_000,
+            away_after_ms: 300_000,
+            background_timeout_ms: 120_000,
+            reconnect_grace_ms: 15_000,
+            prune_interval_ms: 1_000,
+            emit_debounce_ms: 250,
+        }
+    }
+}
+
+/// Why a set of timings cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TimingsError(pub String);
+
+impl Timings {
+    /// Checks that the timings describe a lifecycle that can work: positive
+    /// values, and a timeout longer than the heartbeat interval (otherwise
+    /// every healthy session would flap to `stale` between two heartbeats).
+    pub fn validate(&self) -> Result<(), TimingsError> {
+        let positive = [
+            ("heartbeatIntervalMs", self.heartbeat_interval_ms),
+            ("heartbeatTimeoutMs", self.heartbeat_timeout_ms),
+            ("idleAfterMs", self.idle_after_ms),
+            ("awayAfterMs", self.away_after_ms),
+            ("backgroundTimeoutMs", self.background_timeout_ms),
+            ("pruneIntervalMs", self.prune_interval_ms),
+        ];
+        for (name, v) in positive {
+            if v <= 0 {
+                return Err(TimingsError(format!("{name} must be > 0 (got {v})")));
+            }
+        }
+        if self.reconnect_grace_ms < 0 || self.emit_debounce_ms < 0 {
+            return Err(TimingsError(
+                "reconnectGraceMs and emitDebounceMs must be >= 0".into(),
+            ));
+        }
+        if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
+            return Err(TimingsError(format!(
+                "heartbeatTimeoutMs ({}) must be greater than heartbeatIntervalMs ({})",
+                self.heartbeat_timeout_ms, self.heartbeat_interval_ms
+            )));
+        }
+        if self.background_timeout_ms < self.heartbeat_timeout_ms {
+            return Err(TimingsError(format!(
+                "backgroundTimeoutMs ({}) must be at least heartbeatTimeoutMs ({})",
+                self.background_timeout_ms, self.heartbeat_timeout_ms
+            )));
+        }
+        if self.away_after_ms < self.idle_after_ms {
+            return Err(TimingsError(format!(
+                "awayAfterMs ({}) must be at least idleAfterMs ({})",
+                self.away_after_ms, self.idle_after_ms
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Size and count limits enforced on what clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// The largest per-room `state`, as compact JSON bytes (after a patch is merged).
+    pub max_state_bytes: usize,
+    /// The largest session `meta`, as compact JSON bytes.
+    pub max_meta_bytes: usize,
+    /// How many rooms one session may be in at once.
+    pub max_rooms_per_session: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_state_bytes: 4096,
+            max_meta_bytes: 1024,
+            max_rooms_per_session: 32,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_contract_and_valid() {
+        let t = Timings::default();
+        assert_eq!(t.heartbeat_interval_ms, 10_000);
+        assert_eq!(t.reconnect_grace_ms, 15_000);
+        assert_eq!(t.emit_debounce_ms, 250);
+        t.validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_timeout_not_above_interval() {
+        let t = Timings {
+            heartbeat_timeout_ms: 10_000,
+            ..Timings::default()
+        };
+        assert!(t.validate().unwrap_err().0.contains("heartbeatTimeoutMs"));
+    }
+
+    #[test]
+    fn rejects_zero_and_misordered_values() {
+        let zero = Timings {
+            idle_after_ms: 0,
+            ..Timings::default()
+        };
+        assert!(zero.validate().is_err());
+        let away_first = Timings {
+            away_after_ms: 1_000,
+            ..Timings::default()
+        };
+        assert!(away_first.validate().is_err());
+    }
+}

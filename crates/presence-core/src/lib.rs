@@ -1,0 +1,37 @@
+//! The pure presence model of presence-cluster.
+//!
+//! Presence is a property of *sessions* (a tab, a device, an SDK client); a
+//! user's presence is derived from their sessions and never stored as a flag.
+//! This crate holds that model and nothing else: no tokio, no Redis, no
+//! sockets, so every rule can be tested exhaustively and deterministically.
+//!
+//! Layout:
+//! - [`ids`]: validated identifiers (`SessionId`, `UserId`, `RoomId`, `NodeId`).
+//! - [`time`]: the injected [`Clock`](time::Clock) and a manual clock for tests.
+//! - [`config`]: lifecycle [`Timings`](config::Timings) and [`Limits`](config::Limits) with their defaults.
+//! - [`session`]: the facts kept per session and the derivation of its status.
+//! - [`user`]: user status and confidence, derived from a set of sessions.
+//! - [`view`]: what observers see of a room or of everyone online.
+//! - [`diff`]: the minimal change between two views, and how to apply it.
+//! - [`event`]: the v1 presence event published on every transition.
+
+pub mod config;
+pub mod diff;
+pub mod event;
+pub mod ids;
+pub mod session;
+pub mod time;
+pub mod user;
+pub mod view;
+
+pub use config::{Limits, Timings};
+pub use diff::{RoomDiff, SessionPatch, UserPatch};
+pub use event::{EventKind, PresenceEvent};
+pub use ids::{IdError, NodeId, RoomId, SessionId, UserId};
+pub use session::{Activity, Liveness, SessionFacts, SessionStatus};
+pub use time::{Clock, ManualClock, Millis, SystemClock};
+pub use user::{Confidence, UserStatus, UserSummary};
+pub use view::{RoomView, SessionPresence, UserPresence};
+
+/// A small JSON object (session `meta`, per-room `state`).
+pub type JsonMap = serde_json::Map<String, serde_json::Value>;
