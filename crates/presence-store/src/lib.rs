@@ -1,1 +1,27 @@
-//! tmp
+//! Where presence lives: the [`PresenceStore`] trait and its implementations.
+//!
+//! A store owns the authoritative state (sessions, room memberships, room
+//! versions) and applies every mutation atomically, with epoch fencing: each
+//! connection that claims a session gets a server-issued epoch, and writes
+//! carrying any other epoch are rejected, so a late heartbeat or leave from an
+//! old connection can never undo what a newer one did.
+//!
+//! Layout:
+//! - [`api`]: the trait, its requests and answers.
+//! - [`error`]: the one error type of the crate boundary.
+//! - [`memory`]: the embedded in-memory store (single node, no Redis).
+//! - `conformance` (feature `conformance`): the behaviour suite every store
+//!   must pass, written once and run against each implementation.
+
+pub mod api;
+#[cfg(any(test, feature = "conformance"))]
+#[macro_use]
+pub mod conformance;
+pub mod error;
+pub mod memory;
+
+pub use api::{
+    Claimed, Hello, Joined, Online, Page, PresenceStore, RoomStats, SessionRef, SweepReport,
+};
+pub use error::StoreError;
+pub use memory::MemoryStore;

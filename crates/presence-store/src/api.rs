@@ -1,0 +1,184 @@
+//! The [`PresenceStore`] trait: every operation a node needs, each atomic.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use presence_core::view::Entries;
+use presence_core::{
+    Activity, JsonMap, Millis, NodeId, PresenceEvent, RoomId, RoomView, SessionId, UserId,
+    UserSummary,
+};
+use tokio::sync::broadcast;
+
+use crate::error::StoreError;
+
+/// A claim of a session by a new connection (`presence:hello`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hello {
+    /// The session to resume, or `None` for a new one (the store picks the id).
+    pub session_id: Option<SessionId>,
+    /// The user; a resumed session must belong to the same user.
+    pub user_id: UserId,
+    /// Display name.
+    pub handle: Option<String>,
+    /// Small JSON object describing the client.
+    pub meta: Option<JsonMap>,
+    /// What the client reports at hello.
+    pub activity: Activity,
+    /// The node whose connection claims it.
+    pub node_id: NodeId,
+}
+
+/// The outcome of a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// The session id (given or generated).
+    pub session_id: SessionId,
+    /// The epoch the claiming connection must carry from now on.
+    pub epoch: u64,
+    /// True when an existing session was taken over (reconnect).
+    pub resumed: bool,
+    /// The rooms the session is in (non-empty only when resumed).
+    pub rooms: Vec<RoomId>,
+}
+
+/// The identity a connection writes with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionRef {
+    /// The session.
+    pub session_id: SessionId,
+    /// The epoch issued to this connection.
+    pub epoch: u64,
+}
+
+/// The outcome of a join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The room's version after the join.
+    pub seq: u64,
+    /// True when the session was already in the room (the join changed at most its state).
+    pub already: bool,
+}
+
+/// O(1) counts of a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RoomStats {
+    /// Sessions in the room.
+    pub sessions: u64,
+    /// Distinct users in the room.
+    pub users: u64,
+}
+
+/// A page request for who's online, ordered by user id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// At most this many users.
+    pub limit: usize,
+    /// Start after this user id.
+    pub after: Option<UserId>,
+}
+
+/// One page of who's online.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Online {
+    /// When it was read.
+    pub generated_at: Millis,
+    /// Users (derived from all their sessions) and their sessions.
+    pub entries: Entries,
+    /// Where the next page starts, when there is one.
+    pub next_cursor: Option<UserId>,
+}
+
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SweepReport {
+    /// Sessions whose status changed (idle, away, stale...).
+    pub status_changes: u64,
+    /// Sessions removed after their deadline.
+    pub expired: u64,
+}
+
+/// The authoritative presence state.
+///
+/// Every method is one atomic step; every change observers can see bumps the
+/// room's `seq` and publishes one [`PresenceEvent`]. Writes carry a
+/// [`SessionRef`], and are rejected with [`StoreError::StaleEpoch`] unless
+/// its epoch is the session's current one.
+#[async_trait]
+pub trait PresenceStore: Send + Sync + 'static {
+    /// A short name for logs and `/readyz` (`memory`, `redis`).
+    fn kind(&self) -> &'static str;
+
+    /// Claims a session for a new connection: creates it, or resumes it
+    /// (same id, same user, not yet removed) with a higher epoch.
+    async fn hello(&self, req: Hello) -> Result<Claimed, StoreError>;
+
+    /// Adds the session to a room with an optional initial state. Joining a
+    /// room twice is allowed: the state, if given, replaces the old one.
+    async fn join(
+        &self,
+        s: &SessionRef,
+        room: &RoomId,
+        state: Option<JsonMap>,
+    ) -> Result<Joined, StoreError>;
+
+    /// Records a heartbeat; publishes only if the status changed.
+    async fn heartbeat(&self, s: &SessionRef, activity: Option<Activity>) -> Result<(), StoreError>;
+
+    /// Shallow-merges `patch` into the session's state in `room` (`null` deletes a field).
+    async fn update_state(
+        &self,
+        s: &SessionRef,
+        room: &RoomId,
+        patch: JsonMap,
+    ) -> Result<(), StoreError>;
+
+    /// Removes the session from one room.
+    async fn leave(&self, s: &SessionRef, room: &RoomId) -> Result<(), StoreError>;
+
+    /// Ends the session: leaves every room and removes it. Returns the rooms it left.
+    async fn end(&self, s: &SessionRef) -> Result<Vec<RoomId>, StoreError>;
+
+    /// The connection closed without a leave: the session turns stale and is
+    /// kept for the reconnect grace window. Ignored for an old epoch.
+    async fn disconnect(&self, s: &SessionRef) -> Result<(), StoreError>;
+
+    /// Re-derives the sessions whose deadline has passed: publishes status
+    /// changes and removes the expired ones.
+    async fn sweep(&self) -> Result<SweepReport, StoreError>;
+
+    /// The room's presence now.
+    async fn room_view(&self, room: &RoomId) -> Result<RoomView, StoreError>;
+
+    /// The room's counts, in O(1).
+    async fn room_stats(&self, room: &RoomId) -> Result<RoomStats, StoreError>;
+
+    /// Everyone online, one page at a time, users derived from all their sessions.
+    async fn whos_online(&self, page: Page) -> Result<Online, StoreError>;
+
+    /// Bulk "is this user online", over all of each user's sessions.
+    async fn users_status(
+        &self,
+        users: &[UserId],
+    ) -> Result<BTreeMap<UserId, UserSummary>, StoreError>;
+
+    /// Succeeds when the store can serve requests.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Every event published from now on. A receiver that falls behind gets
+    /// `Lagged` and must re-read the rooms it cares about.
+    fn events(&self) -> broadcast::Receiver<PresenceEvent>;
+}
+
+/// Session ids generated by stores: 22 url-safe characters.
+pub fn new_session_id() -> SessionId {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    SessionId::new(&id).expect("a uuid is a valid id")
+}
+
+/// The epoch of a brand-new session: the current time in ms, so that a
+/// session id used again later starts above every epoch of its earlier life
+/// (each resume adds only one).
+pub fn first_epoch(now: Millis) -> u64 {
+    u64::try_from(now).unwrap_or(0).max(1)
+}

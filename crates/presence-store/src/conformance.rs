@@ -1,0 +1,515 @@
+//! The behaviour every [`PresenceStore`] must have, written once.
+//!
+//! Each case is a plain `async fn` that takes a factory (an async closure
+//! that builds a fresh, empty store from an [`Env`]), so the memory store and
+//! the Redis store run the very same checks. [`conformance_suite!`](crate::conformance_suite)
+//! turns the list of cases into one `#[tokio::test]` per case:
+//!
+//! ```ignore
+//! async fn make(env: Env) -> Arc<dyn PresenceStore> { /* ... */ }
+//! presence_store::conformance_suite!(make);
+//! ```
+//!
+//! Time is a [`ManualClock`]: lifecycle cases move it and call `sweep`, with
+//! no sleeps.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use presence_core::{
+    Activity, Confidence, EventKind, JsonMap, Limits, ManualClock, NodeId, PresenceEvent, RoomId,
+    SessionId, SessionStatus, Timings, UserId, UserStatus,
+};
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use crate::api::{Hello, Page, PresenceStore, SessionRef};
+use crate::error::StoreError;
+
+/// What a factory gets to build a store with.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// The clock the store must read.
+    pub clock: ManualClock,
+    /// Lifecycle timings.
+    pub timings: Timings,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// The start of time in every case (any realistic Unix time in ms).
+pub const T0: i64 = 1_700_000_000_000;
+
+fn env() -> Env {
+    Env {
+        clock: ManualClock::new(T0),
+        timings: Timings::default(),
+        limits: Limits {
+            max_state_bytes: 64,
+            max_meta_bytes: 64,
+            max_rooms_per_session: 3,
+        },
+    }
+}
+
+fn uid(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+fn rid(s: &str) -> RoomId {
+    RoomId::new(s).unwrap()
+}
+fn sid(s: &str) -> SessionId {
+    SessionId::new(s).unwrap()
+}
+fn obj(v: serde_json::Value) -> JsonMap {
+    v.as_object().cloned().expect("an object")
+}
+
+fn hello(user: &str, session: Option<&str>) -> Hello {
+    Hello {
+        session_id: session.map(sid),
+        user_id: uid(user),
+        handle: Some(format!("{user}!")),
+        meta: None,
+        activity: Activity::Active,
+        node_id: NodeId::new("node-a").unwrap(),
+    }
+}
+
+async fn claim(store: &dyn PresenceStore, user: &str, session: &str) -> SessionRef {
+    let c = store.hello(hello(user, Some(session))).await.unwrap();
+    SessionRef {
+        session_id: c.session_id,
+        epoch: c.epoch,
+    }
+}
+
+/// Everything published until the bus has been quiet for a short while.
+async fn drain(rx: &mut broadcast::Receiver<PresenceEvent>) -> Vec<PresenceEvent> {
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(25), rx.recv()).await {
+            Ok(Ok(ev)) => out.push(ev),
+            Ok(Err(broadcast::error::RecvError::Lagged(n))) => panic!("lagged by {n}"),
+            Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => return out,
+        }
+    }
+}
+
+fn kinds(evs: &[PresenceEvent]) -> Vec<(EventKind, String)> {
+    evs.iter()
+        .map(|e| (e.kind, serde_json::to_value(e.status).unwrap().as_str().unwrap().to_owned()))
+        .collect()
+}
+
+macro_rules! cases {
+    ($($(#[$doc:meta])* async fn $name:ident($store:ident, $env:ident) $body:block)*) => {
+        $(
+            $(#[$doc])*
+            pub async fn $name<F, Fut>(make: F)
+            where
+                F: FnOnce(Env) -> Fut,
+                Fut: Future<Output = Arc<dyn PresenceStore>>,
+            {
+                let $env = env();
+                let $store = make($env.clone()).await;
+                #[allow(unused_variables)]
+                let $store: &dyn PresenceStore = &*$store;
+                $body
+            }
+        )*
+
+        /// Generates one `#[tokio::test]` per conformance case, each calling `$make(env)`.
+        #[macro_export]
+        macro_rules! conformance_suite {
+            ($make:path) => {
+                $(
+                    #[tokio::test]
+                    async fn $name() {
+                        $crate::conformance::$name($make).await;
+                    }
+                )*
+            };
+        }
+    };
+}
+
+cases! {
+    /// A hello without a session id creates one, online at once, with a server epoch.
+    async fn hello_creates_an_online_session(store, env) {
+        let c = store.hello(hello("alice", None)).await.unwrap();
+        assert!(!c.resumed);
+        assert!(c.epoch >= 1);
+        assert!(c.rooms.is_empty());
+        let online = store.whos_online(Page { limit: 10, after: None }).await.unwrap();
+        assert_eq!(online.entries.users["alice"].status, UserStatus::Active);
+        assert_eq!(online.entries.users["alice"].confidence, Confidence::High);
+        assert_eq!(online.entries.sessions[c.session_id.as_str()].status, SessionStatus::Active);
+        let st = store.users_status(&[uid("alice"), uid("nobody")]).await.unwrap();
+        assert_eq!(st["alice"].status, UserStatus::Active);
+        assert_eq!(st["alice"].session_count, 1);
+        assert_eq!(st["nobody"].status, UserStatus::Offline);
+    }
+
+    /// Joining returns the room's seq, and the view shows the member and its state.
+    async fn join_shows_the_member_and_its_state(store, env) {
+        let s = claim(store, "alice", "s1").await;
+        let j = store.join(&s, &rid("doc"), Some(obj(json!({ "color": "red" })))).await.unwrap();
+        assert!(!j.already);
+        assert!(j.seq >= 1);
+        let v = store.room_view(&rid("doc")).await.unwrap();
+        assert_eq!(v.seq, j.seq);
+        assert_eq!(v.sessions["s1"].state, Some(obj(json!({ "color": "red" }))));
+        assert_eq!(v.users["alice"].state, Some(obj(json!({ "color": "red" }))));
+        assert_eq!(v.users["alice"].handle.as_deref(), Some("alice!"));
+        // Joining again is not a second membership; a new state replaces the old one.
+        let again = store.join(&s, &rid("doc"), Some(obj(json!({ "color": "blue" })))).await.unwrap();
+        assert!(again.already);
+        assert_eq!(again.seq, j.seq + 1);
+        let stats = store.room_stats(&rid("doc")).await.unwrap();
+        assert_eq!((stats.sessions, stats.users), (1, 1));
+        let v = store.room_view(&rid("doc")).await.unwrap();
+        assert_eq!(v.sessions["s1"].state, Some(obj(json!({ "color": "blue" }))));
+    }
+
+    /// Two tabs of one user are two sessions and one user with sessionCount 2.
+    async fn tabs_of_one_user_count_as_sessions(store, env) {
+        let a = claim(store, "alice", "tab1").await;
+        let b = claim(store, "alice", "tab2").await;
+        let c = claim(store, "bob", "bob1").await;
+        for s in [&a, &b, &c] {
+            store.join(s, &rid("doc"), None).await.unwrap();
+        }
+        let v = store.room_view(&rid("doc")).await.unwrap();
+        assert_eq!(v.users["alice"].session_count, 2);
+        assert_eq!(v.users["bob"].session_count, 1);
+        assert_eq!(v.sessions.len(), 3);
+        let stats = store.room_stats(&rid("doc")).await.unwrap();
+        assert_eq!((stats.sessions, stats.users), (3, 2));
+        let st = store.users_status(&[uid("alice")]).await.unwrap();
+        assert_eq!(st["alice"].session_count, 2);
+        // One tab leaving leaves the user in the room.
+        store.leave(&a, &rid("doc")).await.unwrap();
+        let v = store.room_view(&rid("doc")).await.unwrap();
+        assert_eq!(v.users["alice"].session_count, 1);
+        assert_eq!(store.room_stats(&rid("doc")).await.unwrap().users, 2);
+    }
+
+    /// Every visible change bumps the room's seq and publishes one event carrying it.
+    async fn every_visible_change_publishes_one_event_with_the_seq(store, env) {
+        let mut rx = store.events();
+        let s = claim(store, "alice", "s1").await;
+        store.join(&s, &rid("doc"), None).await.unwrap();
+        store.update_state(&s, &rid("doc"), obj(json!({ "typing": true }))).await.unwrap();
+        store.heartbeat(&s, Some(Activity::Idle)).await.unwrap();
+        store.leave(&s, &rid("doc")).await.unwrap();
+        let evs = drain(&mut rx).await;
+        assert_eq!(
+            kinds(&evs),
+            vec![
+                (EventKind::Join, "active".into()),
+                (EventKind::Update, "active".into()),
+                (EventKind::Status, "idle".into()),
+                (EventKind::Leave, "offline".into()),
+            ]
+        );
+        let seqs: Vec<u64> = evs.iter().map(|e| e.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+        let e = &evs[1];
+        assert_eq!((e.v, e.user_id.as_str(), e.session_id.as_str(), e.node_id.as_str()), (1, "alice", "s1", "node-a"));
+        assert_eq!(e.epoch, s.epoch);
+        assert_eq!(e.state, Some(obj(json!({ "typing": true }))));
+        assert_eq!(e.ts, T0);
+    }
+
+    /// A heartbeat that changes no status publishes nothing and bumps no seq.
+    async fn a_plain_heartbeat_publishes_nothing(store, env) {
+        let s = claim(store, "alice", "s1").await;
+        store.join(&s, &rid("doc"), None).await.unwrap();
+        let seq = store.room_view(&rid("doc")).await.unwrap().seq;
+        let mut rx = store.events();
+        for _ in 0..5 {
+            env.clock.advance(env.timings.heartbeat_interval_ms);
+            store.heartbeat(&s, Some(Activity::Active)).await.unwrap();
+            store.sweep().await.unwrap();
+        }
+        assert!(drain(&mut rx).await.is_empty());
+        let v = store.room_view(&rid("doc")).await.unwrap();
+        assert_eq!(v.seq, seq);
+        assert_eq!(v.sessions["s1"].last_heartbeat_at, T0 + 5 * env.timings.heartbeat_interval_ms);
+    }
+
+    /// State patches merge shallowly, `null` deletes a field, and a no-op patch publishes nothing.
+    async fn state_patches_merge_shallowly(store, env) {
+        let s = claim(store, "alice", "s1").await;
+        store.join(&s, &rid("doc"), Some(obj(json!({ "a": 1, "b": { "x": 1 } })))).await.unwrap();
+        store.update_state(&s, &rid("doc"), obj(json!({ "b": { "y": 2 }, "c": 3 }))).await.unwrap();
+        store.update_state(&s, &rid("doc"), obj(json!({ "a": null }))).await.unwrap();
+        let v = store.room_view(&rid("doc")).await.unwrap();
+        assert_eq!(v.sessions["s1"].state, Some(obj(json!({ "b": { "y": 2 }, "c": 3 }))));
+        let seq = v.seq;
+        store.update_state(&s, &rid("doc"), obj(json!({ "c": 3 }))).await.unwrap();
+        assert_eq!(store.room_view(&rid("doc")).await.unwrap().seq, seq);
+        // Deleting every field leaves no state at all.
+        store.update_state(&s, &rid("doc"), obj(json!({ "b": null, "c": null }))).await.unwrap();
+        assert_eq!(store.room_view(&rid("doc")).await.unwrap().sessions["s1"].state, None);
+    }
+
+    /// Limits: state size (on join and after a merge) and rooms per session; nothing changes.
+    async fn limits_are_enforced_without_side_effects(store, env) {
+        let s = claim(store, "alice", "s1").await;
+        let big = obj(json!({ "x": "y".repeat(100) }));
+        assert!(matches!(store.join(&s, &rid("r0"), Some(big.clone())).await, Err(StoreError::StateTooLarge { limit: 64, .. })));
+        assert_eq!(store.room_stats(&rid("r0")).await.unwrap().sessions, 0);
+        store.join(&s, &rid("r0"), Some(obj(json!({ "a": "small" })))).await.unwrap();
+        assert!(matches!(store.update_state(&s, &rid("r0"), big).await, Err(StoreError::StateTooLarge { .. })));
+        assert_eq!(store.room_view(&rid("r0")).await.unwrap().sessions["s1"].state, Some(obj(json!({ "a": "small" }))));
+        store.join(&s, &rid("r1"), None).await.unwrap();
+        store.join(&s, &rid("r2"), None).await.unwrap();
+        assert_eq!(store.join(&s, &rid("r3"), None).await, Err(StoreError::TooManyRooms { limit: 3 }));
+        assert_eq!(store.room_stats(&rid("r3")).await.unwrap().sessions, 0);
+    }
+
+    /// State and leave need membership; unknown sessions are `NoSession`.
+    async fn not_joined_and_no_session(store, env) {
+        let s = claim(store, "alice", "s1").await;
+        assert_eq!(store.update_state(&s, &rid("doc"), JsonMap::new()).await, Err(StoreError::NotJoined(rid("doc"))));
+        assert_eq!(store.leave(&s, &rid("doc")).await, Err(StoreError::NotJoined(rid("doc"))));
+        let ghost = SessionRef { session_id: sid("ghost"), epoch: 1 };
+        assert_eq!(store.heartbeat(&ghost, None).await, Err(StoreError::NoSession));
+        assert_eq!(store.join(&ghost, &rid("doc"), None).await, Err(StoreError::NoSession));
+    }
+
+    /// Ending a session leaves every room at once and removes it.
+    async fn end_leaves_everything_at_once(store, env) {
+        let mut rx = store.events();
+        let s = claim(store, "alice", "s1").await;
+        store.join(&s, &rid("a"), None).await.unwrap();
+        store.join(&s, &rid("b"), None).await.unwrap();
+        let mut left = store.end(&s).await.unwrap();
+        left.sort();
+        assert_eq!(left, vec![rid("a"), rid("b")]);
+        let evs = drain(&mut rx).await;
+        assert_eq!(evs.iter().filter(|e| e.kind == EventKind::Leave).count(), 2);
+        assert!(store.room_view(&rid("a")).await.unwrap().sessions.is_empty());
+        assert!(store.whos_online(Page { limit: 10, after: None }).await.unwrap().entries.users.is_empty());
+        assert_eq!(store.heartbeat(&s, None).await, Err(StoreError::NoSession));
+    }
+
+    /// Resuming after a disconnect keeps the rooms, bumps the epoch by one, and
+    /// observers see stale then active, never a leave or a join.
+    async fn resume_after_disconnect_does_not_flap(store, env) {
+        let s = claim(store, "alice", "s1").await;
+        store.join(&s, &rid("doc"), Some(obj(json!({ "k": 1 })))).await.unwrap();
+        let mut rx = store.events();
+        store.disconnect(&s).await.unwrap();
+        assert_eq!(store.room_view(&rid("doc")).await.unwrap().sessions["s1"].status, SessionStatus::Stale);
+        assert_eq!(store.room_view(&rid("doc")).await.unwrap().users["alice"].confidence, Confidence::Low);
+        env.clock.advance(env.timings.reconnect_grace_ms - 1);
+        store.sweep().await.unwrap();
+        let c = store.hello(hello("alice", Some("s1"))).await.unwrap();
+        assert!(c.resumed);
+        assert_eq!(c.epoch, s.epoch + 1);
+        assert_eq!(c.rooms, vec![rid("doc")]);
+        let v = store.room_view(&rid("doc")).await.unwrap();
+        assert_eq!(v.sessions["s1"].status, SessionStatus::Active);
+        assert_eq!(v.sessions["s1"].state, Some(obj(json!({ "k": 1 }))));
+        assert_eq!(
+            kinds(&drain(&mut rx).await),
+            vec![(EventKind::Status, "stale".into()), (EventKind::Status, "active".into())]
+        );
+    }
+
+    /// After a newer connection claims the session, every write of the old one
+    /// is rejected and changes nothing, its disconnect included.
+    async fn old_connection_is_fenced(store, env) {
+        let old = claim(store, "alice", "s1").await;
+        store.join(&old, &rid("doc"), None).await.unwrap();
+        let new = claim(store, "alice", "s1").await;
+        assert!(new.epoch > old.epoch);
+        let seq = store.room_view(&rid("doc")).await.unwrap().seq;
+        let stale = |r: Result<_, StoreError>| matches!(r, Err(StoreError::StaleEpoch { current }) if current == new.epoch);
+        assert!(stale(store.heartbeat(&old, Some(Activity::Idle)).await.map(|_| ())));
+        assert!(stale(store.update_state(&old, &rid("doc"), obj(json!({ "x": 1 }))).await));
+        assert!(stale(store.join(&old, &rid("other"), None).await.map(|_| ())));
+        assert!(stale(store.leave(&old, &rid("doc")).await));
+        assert!(stale(store.end(&old).await.map(|_| ())));
+        assert!(stale(store.disconnect(&old).await));
+        let v = store.room_view(&rid("doc")).await.unwrap();
+        assert_eq!(v.seq, seq);
+        assert_eq!(v.sessions["s1"].status, SessionStatus::Active);
+        assert_eq!(v.sessions["s1"].state, None);
+        assert_eq!(store.room_stats(&rid("other")).await.unwrap().sessions, 0);
+        store.heartbeat(&new, None).await.unwrap();
+    }
+
+    /// A client cannot raise its own epoch.
+    async fn forged_higher_epoch_is_rejected(store, env) {
+        let s = claim(store, "alice", "s1").await;
+        let forged = SessionRef { session_id: s.session_id.clone(), epoch: s.epoch + 1 };
+        assert!(matches!(store.heartbeat(&forged, None).await, Err(StoreError::StaleEpoch { .. })));
+        assert!(matches!(store.join(&forged, &rid("doc"), None).await, Err(StoreError::StaleEpoch { .. })));
+        store.heartbeat(&s, None).await.unwrap();
+    }
+
+    /// Another user cannot take over a session id, and the owner is unharmed.
+    async fn another_user_cannot_claim_a_session(store, env) {
+        let s = claim(store, "alice", "s1").await;
+        store.join(&s, &rid("doc"), None).await.unwrap();
+        assert!(matches!(store.hello(hello("mallory", Some("s1"))).await, Err(StoreError::Forbidden(_))));
+        store.heartbeat(&s, None).await.unwrap();
+        let v = store.room_view(&rid("doc")).await.unwrap();
+        assert_eq!(v.sessions["s1"].user_id.as_str(), "alice");
+    }
+
+    /// No heartbeat: active, stale after the timeout, removed after the grace window.
+    async fn silent_sessions_go_stale_then_expire(store, env) {
+        let s = claim(store, "alice", "s1").await;
+        store.join(&s, &rid("doc"), None).await.unwrap();
+        let mut rx = store.events();
+        let t = env.timings;
+        env.clock.advance(t.heartbeat_timeout_ms - 1);
+        store.sweep().await.unwrap();
+        assert!(drain(&mut rx).await.is_empty());
+        env.clock.advance(1);
+        let r = store.sweep().await.unwrap();
+        assert_eq!((r.status_changes, r.expired), (1, 0));
+        assert_eq!(store.room_view(&rid("doc")).await.unwrap().users["alice"].status, UserStatus::Stale);
+        assert_eq!(store.users_status(&[uid("alice")]).await.unwrap()["alice"].confidence, Confidence::Low);
+        env.clock.advance(t.reconnect_grace_ms);
+        let r = store.sweep().await.unwrap();
+        assert_eq!(r.expired, 1);
+        assert_eq!(
+            kinds(&drain(&mut rx).await),
+            vec![(EventKind::Status, "stale".into()), (EventKind::Expire, "offline".into())]
+        );
+        assert!(store.room_view(&rid("doc")).await.unwrap().sessions.is_empty());
+        assert_eq!(store.room_stats(&rid("doc")).await.unwrap().sessions, 0);
+        assert_eq!(store.users_status(&[uid("alice")]).await.unwrap()["alice"].status, UserStatus::Offline);
+        assert_eq!(store.heartbeat(&s, None).await, Err(StoreError::NoSession));
+    }
+
+    /// After a disconnect, the session is removed when the grace window ends.
+    async fn disconnected_sessions_expire_after_the_grace_window(store, env) {
+        let s = claim(store, "alice", "s1").await;
+        store.join(&s, &rid("doc"), None).await.unwrap();
+        env.clock.advance(1_000);
+        store.disconnect(&s).await.unwrap();
+        env.clock.advance(env.timings.reconnect_grace_ms - 1);
+        store.sweep().await.unwrap();
+        assert_eq!(store.room_stats(&rid("doc")).await.unwrap().sessions, 1);
+        env.clock.advance(1);
+        assert_eq!(store.sweep().await.unwrap().expired, 1);
+        assert_eq!(store.room_stats(&rid("doc")).await.unwrap().sessions, 0);
+        // Too late to resume: a hello with the same id is a new session.
+        let c = store.hello(hello("alice", Some("s1"))).await.unwrap();
+        assert!(!c.resumed);
+        assert!(c.rooms.is_empty());
+        assert!(c.epoch > s.epoch, "a reused id starts above its old epochs");
+    }
+
+    /// A session past its deadline is not resumable even before a sweep removed it.
+    async fn an_expired_session_is_not_resumed_before_the_sweep(store, env) {
+        let s = claim(store, "alice", "s1").await;
+        store.join(&s, &rid("doc"), None).await.unwrap();
+        let mut rx = store.events();
+        env.clock.advance(env.timings.heartbeat_timeout_ms + env.timings.reconnect_grace_ms);
+        let c = store.hello(hello("alice", Some("s1"))).await.unwrap();
+        assert!(!c.resumed);
+        assert!(c.rooms.is_empty());
+        assert_eq!(store.room_stats(&rid("doc")).await.unwrap().sessions, 0);
+        assert!(drain(&mut rx).await.iter().any(|e| e.kind == EventKind::Expire));
+    }
+
+    /// Without activity a heartbeating session turns idle, then away.
+    async fn inactivity_turns_idle_then_away(store, env) {
+        let s = claim(store, "alice", "s1").await;
+        store.join(&s, &rid("doc"), None).await.unwrap();
+        let t = env.timings;
+        let mut rx = store.events();
+        let mut now = 0;
+        while now <= t.away_after_ms {
+            env.clock.advance(t.heartbeat_interval_ms / 2);
+            now += t.heartbeat_interval_ms / 2;
+            // The client reports idle once, then only heartbeats.
+            let activity = (now == t.heartbeat_interval_ms / 2).then_some(Activity::Idle);
+            store.heartbeat(&s, activity).await.unwrap();
+            store.sweep().await.unwrap();
+        }
+        assert_eq!(
+            kinds(&drain(&mut rx).await),
+            vec![(EventKind::Status, "idle".into()), (EventKind::Status, "away".into())]
+        );
+        let v = store.room_view(&rid("doc")).await.unwrap();
+        assert_eq!(v.users["alice"].status, UserStatus::Away);
+        assert_eq!(v.users["alice"].confidence, Confidence::Medium);
+        // Activity brings it back at once.
+        store.heartbeat(&s, Some(Activity::Active)).await.unwrap();
+        assert_eq!(store.room_view(&rid("doc")).await.unwrap().users["alice"].status, UserStatus::Active);
+    }
+
+    /// Even with no explicit idle report, `idleAfterMs` without activity is idle.
+    async fn idle_after_inactivity_without_a_report(store, env) {
+        let s = claim(store, "alice", "s1").await;
+        store.join(&s, &rid("doc"), None).await.unwrap();
+        store.heartbeat(&s, Some(Activity::Idle)).await.unwrap();
+        store.heartbeat(&s, Some(Activity::Active)).await.unwrap();
+        assert_eq!(store.room_view(&rid("doc")).await.unwrap().sessions["s1"].status, SessionStatus::Active);
+        // Heartbeats that say nothing keep the last activity (active): still active.
+        env.clock.advance(10_000);
+        store.heartbeat(&s, None).await.unwrap();
+        store.sweep().await.unwrap();
+        assert_eq!(store.room_view(&rid("doc")).await.unwrap().sessions["s1"].status, SessionStatus::Active);
+    }
+
+    /// A background session is away, and survives throttled heartbeats up to
+    /// `backgroundTimeoutMs` without turning stale.
+    async fn background_sessions_are_away_and_do_not_flap(store, env) {
+        let s = claim(store, "alice", "s1").await;
+        store.join(&s, &rid("doc"), None).await.unwrap();
+        let mut rx = store.events();
+        store.heartbeat(&s, Some(Activity::Background)).await.unwrap();
+        for _ in 0..5 {
+            env.clock.advance(60_000);
+            store.sweep().await.unwrap();
+            store.heartbeat(&s, Some(Activity::Background)).await.unwrap();
+        }
+        assert_eq!(kinds(&drain(&mut rx).await), vec![(EventKind::Status, "away".into())]);
+        env.clock.advance(env.timings.background_timeout_ms);
+        store.sweep().await.unwrap();
+        assert_eq!(store.room_view(&rid("doc")).await.unwrap().sessions["s1"].status, SessionStatus::Stale);
+    }
+
+    /// Who's online pages by user id and covers sessions outside any room.
+    async fn whos_online_pages_by_user(store, env) {
+        for u in ["a", "b", "c", "d", "e"] {
+            claim(store, u, &format!("{u}-1")).await;
+        }
+        claim(store, "c", "c-2").await;
+        let p1 = store.whos_online(Page { limit: 2, after: None }).await.unwrap();
+        assert_eq!(p1.entries.users.keys().map(|u| u.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(p1.next_cursor, Some(uid("b")));
+        let p2 = store.whos_online(Page { limit: 2, after: p1.next_cursor }).await.unwrap();
+        assert_eq!(p2.entries.users["c"].session_count, 2);
+        assert_eq!(p2.entries.sessions.len(), 3);
+        let p3 = store.whos_online(Page { limit: 2, after: p2.next_cursor }).await.unwrap();
+        assert_eq!(p3.entries.users.len(), 1);
+        assert_eq!(p3.next_cursor, None);
+    }
+
+    /// Room scope: a user's status in a room comes from their sessions in that room only.
+    async fn room_scope_uses_only_sessions_in_the_room(store, env) {
+        let a = claim(store, "alice", "a1").await;
+        let b = claim(store, "alice", "a2").await;
+        store.join(&a, &rid("doc"), None).await.unwrap();
+        store.heartbeat(&a, Some(Activity::Idle)).await.unwrap();
+        store.heartbeat(&b, Some(Activity::Active)).await.unwrap();
+        let v = store.room_view(&rid("doc")).await.unwrap();
+        assert_eq!(v.users["alice"].status, UserStatus::Idle);
+        assert_eq!(v.users["alice"].session_count, 1);
+        let st = store.users_status(&[uid("alice")]).await.unwrap();
+        assert_eq!(st["alice"].status, UserStatus::Active);
+        assert_eq!(st["alice"].session_count, 2);
+    }
+}

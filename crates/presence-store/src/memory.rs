@@ -1,0 +1,585 @@
+//! The embedded store: all state in one process, behind one mutex.
+//!
+//! It is the default when no Redis is configured, and it is held to exactly
+//! the semantics of the Redis store by the shared conformance suite. Every
+//! operation takes the lock once, does O(rooms of the session) work (O(room)
+//! for views) and publishes its events before releasing it, so the event
+//! stream is in `seq` order.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use presence_core::event::EventStatus;
+use presence_core::session::Liveness;
+use presence_core::user::{derive_user, SessionSignal};
+use presence_core::view::{build_view, Member};
+use presence_core::{
+    Clock, EventKind, JsonMap, Limits, Millis, PresenceEvent, RoomId, RoomView, SessionFacts,
+    SessionId, SessionStatus, Timings, UserId, UserSummary,
+};
+use tokio::sync::broadcast;
+
+use crate::api::{
+    first_epoch, new_session_id, Claimed, Hello, Joined, Online, Page, PresenceStore, RoomStats,
+    SessionRef, SweepReport,
+};
+use crate::error::StoreError;
+
+/// How many events a slow subscriber may fall behind before it must resync.
+const EVENT_BUFFER: usize = 16_384;
+
+/// The in-memory [`PresenceStore`].
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    clock: Arc<dyn Clock>,
+    timings: Timings,
+    limits: Limits,
+    events: broadcast::Sender<PresenceEvent>,
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: HashMap<SessionId, SessionEntry>,
+    rooms: HashMap<RoomId, Room>,
+    /// All sessions of each user, ordered for paging who's online.
+    users: BTreeMap<UserId, BTreeSet<SessionId>>,
+    /// Sessions by the next instant their status may change.
+    deadlines: BTreeSet<(Millis, SessionId)>,
+}
+
+struct SessionEntry {
+    facts: SessionFacts,
+    /// The status last derived and published.
+    status: SessionStatus,
+    deadline: Millis,
+    rooms: BTreeMap<RoomId, Membership>,
+}
+
+struct Membership {
+    state: Option<JsonMap>,
+    state_updated_at: Millis,
+}
+
+#[derive(Default)]
+struct Room {
+    seq: u64,
+    sessions: BTreeSet<SessionId>,
+    /// Sessions per user, so that the user count is O(1).
+    users: HashMap<UserId, u32>,
+}
+
+fn json_len(m: &JsonMap) -> usize {
+    serde_json::to_vec(m).map(|v| v.len()).unwrap_or(usize::MAX)
+}
+
+impl MemoryStore {
+    /// A store that reads time from `clock` and applies `timings` and `limits`.
+    pub fn new(clock: Arc<dyn Clock>, timings: Timings, limits: Limits) -> Self {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Self {
+            inner: Mutex::new(Inner::default()),
+            clock,
+            timings,
+            limits,
+            events,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-applied change
+        // that matters more than stopping service, so keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bumps the room's seq and publishes one event about `session` in `room`.
+    fn publish(
+        &self,
+        inner: &mut Inner,
+        kind: EventKind,
+        session: &SessionId,
+        room: &RoomId,
+        now: Millis,
+    ) {
+        let Some(r) = inner.rooms.get_mut(room) else {
+            return;
+        };
+        r.seq += 1;
+        let seq = r.seq;
+        let (facts, status, state) = match inner.sessions.get(session) {
+            Some(e) => (
+                &e.facts,
+                match kind {
+                    EventKind::Leave | EventKind::Expire => EventStatus::Offline,
+                    _ => e.status.into(),
+                },
+                e.rooms.get(room).and_then(|m| m.state.clone()),
+            ),
+            None => return,
+        };
+        let ev = PresenceEvent {
+            v: 1,
+            kind,
+            room_id: room.clone(),
+            seq,
+            user_id: facts.user_id.clone(),
+            session_id: session.clone(),
+            node_id: facts.node_id.clone(),
+            epoch: facts.epoch,
+            status,
+            state,
+            ts: now,
+        };
+        // No receiver is not an error: nobody is listening yet.
+        let _ = self.events.send(ev);
+    }
+
+    /// Finds the session and checks the epoch.
+    fn owned<'a>(inner: &'a mut Inner, s: &SessionRef) -> Result<&'a mut SessionEntry, StoreError> {
+        let e = inner.sessions.get_mut(&s.session_id).ok_or(StoreError::NoSession)?;
+        if e.facts.epoch != s.epoch || e.facts.disconnected_at.is_some() {
+            return Err(StoreError::StaleEpoch {
+                current: e.facts.epoch,
+            });
+        }
+        Ok(e)
+    }
+
+    /// Re-derives `session` at `now`; publishes a status change in each of its
+    /// rooms, or removes it (publishing `kind`) when it is past its deadline.
+    /// Returns (status changed, removed).
+    fn rederive(&self, inner: &mut Inner, session: &SessionId, now: Millis) -> (bool, bool) {
+        let Some(e) = inner.sessions.get_mut(session) else {
+            return (false, false);
+        };
+        inner.deadlines.remove(&(e.deadline, session.clone()));
+        match e.facts.liveness(now, &self.timings) {
+            Liveness::Expired => {
+                self.remove_session(inner, session, EventKind::Expire, now);
+                (false, true)
+            }
+            Liveness::Live(status) => {
+                e.deadline = e.facts.next_deadline(now, &self.timings);
+                inner.deadlines.insert((e.deadline, session.clone()));
+                if status == e.status {
+                    return (false, false);
+                }
+                e.status = status;
+                let rooms: Vec<RoomId> = e.rooms.keys().cloned().collect();
+                for room in rooms {
+                    self.publish(inner, EventKind::Status, session, &room, now);
+                }
+                (true, false)
+            }
+        }
+    }
+
+    /// Removes a session from a room, publishing `kind` first.
+    fn leave_room(
+        &self,
+        inner: &mut Inner,
+        session: &SessionId,
+        room: &RoomId,
+        kind: EventKind,
+        now: Millis,
+    ) {
+        self.publish(inner, kind, session, room, now);
+        let Some(e) = inner.sessions.get_mut(session) else {
+            return;
+        };
+        e.rooms.remove(room);
+        let user = e.facts.user_id.clone();
+        if let Some(r) = inner.rooms.get_mut(room) {
+            r.sessions.remove(session);
+            if let Some(n) = r.users.get_mut(&user) {
+                *n -= 1;
+                if *n == 0 {
+                    r.users.remove(&user);
+                }
+            }
+            if r.sessions.is_empty() {
+                inner.rooms.remove(room);
+            }
+        }
+    }
+
+    fn remove_session(&self, inner: &mut Inner, session: &SessionId, kind: EventKind, now: Millis) {
+        let rooms: Vec<RoomId> = match inner.sessions.get(session) {
+            Some(e) => e.rooms.keys().cloned().collect(),
+            None => return,
+        };
+        for room in &rooms {
+            self.leave_room(inner, session, room, kind, now);
+        }
+        if let Some(e) = inner.sessions.remove(session) {
+            inner.deadlines.remove(&(e.deadline, session.clone()));
+            if let Some(set) = inner.users.get_mut(&e.facts.user_id) {
+                set.remove(session);
+                if set.is_empty() {
+                    inner.users.remove(&e.facts.user_id);
+                }
+            }
+        }
+    }
+
+    fn member(e: &SessionEntry, room: Option<&RoomId>) -> Member {
+        let m = room.and_then(|r| e.rooms.get(r));
+        Member {
+            session_id: e.facts.session_id.clone(),
+            user_id: e.facts.user_id.clone(),
+            handle: e.facts.handle.clone(),
+            status: e.status,
+            last_heartbeat_at: e.facts.last_heartbeat_at,
+            last_active_at: e.facts.last_active_at,
+            state: m.and_then(|m| m.state.clone()),
+            state_updated_at: m.map_or(0, |m| m.state_updated_at),
+        }
+    }
+
+    fn check_state(&self, state: &JsonMap) -> Result<(), StoreError> {
+        let size = json_len(state);
+        if size > self.limits.max_state_bytes {
+            return Err(StoreError::StateTooLarge {
+                size,
+                limit: self.limits.max_state_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PresenceStore for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn hello(&self, req: Hello) -> Result<Claimed, StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        if let Some(id) = &req.session_id {
+            // A session past its deadline but not yet swept is gone, not resumable.
+            if let Some(e) = inner.sessions.get(id) {
+                if e.facts.liveness(now, &self.timings) == Liveness::Expired {
+                    self.remove_session(inner, id, EventKind::Expire, now);
+                }
+            }
+            if let Some(e) = inner.sessions.get_mut(id) {
+                if e.facts.user_id != req.user_id {
+                    return Err(StoreError::Forbidden(
+                        "this sessionId belongs to another user".into(),
+                    ));
+                }
+                e.facts.epoch += 1;
+                e.facts.node_id = req.node_id;
+                e.facts.disconnected_at = None;
+                if req.handle.is_some() {
+                    e.facts.handle = req.handle;
+                }
+                if req.meta.is_some() {
+                    e.facts.meta = req.meta;
+                }
+                e.facts.record_heartbeat(now, Some(req.activity));
+                let claimed = Claimed {
+                    session_id: id.clone(),
+                    epoch: e.facts.epoch,
+                    resumed: true,
+                    rooms: e.rooms.keys().cloned().collect(),
+                };
+                self.rederive(inner, id, now);
+                return Ok(claimed);
+            }
+        }
+        let session_id = req.session_id.unwrap_or_else(new_session_id);
+        let mut facts = SessionFacts {
+            session_id: session_id.clone(),
+            user_id: req.user_id.clone(),
+            handle: req.handle,
+            node_id: req.node_id,
+            epoch: first_epoch(now),
+            activity: req.activity,
+            last_heartbeat_at: now,
+            last_active_at: now,
+            connected_at: now,
+            disconnected_at: None,
+            meta: req.meta,
+        };
+        facts.record_heartbeat(now, Some(req.activity));
+        let status = match facts.liveness(now, &self.timings) {
+            Liveness::Live(s) => s,
+            Liveness::Expired => SessionStatus::Stale,
+        };
+        let deadline = facts.next_deadline(now, &self.timings);
+        let epoch = facts.epoch;
+        inner.deadlines.insert((deadline, session_id.clone()));
+        inner
+            .users
+            .entry(req.user_id)
+            .or_default()
+            .insert(session_id.clone());
+        inner.sessions.insert(
+            session_id.clone(),
+            SessionEntry {
+                facts,
+                status,
+                deadline,
+                rooms: BTreeMap::new(),
+            },
+        );
+        Ok(Claimed {
+            session_id,
+            epoch,
+            resumed: false,
+            rooms: vec![],
+        })
+    }
+
+    async fn join(
+        &self,
+        s: &SessionRef,
+        room: &RoomId,
+        state: Option<JsonMap>,
+    ) -> Result<Joined, StoreError> {
+        if let Some(st) = &state {
+            self.check_state(st)?;
+        }
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let e = Self::owned(inner, s)?;
+        if let Some(m) = e.rooms.get_mut(room) {
+            if let Some(st) = state {
+                if m.state.as_ref() != Some(&st) {
+                    m.state = Some(st);
+                    m.state_updated_at = now;
+                    self.publish(inner, EventKind::Update, &s.session_id, room, now);
+                }
+            }
+            let seq = inner.rooms.get(room).map_or(0, |r| r.seq);
+            return Ok(Joined { seq, already: true });
+        }
+        if e.rooms.len() >= self.limits.max_rooms_per_session {
+            return Err(StoreError::TooManyRooms {
+                limit: self.limits.max_rooms_per_session,
+            });
+        }
+        e.rooms.insert(
+            room.clone(),
+            Membership {
+                state,
+                state_updated_at: now,
+            },
+        );
+        let user = e.facts.user_id.clone();
+        let r = inner.rooms.entry(room.clone()).or_default();
+        r.sessions.insert(s.session_id.clone());
+        *r.users.entry(user).or_default() += 1;
+        self.publish(inner, EventKind::Join, &s.session_id, room, now);
+        let seq = inner.rooms.get(room).map_or(0, |r| r.seq);
+        Ok(Joined {
+            seq,
+            already: false,
+        })
+    }
+
+    async fn heartbeat(
+        &self,
+        s: &SessionRef,
+        activity: Option<presence_core::Activity>,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let e = Self::owned(inner, s)?;
+        e.facts.record_heartbeat(now, activity);
+        self.rederive(inner, &s.session_id, now);
+        Ok(())
+    }
+
+    async fn update_state(
+        &self,
+        s: &SessionRef,
+        room: &RoomId,
+        patch: JsonMap,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let e = Self::owned(inner, s)?;
+        let m = e
+            .rooms
+            .get_mut(room)
+            .ok_or_else(|| StoreError::NotJoined(room.clone()))?;
+        let mut next = m.state.clone().unwrap_or_default();
+        for (k, v) in patch {
+            if v.is_null() {
+                next.remove(&k);
+            } else {
+                next.insert(k, v);
+            }
+        }
+        let size = json_len(&next);
+        if size > self.limits.max_state_bytes {
+            return Err(StoreError::StateTooLarge {
+                size,
+                limit: self.limits.max_state_bytes,
+            });
+        }
+        let next = (!next.is_empty()).then_some(next);
+        if next != m.state {
+            m.state = next;
+            m.state_updated_at = now;
+            self.publish(inner, EventKind::Update, &s.session_id, room, now);
+        }
+        Ok(())
+    }
+
+    async fn leave(&self, s: &SessionRef, room: &RoomId) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let e = Self::owned(inner, s)?;
+        if !e.rooms.contains_key(room) {
+            return Err(StoreError::NotJoined(room.clone()));
+        }
+        self.leave_room(inner, &s.session_id, room, EventKind::Leave, now);
+        Ok(())
+    }
+
+    async fn end(&self, s: &SessionRef) -> Result<Vec<RoomId>, StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let e = Self::owned(inner, s)?;
+        let rooms: Vec<RoomId> = e.rooms.keys().cloned().collect();
+        self.remove_session(inner, &s.session_id, EventKind::Leave, now);
+        Ok(rooms)
+    }
+
+    async fn disconnect(&self, s: &SessionRef) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let e = Self::owned(inner, s)?;
+        e.facts.disconnected_at = Some(now);
+        self.rederive(inner, &s.session_id, now);
+        Ok(())
+    }
+
+    async fn sweep(&self) -> Result<SweepReport, StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let mut report = SweepReport::default();
+        while let Some((deadline, session)) = inner.deadlines.first().cloned() {
+            if deadline > now {
+                break;
+            }
+            let (changed, removed) = self.rederive(inner, &session, now);
+            report.status_changes += u64::from(changed);
+            report.expired += u64::from(removed);
+        }
+        Ok(report)
+    }
+
+    async fn room_view(&self, room: &RoomId) -> Result<RoomView, StoreError> {
+        let now = self.clock.now_ms();
+        let inner = self.lock();
+        let Some(r) = inner.rooms.get(room) else {
+            return Ok(RoomView {
+                generated_at: now,
+                ..RoomView::empty(room.clone())
+            });
+        };
+        let members = r
+            .sessions
+            .iter()
+            .filter_map(|id| inner.sessions.get(id))
+            .map(|e| Self::member(e, Some(room)));
+        Ok(RoomView::build(room.clone(), r.seq, now, members))
+    }
+
+    async fn room_stats(&self, room: &RoomId) -> Result<RoomStats, StoreError> {
+        let inner = self.lock();
+        Ok(inner.rooms.get(room).map_or_else(RoomStats::default, |r| RoomStats {
+            sessions: r.sessions.len() as u64,
+            users: r.users.len() as u64,
+        }))
+    }
+
+    async fn whos_online(&self, page: Page) -> Result<Online, StoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let now = self.clock.now_ms();
+        let inner = self.lock();
+        let start = match &page.after {
+            Some(u) => Excluded(u.clone()),
+            None => Unbounded,
+        };
+        let mut users = inner.users.range((start, Unbounded));
+        let mut members = Vec::new();
+        let mut last = None;
+        for (user, sessions) in users.by_ref().take(page.limit) {
+            members.extend(
+                sessions
+                    .iter()
+                    .filter_map(|id| inner.sessions.get(id))
+                    .map(|e| Self::member(e, None)),
+            );
+            last = Some(user.clone());
+        }
+        let next_cursor = if users.next().is_some() { last } else { None };
+        Ok(Online {
+            generated_at: now,
+            entries: build_view(members),
+            next_cursor,
+        })
+    }
+
+    async fn users_status(
+        &self,
+        users: &[UserId],
+    ) -> Result<BTreeMap<UserId, UserSummary>, StoreError> {
+        let inner = self.lock();
+        Ok(users
+            .iter()
+            .map(|u| {
+                let sessions = inner.users.get(u);
+                let summary = derive_user(
+                    sessions
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|id| inner.sessions.get(id))
+                        .map(|e| SessionSignal {
+                            status: e.status,
+                            last_heartbeat_at: e.facts.last_heartbeat_at,
+                            last_active_at: e.facts.last_active_at,
+                        }),
+                );
+                (u.clone(), summary)
+            })
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn events(&self) -> broadcast::Receiver<PresenceEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod conformance_tests {
+    use std::sync::Arc;
+
+    use crate::conformance::Env;
+    use crate::{MemoryStore, PresenceStore};
+
+    async fn make(env: Env) -> Arc<dyn PresenceStore> {
+        Arc::new(MemoryStore::new(Arc::new(env.clock), env.timings, env.limits))
+    }
+
+    conformance_suite!(make);
+}
