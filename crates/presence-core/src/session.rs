@@ -188,14 +188,17 @@ impl SessionFacts {
             .unwrap_or(now)
     }
 
-    /// Applies an accepted heartbeat at `now`. Returns nothing: the caller
-    /// re-derives the status and compares it with the recorded one.
+    /// Applies an accepted heartbeat at `now`. Only a heartbeat that reports
+    /// `active` counts as activity; one that reports nothing proves liveness
+    /// only, so a client that stops reporting activity turns idle after
+    /// `idleAfterMs` even while it keeps heartbeating. The caller re-derives the
+    /// status and compares it with the recorded one.
     pub fn record_heartbeat(&mut self, now: Millis, activity: Option<Activity>) {
         self.last_heartbeat_at = now.max(self.last_heartbeat_at);
         if let Some(a) = activity {
             self.activity = a;
         }
-        if self.activity == Activity::Active {
+        if activity == Some(Activity::Active) {
             self.last_active_at = now.max(self.last_active_at);
         }
     }
@@ -261,14 +264,17 @@ mod tests {
     #[test]
     fn idle_after_inactivity_even_if_client_says_nothing() {
         let mut f = facts(0);
+        f.record_heartbeat(10_000, Some(Activity::Active));
         f.record_heartbeat(40_000, None);
-        assert_eq!(status(&f, 44_999), Live(Active));
-        f.record_heartbeat(45_000, None);
-        assert_eq!(status(&f, 45_000), Live(Active), "heartbeat with no activity keeps activity active");
+        assert_eq!(status(&f, 54_999), Live(Active));
+        f.record_heartbeat(55_000, None);
+        // Heartbeats without an activity report prove liveness, not activity.
+        assert_eq!(status(&f, 55_000), Live(Idle));
+        f.record_heartbeat(56_000, Some(Activity::Active));
+        assert_eq!(status(&f, 56_000), Live(Active));
         let mut g = facts(0);
-        g.activity = Activity::Idle;
-        g.record_heartbeat(45_000, None);
-        assert_eq!(status(&g, 45_000), Live(Idle));
+        g.record_heartbeat(1, Some(Activity::Idle));
+        assert_eq!(status(&g, 1), Live(Idle));
     }
 
     #[test]

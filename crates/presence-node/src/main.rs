@@ -1,1 +1,53 @@
-fn main(){}
+//! The `presence-node` binary: reads its configuration, sets up logging, and
+//! serves until SIGINT or SIGTERM.
+
+use clap::Parser;
+use presence_node::config::{Config, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() {
+    let config = Config::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match config.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("presence-node: invalid configuration: {e}");
+        std::process::exit(2);
+    }
+    tracing::info!(config = ?config, "starting");
+    let listener = match tokio::net::TcpListener::bind(config.bind).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("presence-node: cannot listen on {}: {e}", config.bind);
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = presence_node::app::serve(config, listener, shutdown_signal()).await {
+        eprintln!("presence-node: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

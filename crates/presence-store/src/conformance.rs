@@ -233,6 +233,7 @@ cases! {
             env.clock.advance(env.timings.heartbeat_interval_ms);
             store.heartbeat(&s, Some(Activity::Active)).await.unwrap();
             store.sweep().await.unwrap();
+            store.heartbeat(&s, None).await.unwrap();
         }
         assert!(drain(&mut rx).await.is_empty());
         let v = store.room_view(&rid("doc")).await.unwrap();
@@ -456,11 +457,22 @@ cases! {
         store.heartbeat(&s, Some(Activity::Idle)).await.unwrap();
         store.heartbeat(&s, Some(Activity::Active)).await.unwrap();
         assert_eq!(store.room_view(&rid("doc")).await.unwrap().sessions["s1"].status, SessionStatus::Active);
-        // Heartbeats that say nothing keep the last activity (active): still active.
-        env.clock.advance(10_000);
+        // Heartbeats that report nothing prove liveness, not activity.
+        let mut rx = store.events();
+        let step = env.timings.heartbeat_interval_ms;
+        let mut waited = 0;
+        while waited + step < env.timings.idle_after_ms {
+            env.clock.advance(step);
+            waited += step;
+            store.heartbeat(&s, None).await.unwrap();
+            store.sweep().await.unwrap();
+        }
+        assert_eq!(store.room_view(&rid("doc")).await.unwrap().sessions["s1"].status, SessionStatus::Active);
+        env.clock.advance(env.timings.idle_after_ms - waited);
         store.heartbeat(&s, None).await.unwrap();
         store.sweep().await.unwrap();
-        assert_eq!(store.room_view(&rid("doc")).await.unwrap().sessions["s1"].status, SessionStatus::Active);
+        assert_eq!(store.room_view(&rid("doc")).await.unwrap().sessions["s1"].status, SessionStatus::Idle);
+        assert_eq!(kinds(&drain(&mut rx).await), vec![(EventKind::Status, "idle".into())]);
     }
 
     /// A background session is away, and survives throttled heartbeats up to

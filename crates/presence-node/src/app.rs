@@ -1,0 +1,145 @@
+//! Wiring: the store, the fan-out, the background tasks, and the HTTP +
+//! Socket.IO service, with graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use presence_core::{Clock, Limits, Millis, NodeId, SystemClock, Timings};
+use presence_store::{MemoryStore, PresenceStore};
+use socketioxide::extract::SocketRef;
+use socketioxide::SocketIo;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::fanout::Fanout;
+
+/// Everything handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct App(Arc<AppInner>);
+
+/// The shared parts of a node.
+pub struct AppInner {
+    /// The configuration it started with.
+    pub config: Config,
+    /// Lifecycle timings (validated).
+    pub timings: Timings,
+    /// Limits on client input.
+    pub limits: Limits,
+    /// This node's id.
+    pub node_id: NodeId,
+    /// The authoritative state.
+    pub store: Arc<dyn PresenceStore>,
+    /// Per-room diffs to local sockets.
+    pub fanout: Fanout,
+    /// Time source for responses.
+    pub clock: Arc<dyn Clock>,
+    /// When this node started.
+    pub started_at: Millis,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    sessions: AtomicI64,
+}
+
+impl std::ops::Deref for App {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl App {
+    /// Counts a connection that bound a session.
+    pub fn session_bound(&self) {
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection that no longer holds a session.
+    pub fn session_unbound(&self) {
+        self.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Sessions bound to connections of this node.
+    pub fn local_sessions(&self) -> i64 {
+        self.sessions.load(Ordering::Relaxed).max(0)
+    }
+}
+
+/// Serves a node on `listener` until `shutdown` completes.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let timings = config.timings()?;
+    let limits = config.limits();
+    let node_id = config.node_id()?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store: Arc<dyn PresenceStore> = Arc::new(MemoryStore::new(clock.clone(), timings, limits));
+
+    let (layer, io) = SocketIo::builder()
+        .max_payload(config.max_payload_bytes)
+        .ws_max_message_size(config.max_payload_bytes as usize)
+        .build_layer();
+    let fanout = Fanout::new(io.clone(), store.clone(), config.emit_debounce());
+    let app = App(Arc::new(AppInner {
+        timings,
+        limits,
+        node_id: node_id.clone(),
+        store: store.clone(),
+        fanout: fanout.clone(),
+        clock: clock.clone(),
+        started_at: clock.now_ms(),
+        addr,
+        sessions: AtomicI64::new(0),
+        config,
+    }));
+
+    {
+        let app = app.clone();
+        io.ns("/", move |s: SocketRef| {
+            crate::socket::on_connect(s, app.clone());
+            std::future::ready(())
+        });
+    }
+    let dispatcher = fanout.spawn_dispatcher();
+    let sweeper = tokio::spawn(sweep_loop(store.clone(), timings.prune_interval_ms));
+
+    let router = crate::http::router(app.clone()).layer(layer);
+    tracing::info!(%addr, node_id = %node_id, store = store.kind(), "listening on http://{addr}");
+
+    let io_for_close = io.clone();
+    let graceful = async move {
+        shutdown.await;
+        tracing::info!("shutting down: closing connections");
+        // Connections closed here resume elsewhere (or here, after a restart)
+        // within the reconnect grace window.
+        let _ = tokio::time::timeout(Duration::from_secs(5), io_for_close.close()).await;
+    };
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(graceful)
+        .await
+        .map_err(|e| e.to_string());
+    dispatcher.abort();
+    sweeper.abort();
+    result
+}
+
+/// The reaper tick of the embedded store: re-derives sessions past a deadline.
+async fn sweep_loop(store: Arc<dyn PresenceStore>, every_ms: Millis) {
+    let mut tick = tokio::time::interval(Duration::from_millis(every_ms.max(1) as u64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match store.sweep().await {
+            Ok(r) if r.expired > 0 || r.status_changes > 0 => {
+                tracing::debug!(expired = r.expired, status_changes = r.status_changes, "sweep")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sweep failed"),
+        }
+    }
+}

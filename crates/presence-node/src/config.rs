@@ -1,0 +1,158 @@
+//! The node's configuration: one typed struct, read once at start-up from
+//! flags and environment variables (flags win), printed at start.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use presence_core::{Limits, Millis, NodeId, Timings};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Every setting of a presence node. Each is a flag and an environment variable.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "presence-node", version, about = "A presence-cluster node: Socket.IO presence and an HTTP API.")]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port; the chosen address is logged).
+    #[arg(long, env = "PRESENCE_BIND", default_value = "127.0.0.1:8787")]
+    pub bind: SocketAddr,
+
+    /// This node's id in events and /api/cluster [default: node-<random>].
+    #[arg(long, env = "PRESENCE_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// How often clients should heartbeat.
+    #[arg(long, env = "PRESENCE_HEARTBEAT_INTERVAL_MS", default_value_t = 10_000)]
+    pub heartbeat_interval_ms: Millis,
+    /// Silence after which a session is stale.
+    #[arg(long, env = "PRESENCE_HEARTBEAT_TIMEOUT_MS", default_value_t = 20_000)]
+    pub heartbeat_timeout_ms: Millis,
+    /// Inactivity after which a session is idle.
+    #[arg(long, env = "PRESENCE_IDLE_AFTER_MS", default_value_t = 45_000)]
+    pub idle_after_ms: Millis,
+    /// Inactivity after which a session is away.
+    #[arg(long, env = "PRESENCE_AWAY_AFTER_MS", default_value_t = 300_000)]
+    pub away_after_ms: Millis,
+    /// Silence after which a background session is stale.
+    #[arg(long, env = "PRESENCE_BACKGROUND_TIMEOUT_MS", default_value_t = 120_000)]
+    pub background_timeout_ms: Millis,
+    /// How long a stale session can be resumed by a reconnect.
+    #[arg(long, env = "PRESENCE_RECONNECT_GRACE_MS", default_value_t = 15_000)]
+    pub reconnect_grace_ms: Millis,
+    /// How often sessions past a deadline are re-derived (the reaper tick).
+    #[arg(long, env = "PRESENCE_PRUNE_INTERVAL_MS", default_value_t = 1_000)]
+    pub prune_interval_ms: Millis,
+    /// Shortest gap between two diffs of one room.
+    #[arg(long, env = "PRESENCE_EMIT_DEBOUNCE_MS", default_value_t = 250)]
+    pub emit_debounce_ms: Millis,
+
+    /// Largest per-room state, in bytes of compact JSON.
+    #[arg(long, env = "PRESENCE_MAX_STATE_BYTES", default_value_t = 4096)]
+    pub max_state_bytes: usize,
+    /// Largest session meta, in bytes of compact JSON.
+    #[arg(long, env = "PRESENCE_MAX_META_BYTES", default_value_t = 1024)]
+    pub max_meta_bytes: usize,
+    /// Rooms one session may be in at once.
+    #[arg(long, env = "PRESENCE_MAX_ROOMS_PER_SESSION", default_value_t = 32)]
+    pub max_rooms_per_session: usize,
+    /// Largest Socket.IO message; a larger one closes the connection.
+    #[arg(long, env = "PRESENCE_MAX_PAYLOAD_BYTES", default_value_t = 65_536)]
+    pub max_payload_bytes: u64,
+    /// presence:signal messages relayed per second and socket; more are dropped.
+    #[arg(long, env = "PRESENCE_SIGNAL_RATE_PER_SEC", default_value_t = 30)]
+    pub signal_rate_per_sec: u32,
+
+    /// Log format.
+    #[arg(long, env = "PRESENCE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The lifecycle timings, checked.
+    pub fn timings(&self) -> Result<Timings, String> {
+        let t = Timings {
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            heartbeat_timeout_ms: self.heartbeat_timeout_ms,
+            idle_after_ms: self.idle_after_ms,
+            away_after_ms: self.away_after_ms,
+            background_timeout_ms: self.background_timeout_ms,
+            reconnect_grace_ms: self.reconnect_grace_ms,
+            prune_interval_ms: self.prune_interval_ms,
+            emit_debounce_ms: self.emit_debounce_ms,
+        };
+        t.validate().map_err(|e| e.0)?;
+        Ok(t)
+    }
+
+    /// The limits on what clients send.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_state_bytes: self.max_state_bytes,
+            max_meta_bytes: self.max_meta_bytes,
+            max_rooms_per_session: self.max_rooms_per_session,
+        }
+    }
+
+    /// The configured node id, or a fresh random one.
+    pub fn node_id(&self) -> Result<NodeId, String> {
+        match &self.node_id {
+            Some(id) => NodeId::new(id).map_err(|e| format!("PRESENCE_NODE_ID: {e}")),
+            None => {
+                let rnd = uuid::Uuid::new_v4().simple().to_string();
+                Ok(NodeId::new(&format!("node-{}", &rnd[..12])).expect("valid id"))
+            }
+        }
+    }
+
+    /// The debounce as a `Duration`.
+    pub fn emit_debounce(&self) -> Duration {
+        Duration::from_millis(self.emit_debounce_ms.max(0) as u64)
+    }
+
+    /// Checks everything that can be checked before start.
+    pub fn validate(&self) -> Result<(), String> {
+        self.timings()?;
+        self.node_id()?;
+        if self.max_rooms_per_session == 0 {
+            return Err("PRESENCE_MAX_ROOMS_PER_SESSION must be > 0".into());
+        }
+        if self.max_payload_bytes < 1024 {
+            return Err("PRESENCE_MAX_PAYLOAD_BYTES must be at least 1024".into());
+        }
+        if self.signal_rate_per_sec == 0 {
+            return Err("PRESENCE_SIGNAL_RATE_PER_SEC must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = Config::parse_from(["presence-node"]);
+        assert_eq!(c.bind.to_string(), "127.0.0.1:8787");
+        assert_eq!(c.timings().unwrap(), Timings::default());
+        assert_eq!(c.limits(), Limits::default());
+        assert!(c.node_id().unwrap().as_str().starts_with("node-"));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn flags_override_and_bad_values_are_named() {
+        let c = Config::parse_from(["presence-node", "--heartbeat-timeout-ms", "5000"]);
+        assert!(c.validate().unwrap_err().contains("heartbeatTimeoutMs"));
+        let c = Config::parse_from(["presence-node", "--node-id", "bad id"]);
+        assert!(c.validate().unwrap_err().contains("PRESENCE_NODE_ID"));
+        assert!(Config::try_parse_from(["presence-node", "--bind", "nope"]).is_err());
+    }
+}

@@ -1,0 +1,245 @@
+//! Fan-out: turning store events into per-room diffs for this node's sockets.
+//!
+//! Each room with local sockets has a *hub*, a small task that keeps the last
+//! view it sent. When the room changes it reads the room's view, sends the
+//! diff against the last one to the room's sockets, and keeps the new view.
+//! Diffs are throttled per room: at most one every `emitDebounceMs`; a change
+//! after a quiet spell goes out at once, later ones in the window are
+//! coalesced into one diff.
+//!
+//! Joiners are served by the hub too: their snapshot is the very view the
+//! next diff is computed from, and they enter the Socket.IO room only after
+//! their snapshot was queued, so every diff a client gets applies to what it
+//! already has. Since the hub re-reads the room rather than trusting event
+//! contents, a lost or lagged event only delays a diff, it never corrupts one.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use presence_core::diff::diff;
+use presence_core::{RoomId, RoomView};
+use presence_store::{PresenceStore, SessionRef};
+use serde_json::json;
+use socketioxide::extract::{AckSender, SocketRef};
+use socketioxide::socket::Sid;
+use socketioxide::SocketIo;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+
+use crate::wire::WireError;
+
+/// How a joiner gets its snapshot.
+pub enum Reply {
+    /// As the ack of its `presence:join`.
+    JoinAck(AckSender, SessionRef),
+    /// As a `presence:snapshot` event (a resumed session's rooms).
+    Snapshot,
+}
+
+enum HubMsg {
+    Changed,
+    Join(SocketRef, Reply),
+    Leave(Sid),
+}
+
+/// The per-room hubs of one node.
+#[derive(Clone)]
+pub struct Fanout {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    io: SocketIo,
+    store: Arc<dyn PresenceStore>,
+    debounce: Duration,
+    hubs: Mutex<HashMap<RoomId, mpsc::UnboundedSender<HubMsg>>>,
+}
+
+impl Fanout {
+    /// Hubs that emit through `io` and read views from `store`.
+    pub fn new(io: SocketIo, store: Arc<dyn PresenceStore>, debounce: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                io,
+                store,
+                debounce,
+                hubs: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Follows the store's events and wakes the hubs of the rooms they touch.
+    /// A lagging receiver wakes every hub, which then re-reads its room.
+    pub fn spawn_dispatcher(&self) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        let mut rx = self.inner.store.events();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => this.send_existing(&ev.room_id, HubMsg::Changed),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "event stream lagged; re-reading every room");
+                        let hubs = this.inner.lock();
+                        for tx in hubs.values() {
+                            let _ = tx.send(HubMsg::Changed);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
+    }
+
+    /// Adds `socket` to `room` after sending it a snapshot (see [`Reply`]).
+    pub fn join(&self, room: &RoomId, socket: SocketRef, reply: Reply) {
+        let mut hubs = self.inner.lock();
+        let msg = HubMsg::Join(socket, reply);
+        let msg = match hubs.get(room) {
+            Some(tx) => match tx.send(msg) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(msg)) => msg,
+            },
+            None => msg,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(msg);
+        hubs.insert(room.clone(), tx);
+        tokio::spawn(run_hub(self.inner.clone(), room.clone(), rx));
+    }
+
+    /// Removes a socket from a room's hub (the caller removes it from the Socket.IO room).
+    pub fn leave(&self, room: &RoomId, sid: Sid) {
+        self.send_existing(room, HubMsg::Leave(sid));
+    }
+
+    /// How many rooms have local sockets.
+    pub fn rooms(&self) -> usize {
+        self.inner.lock().len()
+    }
+
+    fn send_existing(&self, room: &RoomId, msg: HubMsg) {
+        if let Some(tx) = self.inner.lock().get(room) {
+            let _ = tx.send(msg);
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, mpsc::UnboundedSender<HubMsg>>> {
+        self.hubs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Removes the hub of `room` if nothing is queued for it. Senders only
+    /// send while holding the lock, so nothing can arrive after this check.
+    fn retire(&self, room: &RoomId, rx: &mpsc::UnboundedReceiver<HubMsg>) -> bool {
+        let mut hubs = self.lock();
+        if !rx.is_empty() {
+            return false;
+        }
+        hubs.remove(room);
+        true
+    }
+}
+
+struct Hub {
+    inner: Arc<Inner>,
+    room: RoomId,
+    members: HashSet<Sid>,
+    pending: Vec<(SocketRef, Reply)>,
+    last: Option<RoomView>,
+    dirty: bool,
+}
+
+async fn run_hub(inner: Arc<Inner>, room: RoomId, mut rx: mpsc::UnboundedReceiver<HubMsg>) {
+    let mut hub = Hub {
+        inner: inner.clone(),
+        room: room.clone(),
+        members: HashSet::new(),
+        pending: Vec::new(),
+        last: None,
+        dirty: false,
+    };
+    let mut next_flush = Instant::now();
+    loop {
+        let due = hub.dirty || !hub.pending.is_empty();
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(msg) => hub.handle(msg).await,
+                None => return,
+            },
+            _ = tokio::time::sleep_until(next_flush), if due => {
+                hub.flush().await;
+                next_flush = Instant::now() + inner.debounce;
+            }
+        }
+        if hub.members.is_empty() && hub.pending.is_empty() && inner.retire(&room, &rx) {
+            return;
+        }
+    }
+}
+
+impl Hub {
+    async fn handle(&mut self, msg: HubMsg) {
+        match msg {
+            HubMsg::Changed => self.dirty = true,
+            HubMsg::Join(socket, reply) => self.pending.push((socket, reply)),
+            HubMsg::Leave(sid) => {
+                if self.pending.iter().any(|(s, _)| s.id == sid) {
+                    // Answer its join before it goes.
+                    self.flush().await;
+                }
+                self.members.remove(&sid);
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        let view = match self.inner.store.room_view(&self.room).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(room_id = %self.room, error = %e, "cannot read room view");
+                let err = WireError::from(e).body();
+                for (socket, reply) in self.pending.drain(..) {
+                    match reply {
+                        Reply::JoinAck(ack, _) => {
+                            let _ = ack.send(&err);
+                        }
+                        Reply::Snapshot => {
+                            let _ = socket.emit("presence:error", &err);
+                        }
+                    }
+                }
+                return;
+            }
+        };
+        if let Some(last) = &self.last {
+            let d = diff(last, &view);
+            if !d.is_empty() {
+                if let Err(e) = self.inner.io.to(self.room.as_str().to_owned()).emit("presence:diff", &d).await {
+                    tracing::debug!(room_id = %self.room, error = %e, "diff broadcast failed");
+                }
+            }
+        }
+        for (socket, reply) in self.pending.drain(..) {
+            if !socket.connected() {
+                continue;
+            }
+            let sent = match reply {
+                Reply::JoinAck(ack, me) => ack.send(&json!({
+                    "ok": true,
+                    "roomId": self.room,
+                    "self": { "sessionId": me.session_id, "epoch": me.epoch },
+                    "snapshot": view,
+                })),
+                Reply::Snapshot => socket.emit("presence:snapshot", &view),
+            };
+            if sent.is_ok() {
+                socket.join(self.room.as_str().to_owned());
+                self.members.insert(socket.id);
+            }
+        }
+        self.last = Some(view);
+        self.dirty = false;
+    }
+}

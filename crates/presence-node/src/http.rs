@@ -1,0 +1,205 @@
+//! The HTTP API: health, who's online, room presence and stats, bulk user
+//! status, cluster membership, and the demo page.
+//!
+//! Every error is a JSON body `{ ok: false, error: { code, message } }` with
+//! a 4xx/5xx status, never a bare text response.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use presence_core::{RoomId, UserId};
+use presence_store::{Page, StoreError};
+use serde_json::{json, Value};
+
+use crate::app::App;
+use crate::wire::{ErrorCode, WireError};
+
+/// Most users in one `/api/users/status` request.
+pub const MAX_STATUS_USERS: usize = 1000;
+/// Default and largest page of `/api/whos-online`.
+pub const DEFAULT_PAGE: usize = 1000;
+/// Largest page of `/api/whos-online`.
+pub const MAX_PAGE: usize = 10_000;
+/// Largest HTTP request body.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// An error response.
+pub struct ApiError(StatusCode, WireError);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1.body())).into_response()
+    }
+}
+
+impl From<WireError> for ApiError {
+    fn from(e: WireError) -> Self {
+        let status = match e.code {
+            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden | ErrorCode::ForbiddenRoom => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound | ErrorCode::NoSession | ErrorCode::NotJoined => StatusCode::NOT_FOUND,
+            ErrorCode::StaleEpoch => StatusCode::CONFLICT,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::LimitExceeded => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        WireError::from(e).into()
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// The routes of a node (the Socket.IO layer is added by the caller).
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/", get(demo_page))
+        .route("/assets/socket.io.min.js", get(socket_io_client))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/whos-online", get(whos_online))
+        .route("/api/rooms/{room_id}/presence", get(room_presence))
+        .route("/api/rooms/{room_id}/stats", get(room_stats))
+        .route("/api/users/status", post(users_status))
+        .route("/api/cluster", get(cluster))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(app)
+}
+
+async fn demo_page() -> Html<&'static str> {
+    Html(include_str!("../static/index.html"))
+}
+
+async fn socket_io_client() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "application/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        include_str!("../static/socket.io.min.js"),
+    )
+}
+
+async fn not_found() -> ApiError {
+    WireError::new(ErrorCode::NotFound, "no such route").into()
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({ "ok": true }))
+}
+
+async fn readyz(State(app): State<App>) -> Response {
+    match app.store.ping().await {
+        Ok(()) => Json(json!({ "ok": true, "store": app.store.kind() })).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+fn room_id(raw: &str) -> Result<RoomId, ApiError> {
+    RoomId::new(raw).map_err(|e| WireError::bad("roomId", e).into())
+}
+
+async fn whos_online(State(app): State<App>, Query(q): Query<HashMap<String, String>>) -> ApiResult {
+    let limit = match q.get("limit") {
+        None => DEFAULT_PAGE,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => return Err(WireError::bad("limit", format!("must be an integer in 1..={MAX_PAGE}")).into()),
+        },
+    };
+    let after = match q.get("cursor") {
+        None => None,
+        Some(c) => Some(UserId::new(c).map_err(|e| WireError::bad("cursor", e))?),
+    };
+    let page = app.store.whos_online(Page { limit, after }).await?;
+    let mut body = json!({
+        "ok": true,
+        "generatedAt": page.generated_at,
+        "users": page.entries.users,
+        "sessions": page.entries.sessions,
+    });
+    if let Some(c) = page.next_cursor {
+        body["nextCursor"] = json!(c);
+    }
+    Ok(Json(body))
+}
+
+async fn room_presence(State(app): State<App>, Path(raw): Path<String>) -> ApiResult {
+    let room = room_id(&raw)?;
+    let v = app.store.room_view(&room).await?;
+    Ok(Json(json!({
+        "ok": true,
+        "roomId": v.room_id,
+        "seq": v.seq,
+        "generatedAt": v.generated_at,
+        "users": v.users,
+        "sessions": v.sessions,
+    })))
+}
+
+async fn room_stats(State(app): State<App>, Path(raw): Path<String>) -> ApiResult {
+    let room = room_id(&raw)?;
+    let s = app.store.room_stats(&room).await?;
+    Ok(Json(json!({ "ok": true, "roomId": room, "sessions": s.sessions, "users": s.users })))
+}
+
+async fn users_status(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            WireError::too_large("body", MAX_BODY_BYTES + 1, MAX_BODY_BYTES)
+        } else {
+            WireError::bad("body", e.body_text())
+        }
+    })?;
+    let v: Value = serde_json::from_slice(&body).map_err(|e| WireError::bad("body", format!("invalid JSON: {e}")))?;
+    let ids = v
+        .get("userIds")
+        .and_then(Value::as_array)
+        .ok_or_else(|| WireError::bad("userIds", "must be an array of user ids"))?;
+    if ids.len() > MAX_STATUS_USERS {
+        return Err(WireError::bad("userIds", format!("at most {MAX_STATUS_USERS} ids per request")).into());
+    }
+    let ids = ids
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .ok_or_else(|| WireError::bad("userIds", "every entry must be a string"))
+                .and_then(|s| UserId::new(s).map_err(|e| WireError::bad("userIds", format!("{s:?} {e}"))))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let statuses = app.store.users_status(&ids).await?;
+    Ok(Json(json!({ "ok": true, "generatedAt": app.clock.now_ms(), "users": statuses })))
+}
+
+async fn cluster(State(app): State<App>) -> ApiResult {
+    // Embedded mode: this node is the whole cluster and runs the sweeper itself.
+    let now = app.clock.now_ms();
+    Ok(Json(json!({
+        "ok": true,
+        "store": app.store.kind(),
+        "nodes": [{
+            "nodeId": app.node_id,
+            "addr": app.addr.to_string(),
+            "startedAt": app.started_at,
+            "lastSeenAt": now,
+            "sessions": app.local_sessions(),
+            "rooms": app.fanout.rooms(),
+        }],
+        "leader": { "nodeId": app.node_id, "term": 1, "leaseUntil": null },
+    })))
+}

@@ -1,0 +1,19 @@
+//! presence-node: the presence-cluster server.
+//!
+//! Data flows one way: transport ([`socket`], [`http`]) → validation
+//! ([`wire`]) → store (`presence-store`) → events → [`fanout`] → sockets.
+//!
+//! Layout:
+//! - [`config`]: every setting, as a flag and an environment variable.
+//! - [`wire`]: payload decoding and validation; the one mapping from errors to wire codes.
+//! - [`socket`]: the `presence:*` Socket.IO handlers.
+//! - [`fanout`]: per-room hubs that turn changes into snapshots and throttled diffs.
+//! - [`http`]: the HTTP API and the demo page.
+//! - [`app`]: wiring, background tasks and graceful shutdown.
+
+pub mod app;
+pub mod config;
+pub mod fanout;
+pub mod http;
+pub mod socket;
+pub mod wire;

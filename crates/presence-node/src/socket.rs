@@ -1,0 +1,325 @@
+//! The Socket.IO side of a node: one handler per `presence:*` event.
+//!
+//! A connection binds to at most one session (`presence:hello`); every later
+//! event acts on that session with the epoch the store issued to this
+//! connection. Payloads are decoded by [`wire`](crate::wire) first, so a
+//! malformed one gets a `bad_request` ack and touches nothing. Events sent
+//! without an ack callback are processed the same way; their answer is
+//! simply not sent.
+
+use std::collections::BTreeSet;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use presence_core::{RoomId, UserId};
+use presence_store::{Hello, SessionRef, StoreError};
+use serde_json::{json, Value};
+use socketioxide::extract::{AckSender, SocketRef, TryData};
+
+use crate::app::App;
+use crate::fanout::Reply;
+use crate::wire::{self, ErrorCode, WireError};
+
+/// What one connection holds.
+struct Conn {
+    state: Mutex<ConnState>,
+    /// `presence:signal` is relayed, never stored; this keeps one socket from
+    /// flooding a room with it.
+    signals: DefaultDirectRateLimiter,
+}
+
+#[derive(Default)]
+struct ConnState {
+    bound: Option<Bound>,
+    hello_in_flight: bool,
+}
+
+#[derive(Clone)]
+struct Bound {
+    session: SessionRef,
+    user_id: UserId,
+    rooms: BTreeSet<RoomId>,
+}
+
+impl Conn {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bound(&self) -> Result<Bound, WireError> {
+        self.lock().bound.clone().ok_or_else(|| {
+            WireError::new(ErrorCode::NoSession, "no session on this connection: send presence:hello first")
+        })
+    }
+
+    /// The bound session, after checking the epoch the client sent.
+    fn bound_at(&self, epoch: u64) -> Result<Bound, WireError> {
+        let b = self.bound()?;
+        if b.session.epoch != epoch {
+            return Err(WireError::new(
+                ErrorCode::StaleEpoch,
+                format!("this connection holds epoch {}, not {epoch}", b.session.epoch),
+            ));
+        }
+        Ok(b)
+    }
+}
+
+/// Registers the presence handlers on a new connection.
+pub fn on_connect(socket: SocketRef, app: App) {
+    let per_sec = NonZeroU32::new(app.config.signal_rate_per_sec).unwrap_or(NonZeroU32::MIN);
+    let conn = Arc::new(Conn {
+        state: Mutex::new(ConnState::default()),
+        signals: RateLimiter::direct(Quota::per_second(per_sec)),
+    });
+
+    macro_rules! route {
+        ($event:literal, $handler:ident) => {{
+            let (app, conn) = (app.clone(), conn.clone());
+            socket.on($event, move |s: SocketRef, TryData(v): TryData<Value>, ack: AckSender| {
+                let (app, conn) = (app.clone(), conn.clone());
+                // An undecodable payload is treated as no payload, which every
+                // event but leave rejects as `bad_request`.
+                async move { $handler(&app, &conn, s, v.unwrap_or(Value::Null), ack).await }
+            });
+        }};
+    }
+    route!("presence:hello", hello);
+    route!("presence:join", join);
+    route!("presence:heartbeat", heartbeat);
+    route!("presence:state", state);
+    route!("presence:signal", signal);
+    route!("presence:leave", leave);
+
+    socket.on_disconnect(move |s: SocketRef| {
+        let (app, conn) = (app.clone(), conn.clone());
+        async move { disconnect(&app, &conn, s).await }
+    });
+}
+
+fn answer(ack: AckSender, r: Result<Value, WireError>) {
+    let body = match r {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::debug!(code = ?e.code, message = %e.message, "request refused");
+            e.body()
+        }
+    };
+    // Fails only when the socket is gone; nothing to do then.
+    let _ = ack.send(&body);
+}
+
+/// The store says this connection no longer owns its session (a newer one
+/// claimed it, or it expired): stop sending this socket the session's rooms.
+fn on_store_error(app: &App, conn: &Conn, socket: &SocketRef, e: StoreError) -> WireError {
+    if matches!(e, StoreError::StaleEpoch { .. } | StoreError::NoSession) {
+        let bound = conn.lock().bound.take();
+        if let Some(b) = bound {
+            app.session_unbound();
+            for room in &b.rooms {
+                socket.leave(room.as_str().to_owned());
+                app.fanout.leave(room, socket.id);
+            }
+        }
+    }
+    e.into()
+}
+
+async fn hello(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSender) {
+    let r = async {
+        let req = wire::hello(&v, &app.limits)?;
+        {
+            let mut st = conn.lock();
+            if st.bound.is_some() || st.hello_in_flight {
+                return Err(WireError::bad(
+                    "payload",
+                    "this connection already has a session; leave it first or open a new connection",
+                ));
+            }
+            st.hello_in_flight = true;
+        }
+        let claimed = app
+            .store
+            .hello(Hello {
+                session_id: req.session_id,
+                user_id: req.user_id.clone(),
+                handle: req.handle,
+                meta: req.meta,
+                activity: req.activity,
+                node_id: app.node_id.clone(),
+            })
+            .await;
+        let mut st = conn.lock();
+        st.hello_in_flight = false;
+        let claimed = claimed?;
+        st.bound = Some(Bound {
+            session: SessionRef {
+                session_id: claimed.session_id.clone(),
+                epoch: claimed.epoch,
+            },
+            user_id: req.user_id.clone(),
+            rooms: claimed.rooms.iter().cloned().collect(),
+        });
+        drop(st);
+        app.session_bound();
+        tracing::info!(session_id = %claimed.session_id, user_id = %req.user_id, epoch = claimed.epoch, resumed = claimed.resumed, "hello");
+        Ok(claimed)
+    }
+    .await;
+    match r {
+        Ok(claimed) => {
+            answer(
+                ack,
+                Ok(json!({
+                    "ok": true,
+                    "sessionId": claimed.session_id,
+                    "userId": conn.bound().map(|b| b.user_id).ok(),
+                    "epoch": claimed.epoch,
+                    "resumed": claimed.resumed,
+                    "rooms": claimed.rooms,
+                    "nodeId": app.node_id,
+                    "config": app.timings,
+                    "limits": app.limits,
+                })),
+            );
+            // A resumed session is still in its rooms: send their snapshots.
+            for room in &claimed.rooms {
+                app.fanout.join(room, socket.clone(), Reply::Snapshot);
+            }
+        }
+        Err(e) => answer(ack, Err(e)),
+    }
+}
+
+async fn join(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSender) {
+    let r = async {
+        let req = wire::join(&v, &app.limits)?;
+        let b = conn.bound()?;
+        app.store
+            .join(&b.session, &req.room_id, req.state)
+            .await
+            .map_err(|e| on_store_error(app, conn, &socket, e))?;
+        if let Some(bound) = conn.lock().bound.as_mut() {
+            bound.rooms.insert(req.room_id.clone());
+        }
+        tracing::debug!(session_id = %b.session.session_id, room_id = %req.room_id, "join");
+        Ok((req.room_id, b.session))
+    }
+    .await;
+    match r {
+        // The hub answers with the snapshot, then adds the socket to the room.
+        Ok((room, me)) => app.fanout.join(&room, socket, Reply::JoinAck(ack, me)),
+        Err(e) => answer(ack, Err(e)),
+    }
+}
+
+async fn heartbeat(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSender) {
+    let r = async {
+        let req = wire::heartbeat(&v)?;
+        let b = conn.bound_at(req.epoch)?;
+        app.store
+            .heartbeat(&b.session, req.activity)
+            .await
+            .map_err(|e| on_store_error(app, conn, &socket, e))?;
+        Ok(json!({ "ok": true, "epoch": b.session.epoch }))
+    }
+    .await;
+    answer(ack, r);
+}
+
+async fn state(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSender) {
+    let r = async {
+        let req = wire::state(&v, &app.limits)?;
+        let b = conn.bound_at(req.epoch)?;
+        app.store
+            .update_state(&b.session, &req.room_id, req.patch)
+            .await
+            .map_err(|e| on_store_error(app, conn, &socket, e))?;
+        Ok(json!({ "ok": true }))
+    }
+    .await;
+    answer(ack, r);
+}
+
+async fn signal(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSender) {
+    let r = async {
+        let req = wire::signal(&v, &app.limits)?;
+        let b = conn.bound()?;
+        if !b.rooms.contains(&req.room_id) {
+            return Err(WireError::new(
+                ErrorCode::NotJoined,
+                format!("session is not in room {}", req.room_id),
+            ));
+        }
+        if conn.signals.check().is_err() {
+            return Err(WireError::new(ErrorCode::RateLimited, "too many signals; slow down"));
+        }
+        let msg = json!({
+            "roomId": req.room_id,
+            "sessionId": b.session.session_id,
+            "userId": b.user_id,
+            "data": req.data,
+        });
+        if let Err(e) = socket.to(req.room_id.as_str().to_owned()).emit("presence:signal", &msg).await {
+            tracing::debug!(error = %e, "signal relay failed");
+        }
+        Ok(json!({ "ok": true }))
+    }
+    .await;
+    answer(ack, r);
+}
+
+async fn leave(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSender) {
+    let r = async {
+        let req = wire::leave(&v)?;
+        let b = conn.bound()?;
+        match req.room_id {
+            Some(room) => {
+                app.store
+                    .leave(&b.session, &room)
+                    .await
+                    .map_err(|e| on_store_error(app, conn, &socket, e))?;
+                if let Some(bound) = conn.lock().bound.as_mut() {
+                    bound.rooms.remove(&room);
+                }
+                socket.leave(room.as_str().to_owned());
+                app.fanout.leave(&room, socket.id);
+                Ok(json!({ "ok": true, "roomId": room }))
+            }
+            None => {
+                let left = app
+                    .store
+                    .end(&b.session)
+                    .await
+                    .map_err(|e| on_store_error(app, conn, &socket, e))?;
+                if conn.lock().bound.take().is_some() {
+                    app.session_unbound();
+                }
+                for room in b.rooms.iter() {
+                    socket.leave(room.as_str().to_owned());
+                    app.fanout.leave(room, socket.id);
+                }
+                tracing::info!(session_id = %b.session.session_id, "session ended");
+                Ok(json!({ "ok": true, "rooms": left }))
+            }
+        }
+    }
+    .await;
+    answer(ack, r);
+}
+
+async fn disconnect(app: &App, conn: &Conn, socket: SocketRef) {
+    let bound = conn.lock().bound.take();
+    let Some(b) = bound else { return };
+    app.session_unbound();
+    for room in &b.rooms {
+        app.fanout.leave(room, socket.id);
+    }
+    // Not a leave: the session turns stale and can be resumed within the
+    // grace window. Refused (and harmless) if a newer connection owns it.
+    match app.store.disconnect(&b.session).await {
+        Ok(()) => tracing::info!(session_id = %b.session.session_id, epoch = b.session.epoch, "disconnected; kept for the grace window"),
+        Err(e) => tracing::debug!(session_id = %b.session.session_id, error = %e, "disconnect not applied"),
+    }
+}

@@ -1,0 +1,406 @@
+//! The edge of the wire: decoding and validating client payloads, and the
+//! one place where errors become wire error codes.
+//!
+//! Every payload is checked here before anything else sees it (ids, sizes,
+//! types); the rest of the node only handles typed, valid requests.
+
+use presence_core::{Activity, IdError, JsonMap, Limits, RoomId, SessionId, UserId};
+use presence_store::StoreError;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// The wire error codes of PROTOCOL.md, plus `limit_exceeded` (too many rooms)
+/// and `not_found` (HTTP only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Malformed payload; the error names the field.
+    BadRequest,
+    /// A field (or the whole payload) is larger than allowed.
+    PayloadTooLarge,
+    /// Missing or invalid credentials.
+    Unauthorized,
+    /// Not allowed (e.g. a session id of another user).
+    Forbidden,
+    /// Not allowed to join this room.
+    ForbiddenRoom,
+    /// The session is not in that room.
+    NotJoined,
+    /// No session on this connection: send `presence:hello` first.
+    NoSession,
+    /// A newer connection owns the session.
+    StaleEpoch,
+    /// Too many requests.
+    RateLimited,
+    /// A count limit was reached (rooms per session).
+    LimitExceeded,
+    /// The store is unreachable; retry later.
+    Unavailable,
+    /// A bug.
+    Internal,
+    /// No such route.
+    NotFound,
+}
+
+/// An error as sent to a client: `{ ok: false, error: { code, message, field? } }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError {
+    /// The code clients switch on.
+    pub code: ErrorCode,
+    /// A human-readable explanation.
+    pub message: String,
+    /// The offending field, for `bad_request` and `payload_too_large`.
+    pub field: Option<&'static str>,
+}
+
+impl WireError {
+    /// An error with a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// A `bad_request` about `field`.
+    pub fn bad(field: &'static str, message: impl std::fmt::Display) -> Self {
+        Self {
+            code: ErrorCode::BadRequest,
+            message: format!("{field}: {message}"),
+            field: Some(field),
+        }
+    }
+
+    /// A `payload_too_large` about `field`.
+    pub fn too_large(field: &'static str, size: usize, limit: usize) -> Self {
+        Self {
+            code: ErrorCode::PayloadTooLarge,
+            message: format!("{field}: {size} bytes; the limit is {limit}"),
+            field: Some(field),
+        }
+    }
+
+    /// The JSON body of the error ack (and of HTTP error responses).
+    pub fn body(&self) -> Value {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(f) = self.field {
+            error["field"] = json!(f);
+        }
+        json!({ "ok": false, "error": error })
+    }
+}
+
+impl From<StoreError> for WireError {
+    fn from(e: StoreError) -> Self {
+        let code = match &e {
+            StoreError::NoSession => ErrorCode::NoSession,
+            StoreError::StaleEpoch { .. } => ErrorCode::StaleEpoch,
+            StoreError::NotJoined(_) => ErrorCode::NotJoined,
+            StoreError::Forbidden(_) => ErrorCode::Forbidden,
+            StoreError::TooManyRooms { .. } => ErrorCode::LimitExceeded,
+            StoreError::StateTooLarge { size, limit } => {
+                return WireError::too_large("state", *size, *limit)
+            }
+            StoreError::Unavailable(_) => ErrorCode::Unavailable,
+            StoreError::Internal(_) => ErrorCode::Internal,
+        };
+        WireError::new(code, e.to_string())
+    }
+}
+
+/// A decoded `presence:hello`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HelloReq {
+    /// The user (from `userId`, or `handle` when no `userId` is given).
+    pub user_id: UserId,
+    /// Display name.
+    pub handle: Option<String>,
+    /// The session to resume.
+    pub session_id: Option<SessionId>,
+    /// Client description.
+    pub meta: Option<JsonMap>,
+    /// Initial activity (an extension: defaults to `active`).
+    pub activity: Activity,
+}
+
+/// A decoded `presence:join`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinReq {
+    /// The room.
+    pub room_id: RoomId,
+    /// Initial state in the room.
+    pub state: Option<JsonMap>,
+}
+
+/// A decoded `presence:heartbeat`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeartbeatReq {
+    /// The epoch the client holds.
+    pub epoch: u64,
+    /// Reported activity.
+    pub activity: Option<Activity>,
+}
+
+/// A decoded `presence:state`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateReq {
+    /// The room.
+    pub room_id: RoomId,
+    /// The epoch the client holds.
+    pub epoch: u64,
+    /// Shallow merge patch; `null` deletes a field.
+    pub patch: JsonMap,
+}
+
+/// A decoded `presence:signal`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalReq {
+    /// The room.
+    pub room_id: RoomId,
+    /// Opaque data, relayed as is.
+    pub data: Value,
+}
+
+/// A decoded `presence:leave`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaveReq {
+    /// The room to leave; `None` ends the session.
+    pub room_id: Option<RoomId>,
+}
+
+/// The longest handle accepted, in bytes.
+pub const MAX_HANDLE_LEN: usize = 128;
+
+fn json_len(v: &impl Serialize) -> usize {
+    serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX)
+}
+
+/// A payload that must be a JSON object.
+struct Obj<'a>(&'a JsonMap);
+
+impl<'a> Obj<'a> {
+    fn of(v: &'a Value) -> Result<Self, WireError> {
+        v.as_object()
+            .map(Obj)
+            .ok_or_else(|| WireError::bad("payload", "must be a JSON object"))
+    }
+
+    fn get(&self, field: &str) -> Option<&'a Value> {
+        self.0.get(field).filter(|v| !v.is_null())
+    }
+
+    fn id<T>(&self, field: &'static str, make: fn(&str) -> Result<T, IdError>) -> Result<Option<T>, WireError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::String(s)) => make(s).map(Some).map_err(|e| WireError::bad(field, e)),
+            Some(_) => Err(WireError::bad(field, "must be a string")),
+        }
+    }
+
+    fn required_id<T>(&self, field: &'static str, make: fn(&str) -> Result<T, IdError>) -> Result<T, WireError> {
+        self.id(field, make)?
+            .ok_or_else(|| WireError::bad(field, "is required"))
+    }
+
+    fn object(&self, field: &'static str, limit: usize) -> Result<Option<JsonMap>, WireError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::Object(m)) => {
+                let size = json_len(m);
+                if size > limit {
+                    return Err(WireError::too_large(field, size, limit));
+                }
+                Ok(Some(m.clone()))
+            }
+            Some(_) => Err(WireError::bad(field, "must be a JSON object")),
+        }
+    }
+
+    fn epoch(&self) -> Result<u64, WireError> {
+        match self.get("epoch") {
+            None => Err(WireError::bad("epoch", "is required")),
+            Some(v) => v
+                .as_u64()
+                .ok_or_else(|| WireError::bad("epoch", "must be a non-negative integer")),
+        }
+    }
+
+    fn activity(&self) -> Result<Option<Activity>, WireError> {
+        match self.get("activity") {
+            None => Ok(None),
+            Some(Value::String(s)) => Activity::parse(s)
+                .map(Some)
+                .ok_or_else(|| WireError::bad("activity", "must be \"active\", \"idle\" or \"background\"")),
+            Some(_) => Err(WireError::bad("activity", "must be a string")),
+        }
+    }
+}
+
+/// Decodes `presence:hello`. The user is `userId`, or `handle` when only a
+/// handle is given (then the handle must also be a valid id).
+pub fn hello(v: &Value, limits: &Limits) -> Result<HelloReq, WireError> {
+    let o = Obj::of(v)?;
+    let handle = match o.get("handle") {
+        None => None,
+        Some(Value::String(h)) => {
+            if h.is_empty() || h.len() > MAX_HANDLE_LEN {
+                return Err(WireError::bad("handle", format!("must be 1..={MAX_HANDLE_LEN} bytes")));
+            }
+            if h.chars().any(char::is_control) {
+                return Err(WireError::bad("handle", "must not contain control characters"));
+            }
+            Some(h.clone())
+        }
+        Some(_) => return Err(WireError::bad("handle", "must be a string")),
+    };
+    let user_id = match (o.id("userId", UserId::new)?, &handle) {
+        (Some(u), _) => u,
+        (None, Some(h)) => UserId::new(h).map_err(|e| {
+            WireError::bad("handle", format!("used as the user id when userId is absent, so it {e}"))
+        })?,
+        (None, None) => return Err(WireError::bad("userId", "userId or handle is required")),
+    };
+    Ok(HelloReq {
+        user_id,
+        handle,
+        session_id: o.id("sessionId", SessionId::new)?,
+        meta: o.object("meta", limits.max_meta_bytes)?,
+        activity: o.activity()?.unwrap_or_default(),
+    })
+}
+
+/// Decodes `presence:join`.
+pub fn join(v: &Value, limits: &Limits) -> Result<JoinReq, WireError> {
+    let o = Obj::of(v)?;
+    Ok(JoinReq {
+        room_id: o.required_id("roomId", RoomId::new)?,
+        state: o.object("state", limits.max_state_bytes)?,
+    })
+}
+
+/// Decodes `presence:heartbeat`.
+pub fn heartbeat(v: &Value) -> Result<HeartbeatReq, WireError> {
+    let o = Obj::of(v)?;
+    Ok(HeartbeatReq {
+        epoch: o.epoch()?,
+        activity: o.activity()?,
+    })
+}
+
+/// Decodes `presence:state`.
+pub fn state(v: &Value, limits: &Limits) -> Result<StateReq, WireError> {
+    let o = Obj::of(v)?;
+    let room_id = o.required_id("roomId", RoomId::new)?;
+    let epoch = o.epoch()?;
+    let patch = o
+        .object("patch", limits.max_state_bytes)?
+        .ok_or_else(|| WireError::bad("patch", "is required"))?;
+    Ok(StateReq { room_id, epoch, patch })
+}
+
+/// Decodes `presence:signal`; `data` may be any JSON up to the state limit.
+pub fn signal(v: &Value, limits: &Limits) -> Result<SignalReq, WireError> {
+    let o = Obj::of(v)?;
+    let room_id = o.required_id("roomId", RoomId::new)?;
+    let data = o.0.get("data").cloned().unwrap_or(Value::Null);
+    let size = json_len(&data);
+    if size > limits.max_state_bytes {
+        return Err(WireError::too_large("data", size, limits.max_state_bytes));
+    }
+    Ok(SignalReq { room_id, data })
+}
+
+/// Decodes `presence:leave`; no payload at all (or `{}`) means "end the session".
+pub fn leave(v: &Value) -> Result<LeaveReq, WireError> {
+    if v.is_null() {
+        return Ok(LeaveReq { room_id: None });
+    }
+    let o = Obj::of(v)?;
+    Ok(LeaveReq {
+        room_id: o.id("roomId", RoomId::new)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l() -> Limits {
+        Limits::default()
+    }
+
+    #[test]
+    fn hello_takes_user_or_handle() {
+        let h = hello(&json!({ "userId": "u1", "handle": "Ann Lee", "meta": { "ua": "x" } }), &l()).unwrap();
+        assert_eq!(h.user_id.as_str(), "u1");
+        assert_eq!(h.handle.as_deref(), Some("Ann Lee"));
+        let h = hello(&json!({ "handle": "ann" }), &l()).unwrap();
+        assert_eq!(h.user_id.as_str(), "ann");
+        let e = hello(&json!({ "handle": "Ann Lee" }), &l()).unwrap_err();
+        assert_eq!((e.code, e.field), (ErrorCode::BadRequest, Some("handle")));
+        let e = hello(&json!({}), &l()).unwrap_err();
+        assert_eq!(e.field, Some("userId"));
+    }
+
+    #[test]
+    fn every_field_is_type_checked() {
+        let cases = [
+            (hello(&json!({ "userId": 5 }), &l()), "userId"),
+            (hello(&json!({ "userId": "a b" }), &l()), "userId"),
+            (hello(&json!({ "userId": "u", "sessionId": "" }), &l()), "sessionId"),
+            (hello(&json!({ "userId": "u", "meta": [1] }), &l()), "meta"),
+            (hello(&json!({ "userId": "u", "activity": "asleep" }), &l()), "activity"),
+            (hello(&json!({ "userId": "u", "handle": "a\u{0007}" }), &l()), "handle"),
+            (join(&json!({}), &l()).map(|_| h()), "roomId"),
+            (join(&json!({ "roomId": "r", "state": "x" }), &l()).map(|_| h()), "state"),
+            (heartbeat(&json!({})).map(|_| h()), "epoch"),
+            (heartbeat(&json!({ "epoch": -1 })).map(|_| h()), "epoch"),
+            (heartbeat(&json!({ "epoch": "1" })).map(|_| h()), "epoch"),
+            (state(&json!({ "roomId": "r", "epoch": 1 }), &l()).map(|_| h()), "patch"),
+            (signal(&json!({ "roomId": 1 }), &l()).map(|_| h()), "roomId"),
+            (leave(&json!({ "roomId": "x/y" })).map(|_| h()), "roomId"),
+        ];
+        for (r, field) in cases {
+            let e = r.unwrap_err();
+            assert_eq!((e.code, e.field), (ErrorCode::BadRequest, Some(field)), "{e:?}");
+        }
+    }
+
+    fn h() -> HelloReq {
+        hello(&json!({ "userId": "u" }), &Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn non_objects_are_bad_requests() {
+        for v in [json!("str"), json!(1), json!([1, 2]), json!(true), Value::Null] {
+            assert_eq!(hello(&v, &l()).unwrap_err().field, Some("payload"));
+            assert_eq!(join(&v, &l()).unwrap_err().field, Some("payload"));
+            assert_eq!(heartbeat(&v).unwrap_err().field, Some("payload"));
+        }
+        // Leave alone accepts no payload: it ends the session.
+        assert_eq!(leave(&Value::Null).unwrap().room_id, None);
+    }
+
+    #[test]
+    fn sizes_are_limited() {
+        let big = json!({ "x": "y".repeat(5000) });
+        let e = join(&json!({ "roomId": "r", "state": big }), &l()).unwrap_err();
+        assert_eq!((e.code, e.field), (ErrorCode::PayloadTooLarge, Some("state")));
+        let e = hello(&json!({ "userId": "u", "meta": { "x": "y".repeat(2000) } }), &l()).unwrap_err();
+        assert_eq!((e.code, e.field), (ErrorCode::PayloadTooLarge, Some("meta")));
+        let e = signal(&json!({ "roomId": "r", "data": "y".repeat(5000) }), &l()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::PayloadTooLarge);
+    }
+
+    #[test]
+    fn error_body_shape() {
+        let b = WireError::bad("roomId", "is required").body();
+        assert_eq!(
+            b,
+            json!({ "ok": false, "error": { "code": "bad_request", "message": "roomId: is required", "field": "roomId" } })
+        );
+        let b = WireError::from(StoreError::StaleEpoch { current: 3 }).body();
+        assert_eq!(b["error"]["code"], "stale_epoch");
+    }
+}
