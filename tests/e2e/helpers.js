@@ -1,0 +1,161 @@
+// Test helpers: start the real presence-node binary on a free loopback port,
+// connect the official socket.io-client, and wait for acks and events.
+import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+import { io } from "socket.io-client";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+export const NODE_BIN = process.env.PRESENCE_NODE_BIN || path.join(root, "target/debug/presence-node");
+
+/** Short lifecycle timings, so that idle/away/stale/expiry happen within a test. */
+export const FAST = {
+  "--heartbeat-interval-ms": 200,
+  "--heartbeat-timeout-ms": 1200,
+  "--idle-after-ms": 600,
+  "--away-after-ms": 1500,
+  "--background-timeout-ms": 4000,
+  "--reconnect-grace-ms": 1000,
+  "--prune-interval-ms": 50,
+  "--emit-debounce-ms": 50,
+};
+
+/** Starts a node with `flags` on 127.0.0.1:0 and resolves once it listens. */
+export function startNode(flags = {}, { timeoutMs = 20000 } = {}) {
+  const args = ["--bind", "127.0.0.1:0"];
+  for (const [k, v] of Object.entries(flags)) args.push(k, String(v));
+  const proc = spawn(NODE_BIN, args, {
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn,presence_node::app=info" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let output = "";
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      proc.kill("SIGKILL");
+      reject(new Error(`presence-node did not start in ${timeoutMs} ms:\n${output}`));
+    }, timeoutMs);
+    const onData = (chunk) => {
+      output += chunk;
+      const m = output.match(/listening on (http:\/\/127\.0\.0\.1:\d+)/);
+      if (m) {
+        clearTimeout(timer);
+        resolve({
+          url: m[1],
+          proc,
+          output: () => output,
+          async stop() {
+            if (proc.exitCode !== null) return;
+            const exited = new Promise((r) => proc.once("exit", r));
+            proc.kill("SIGTERM");
+            const t = setTimeout(() => proc.kill("SIGKILL"), 10000);
+            await exited;
+            clearTimeout(t);
+          },
+        });
+      }
+    };
+    proc.stdout.on("data", onData);
+    proc.stderr.on("data", onData);
+    proc.once("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`presence-node exited with ${code}:\n${output}`));
+    });
+  });
+}
+
+const sockets = new Set();
+
+/** A connected client (websocket transport unless told otherwise). */
+export async function connect(url, opts = {}) {
+  const s = io(url, { forceNew: true, reconnection: false, transports: ["websocket"], ...opts });
+  sockets.add(s);
+  record(s);
+  await new Promise((resolve, reject) => {
+    s.once("connect", resolve);
+    s.once("connect_error", reject);
+  });
+  return s;
+}
+
+/** Closes every client opened by `connect`. */
+export function closeAll() {
+  for (const s of sockets) s.disconnect();
+  sockets.clear();
+}
+
+/** Emits and resolves with the ack. */
+export function call(socket, event, ...args) {
+  return socket.timeout(5000).emitWithAck(event, ...args);
+}
+
+/** Keeps every presence event a socket receives, in order. */
+function record(s) {
+  s.received = [];
+  s.onAny((event, payload) => {
+    s.received.push({ event, payload, at: Date.now() });
+    for (const w of [...(s.waiters || [])]) w();
+  });
+}
+
+/** Resolves with the first received event (from index `from`) matching `pred`. */
+export function waitFor(socket, event, pred = () => true, { timeoutMs = 5000, from = 0 } = {}) {
+  return new Promise((resolve, reject) => {
+    socket.waiters ||= [];
+    const check = () => {
+      const hit = socket.received.slice(from).find((r) => r.event === event && pred(r.payload));
+      if (hit) {
+        socket.waiters = socket.waiters.filter((w) => w !== check);
+        clearTimeout(timer);
+        resolve(hit.payload);
+      }
+    };
+    const timer = setTimeout(() => {
+      socket.waiters = socket.waiters.filter((w) => w !== check);
+      reject(new Error(`no ${event} matching ${pred} within ${timeoutMs} ms; got ${JSON.stringify(socket.received.map((r) => r.event))}`));
+    }, timeoutMs);
+    socket.waiters.push(check);
+    check();
+  });
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** A client's view of a room: snapshot + diffs applied as documented. */
+export class RoomMirror {
+  constructor(snapshot) {
+    this.users = structuredClone(snapshot.users);
+    this.sessions = structuredClone(snapshot.sessions);
+    this.seq = snapshot.seq;
+  }
+  apply(diff) {
+    for (const [map, patches] of [[this.users, diff.users], [this.sessions, diff.sessions]]) {
+      for (const [k, p] of Object.entries(patches)) {
+        if (p === null) { delete map[k]; continue; }
+        const e = (map[k] ||= {});
+        for (const [f, v] of Object.entries(p)) {
+          if (v === null) delete e[f]; else e[f] = v;
+        }
+      }
+    }
+    this.seq = diff.seq;
+  }
+}
+
+/** Diffs a socket received for `roomId`, in order. */
+export function diffs(socket, roomId) {
+  return socket.received.filter((r) => r.event === "presence:diff" && r.payload.roomId === roomId).map((r) => r.payload);
+}
+
+/** hello + join; returns { sessionId, epoch, snapshot }. */
+export async function enter(socket, userId, roomId, extra = {}) {
+  const hello = await call(socket, "presence:hello", { userId, ...extra });
+  if (!hello.ok) throw new Error(JSON.stringify(hello));
+  const join = await call(socket, "presence:join", { roomId });
+  if (!join.ok) throw new Error(JSON.stringify(join));
+  return { sessionId: hello.sessionId, epoch: hello.epoch, snapshot: join.snapshot, hello, join };
+}
+
+export async function getJson(url, init) {
+  const res = await fetch(url, init);
+  return { status: res.status, body: await res.json() };
+}
