@@ -240,12 +240,22 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
-    fn user(id: &str, status: UserStatus, count: u32, hb: Millis, state: Option<i64>) -> UserPresence {
+    fn user(
+        id: &str,
+        status: UserStatus,
+        count: u32,
+        hb: Millis,
+        state: Option<i64>,
+    ) -> UserPresence {
         UserPresence {
             user_key: UserId::new(id).unwrap(),
             handle: (count % 2 == 0).then(|| format!("H{id}")),
             status,
-            confidence: if status == UserStatus::Active { Confidence::High } else { Confidence::Medium },
+            confidence: if status == UserStatus::Active {
+                Confidence::High
+            } else {
+                Confidence::Medium
+            },
             session_count: count,
             last_seen_at: hb / 2,
             last_heartbeat_at: hb,
@@ -270,20 +280,35 @@ mod tests {
             seq,
             generated_at: 0,
             users: users.into_iter().map(|u| (u.user_key.clone(), u)).collect(),
-            sessions: sessions.into_iter().map(|s| (s.session_id.clone(), s)).collect(),
+            sessions: sessions
+                .into_iter()
+                .map(|s| (s.session_id.clone(), s))
+                .collect(),
         }
     }
 
     #[test]
     fn heartbeat_only_changes_give_an_empty_diff() {
-        let a = view(1, vec![user("u", UserStatus::Active, 1, 10, None)], vec![session("s", SessionStatus::Active, 10, None)]);
-        let b = view(1, vec![user("u", UserStatus::Active, 1, 99, None)], vec![session("s", SessionStatus::Active, 99, None)]);
+        let a = view(
+            1,
+            vec![user("u", UserStatus::Active, 1, 10, None)],
+            vec![session("s", SessionStatus::Active, 10, None)],
+        );
+        let b = view(
+            1,
+            vec![user("u", UserStatus::Active, 1, 99, None)],
+            vec![session("s", SessionStatus::Active, 99, None)],
+        );
         assert!(diff(&a, &b).is_empty());
     }
 
     #[test]
     fn a_change_carries_only_changed_fields_and_fresh_timestamps() {
-        let a = view(1, vec![user("u", UserStatus::Active, 1, 10, Some(1))], vec![]);
+        let a = view(
+            1,
+            vec![user("u", UserStatus::Active, 1, 10, Some(1))],
+            vec![],
+        );
         let b = view(2, vec![user("u", UserStatus::Idle, 1, 20, Some(1))], vec![]);
         let d = diff(&a, &b);
         assert_eq!(
@@ -296,7 +321,11 @@ mod tests {
 
     #[test]
     fn gone_is_null_and_removed_state_is_null() {
-        let a = view(1, vec![user("u", UserStatus::Active, 1, 10, Some(1))], vec![session("s", SessionStatus::Idle, 1, Some(3))]);
+        let a = view(
+            1,
+            vec![user("u", UserStatus::Active, 1, 10, Some(1))],
+            vec![session("s", SessionStatus::Idle, 1, Some(3))],
+        );
         let b = view(3, vec![user("u", UserStatus::Active, 1, 10, None)], vec![]);
         let j = serde_json::to_value(diff(&a, &b)).unwrap();
         assert_eq!(j["sessions"]["s"], serde_json::Value::Null);
@@ -350,8 +379,12 @@ mod tests {
         (users, sessions, 0u64..100).prop_map(|(u, s, seq)| {
             view(
                 seq,
-                u.into_iter().map(|(k, (st, c, hb, state))| user(&format!("u{k}"), st, c, hb, state)).collect(),
-                s.into_iter().map(|(k, (st, hb, state))| session(&format!("s{k}"), st, hb, state)).collect(),
+                u.into_iter()
+                    .map(|(k, (st, c, hb, state))| user(&format!("u{k}"), st, c, hb, state))
+                    .collect(),
+                s.into_iter()
+                    .map(|(k, (st, hb, state))| session(&format!("s{k}"), st, hb, state))
+                    .collect(),
             )
         })
     }

@@ -138,7 +138,10 @@ mod tests {
     #[test]
     fn rejects_empty_long_and_foreign_bytes() {
         assert_eq!(UserId::new(""), Err(IdError::Empty));
-        assert_eq!(UserId::new(&"x".repeat(MAX_ID_LEN + 1)), Err(IdError::TooLong));
+        assert_eq!(
+            UserId::new(&"x".repeat(MAX_ID_LEN + 1)),
+            Err(IdError::TooLong)
+        );
         for bad in ["a b", "a/b", "é", "a\n", "{room}", "*"] {
             assert_eq!(UserId::new(bad), Err(IdError::BadChar), "{bad:?}");
         }
@@ -148,6 +151,9 @@ mod tests {
     fn serde_validates() {
         assert!(serde_json::from_str::<SessionId>("\"ok-1\"").is_ok());
         assert!(serde_json::from_str::<SessionId>("\"not ok\"").is_err());
-        assert_eq!(serde_json::to_string(&NodeId::new("n1").unwrap()).unwrap(), "\"n1\"");
+        assert_eq!(
+            serde_json::to_string(&NodeId::new("n1").unwrap()).unwrap(),
+            "\"n1\""
+        );
     }
 }

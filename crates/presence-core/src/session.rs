@@ -153,7 +153,10 @@ impl SessionFacts {
             return Liveness::Expired;
         }
         if self.disconnected_at.is_some()
-            || now >= self.last_heartbeat_at.saturating_add(self.heartbeat_timeout(t))
+            || now
+                >= self
+                    .last_heartbeat_at
+                    .saturating_add(self.heartbeat_timeout(t))
         {
             return Liveness::Live(SessionStatus::Stale);
         }
@@ -174,7 +177,9 @@ impl SessionFacts {
     /// may change if no event arrives. Status is constant between these
     /// instants, so a store only needs to look at a session again then.
     pub fn next_deadline(&self, now: Millis, t: &Timings) -> Millis {
-        let hb_timeout = self.last_heartbeat_at.saturating_add(self.heartbeat_timeout(t));
+        let hb_timeout = self
+            .last_heartbeat_at
+            .saturating_add(self.heartbeat_timeout(t));
         let candidates = [
             self.last_active_at.saturating_add(t.idle_after_ms),
             self.last_active_at.saturating_add(t.away_after_ms),

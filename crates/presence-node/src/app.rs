@@ -136,7 +136,11 @@ async fn sweep_loop(store: Arc<dyn PresenceStore>, every_ms: Millis) {
         tick.tick().await;
         match store.sweep().await {
             Ok(r) if r.expired > 0 || r.status_changes > 0 => {
-                tracing::debug!(expired = r.expired, status_changes = r.status_changes, "sweep")
+                tracing::debug!(
+                    expired = r.expired,
+                    status_changes = r.status_changes,
+                    "sweep"
+                )
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "sweep failed"),

@@ -18,7 +18,11 @@ pub enum LogFormat {
 
 /// Every setting of a presence node. Each is a flag and an environment variable.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "presence-node", version, about = "A presence-cluster node: Socket.IO presence and an HTTP API.")]
+#[command(
+    name = "presence-node",
+    version,
+    about = "A presence-cluster node: Socket.IO presence and an HTTP API."
+)]
 pub struct Config {
     /// Address to listen on (port 0 picks a free port; the chosen address is logged).
     #[arg(long, env = "PRESENCE_BIND", default_value = "127.0.0.1:8787")]
@@ -41,7 +45,11 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_AWAY_AFTER_MS", default_value_t = 300_000)]
     pub away_after_ms: Millis,
     /// Silence after which a background session is stale.
-    #[arg(long, env = "PRESENCE_BACKGROUND_TIMEOUT_MS", default_value_t = 120_000)]
+    #[arg(
+        long,
+        env = "PRESENCE_BACKGROUND_TIMEOUT_MS",
+        default_value_t = 120_000
+    )]
     pub background_timeout_ms: Millis,
     /// How long a stale session can be resumed by a reconnect.
     #[arg(long, env = "PRESENCE_RECONNECT_GRACE_MS", default_value_t = 15_000)]

@@ -216,7 +216,13 @@ impl Hub {
         if let Some(last) = &self.last {
             let d = diff(last, &view);
             if !d.is_empty() {
-                if let Err(e) = self.inner.io.to(self.room.as_str().to_owned()).emit("presence:diff", &d).await {
+                if let Err(e) = self
+                    .inner
+                    .io
+                    .to(self.room.as_str().to_owned())
+                    .emit("presence:diff", &d)
+                    .await
+                {
                     tracing::debug!(room_id = %self.room, error = %e, "diff broadcast failed");
                 }
             }

@@ -45,7 +45,9 @@ impl From<WireError> for ApiError {
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden | ErrorCode::ForbiddenRoom => StatusCode::FORBIDDEN,
-            ErrorCode::NotFound | ErrorCode::NoSession | ErrorCode::NotJoined => StatusCode::NOT_FOUND,
+            ErrorCode::NotFound | ErrorCode::NoSession | ErrorCode::NotJoined => {
+                StatusCode::NOT_FOUND
+            }
             ErrorCode::StaleEpoch => StatusCode::CONFLICT,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::LimitExceeded => StatusCode::UNPROCESSABLE_ENTITY,
@@ -88,7 +90,10 @@ async fn demo_page() -> Html<&'static str> {
 async fn socket_io_client() -> impl IntoResponse {
     (
         [
-            (header::CONTENT_TYPE, "application/javascript; charset=utf-8"),
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
             (header::CACHE_CONTROL, "public, max-age=86400"),
         ],
         include_str!("../static/socket.io.min.js"),
@@ -114,12 +119,21 @@ fn room_id(raw: &str) -> Result<RoomId, ApiError> {
     RoomId::new(raw).map_err(|e| WireError::bad("roomId", e).into())
 }
 
-async fn whos_online(State(app): State<App>, Query(q): Query<HashMap<String, String>>) -> ApiResult {
+async fn whos_online(
+    State(app): State<App>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
     let limit = match q.get("limit") {
         None => DEFAULT_PAGE,
         Some(l) => match l.parse::<usize>() {
             Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-            _ => return Err(WireError::bad("limit", format!("must be an integer in 1..={MAX_PAGE}")).into()),
+            _ => {
+                return Err(WireError::bad(
+                    "limit",
+                    format!("must be an integer in 1..={MAX_PAGE}"),
+                )
+                .into())
+            }
         },
     };
     let after = match q.get("cursor") {
@@ -155,7 +169,9 @@ async fn room_presence(State(app): State<App>, Path(raw): Path<String>) -> ApiRe
 async fn room_stats(State(app): State<App>, Path(raw): Path<String>) -> ApiResult {
     let room = room_id(&raw)?;
     let s = app.store.room_stats(&room).await?;
-    Ok(Json(json!({ "ok": true, "roomId": room, "sessions": s.sessions, "users": s.users })))
+    Ok(Json(
+        json!({ "ok": true, "roomId": room, "sessions": s.sessions, "users": s.users }),
+    ))
 }
 
 async fn users_status(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> ApiResult {
@@ -166,24 +182,33 @@ async fn users_status(State(app): State<App>, body: Result<Bytes, BytesRejection
             WireError::bad("body", e.body_text())
         }
     })?;
-    let v: Value = serde_json::from_slice(&body).map_err(|e| WireError::bad("body", format!("invalid JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|e| WireError::bad("body", format!("invalid JSON: {e}")))?;
     let ids = v
         .get("userIds")
         .and_then(Value::as_array)
         .ok_or_else(|| WireError::bad("userIds", "must be an array of user ids"))?;
     if ids.len() > MAX_STATUS_USERS {
-        return Err(WireError::bad("userIds", format!("at most {MAX_STATUS_USERS} ids per request")).into());
+        return Err(WireError::bad(
+            "userIds",
+            format!("at most {MAX_STATUS_USERS} ids per request"),
+        )
+        .into());
     }
     let ids = ids
         .iter()
         .map(|v| {
             v.as_str()
                 .ok_or_else(|| WireError::bad("userIds", "every entry must be a string"))
-                .and_then(|s| UserId::new(s).map_err(|e| WireError::bad("userIds", format!("{s:?} {e}"))))
+                .and_then(|s| {
+                    UserId::new(s).map_err(|e| WireError::bad("userIds", format!("{s:?} {e}")))
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let statuses = app.store.users_status(&ids).await?;
-    Ok(Json(json!({ "ok": true, "generatedAt": app.clock.now_ms(), "users": statuses })))
+    Ok(Json(
+        json!({ "ok": true, "generatedAt": app.clock.now_ms(), "users": statuses }),
+    ))
 }
 
 async fn cluster(State(app): State<App>) -> ApiResult {

@@ -49,7 +49,10 @@ impl Conn {
 
     fn bound(&self) -> Result<Bound, WireError> {
         self.lock().bound.clone().ok_or_else(|| {
-            WireError::new(ErrorCode::NoSession, "no session on this connection: send presence:hello first")
+            WireError::new(
+                ErrorCode::NoSession,
+                "no session on this connection: send presence:hello first",
+            )
         })
     }
 
@@ -59,7 +62,10 @@ impl Conn {
         if b.session.epoch != epoch {
             return Err(WireError::new(
                 ErrorCode::StaleEpoch,
-                format!("this connection holds epoch {}, not {epoch}", b.session.epoch),
+                format!(
+                    "this connection holds epoch {}, not {epoch}",
+                    b.session.epoch
+                ),
             ));
         }
         Ok(b)
@@ -77,12 +83,15 @@ pub fn on_connect(socket: SocketRef, app: App) {
     macro_rules! route {
         ($event:literal, $handler:ident) => {{
             let (app, conn) = (app.clone(), conn.clone());
-            socket.on($event, move |s: SocketRef, TryData(v): TryData<Value>, ack: AckSender| {
-                let (app, conn) = (app.clone(), conn.clone());
-                // An undecodable payload is treated as no payload, which every
-                // event but leave rejects as `bad_request`.
-                async move { $handler(&app, &conn, s, v.unwrap_or(Value::Null), ack).await }
-            });
+            socket.on(
+                $event,
+                move |s: SocketRef, TryData(v): TryData<Value>, ack: AckSender| {
+                    let (app, conn) = (app.clone(), conn.clone());
+                    // An undecodable payload is treated as no payload, which every
+                    // event but leave rejects as `bad_request`.
+                    async move { $handler(&app, &conn, s, v.unwrap_or(Value::Null), ack).await }
+                },
+            );
         }};
     }
     route!("presence:hello", hello);
@@ -253,7 +262,10 @@ async fn signal(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSen
             ));
         }
         if conn.signals.check().is_err() {
-            return Err(WireError::new(ErrorCode::RateLimited, "too many signals; slow down"));
+            return Err(WireError::new(
+                ErrorCode::RateLimited,
+                "too many signals; slow down",
+            ));
         }
         let msg = json!({
             "roomId": req.room_id,
@@ -261,7 +273,11 @@ async fn signal(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSen
             "userId": b.user_id,
             "data": req.data,
         });
-        if let Err(e) = socket.to(req.room_id.as_str().to_owned()).emit("presence:signal", &msg).await {
+        if let Err(e) = socket
+            .to(req.room_id.as_str().to_owned())
+            .emit("presence:signal", &msg)
+            .await
+        {
             tracing::debug!(error = %e, "signal relay failed");
         }
         Ok(json!({ "ok": true }))
@@ -319,7 +335,11 @@ async fn disconnect(app: &App, conn: &Conn, socket: SocketRef) {
     // Not a leave: the session turns stale and can be resumed within the
     // grace window. Refused (and harmless) if a newer connection owns it.
     match app.store.disconnect(&b.session).await {
-        Ok(()) => tracing::info!(session_id = %b.session.session_id, epoch = b.session.epoch, "disconnected; kept for the grace window"),
-        Err(e) => tracing::debug!(session_id = %b.session.session_id, error = %e, "disconnect not applied"),
+        Ok(()) => {
+            tracing::info!(session_id = %b.session.session_id, epoch = b.session.epoch, "disconnected; kept for the grace window")
+        }
+        Err(e) => {
+            tracing::debug!(session_id = %b.session.session_id, error = %e, "disconnect not applied")
+        }
     }
 }

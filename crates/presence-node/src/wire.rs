@@ -190,7 +190,11 @@ impl<'a> Obj<'a> {
         self.0.get(field).filter(|v| !v.is_null())
     }
 
-    fn id<T>(&self, field: &'static str, make: fn(&str) -> Result<T, IdError>) -> Result<Option<T>, WireError> {
+    fn id<T>(
+        &self,
+        field: &'static str,
+        make: fn(&str) -> Result<T, IdError>,
+    ) -> Result<Option<T>, WireError> {
         match self.get(field) {
             None => Ok(None),
             Some(Value::String(s)) => make(s).map(Some).map_err(|e| WireError::bad(field, e)),
@@ -198,7 +202,11 @@ impl<'a> Obj<'a> {
         }
     }
 
-    fn required_id<T>(&self, field: &'static str, make: fn(&str) -> Result<T, IdError>) -> Result<T, WireError> {
+    fn required_id<T>(
+        &self,
+        field: &'static str,
+        make: fn(&str) -> Result<T, IdError>,
+    ) -> Result<T, WireError> {
         self.id(field, make)?
             .ok_or_else(|| WireError::bad(field, "is required"))
     }
@@ -229,9 +237,9 @@ impl<'a> Obj<'a> {
     fn activity(&self) -> Result<Option<Activity>, WireError> {
         match self.get("activity") {
             None => Ok(None),
-            Some(Value::String(s)) => Activity::parse(s)
-                .map(Some)
-                .ok_or_else(|| WireError::bad("activity", "must be \"active\", \"idle\" or \"background\"")),
+            Some(Value::String(s)) => Activity::parse(s).map(Some).ok_or_else(|| {
+                WireError::bad("activity", "must be \"active\", \"idle\" or \"background\"")
+            }),
             Some(_) => Err(WireError::bad("activity", "must be a string")),
         }
     }
@@ -245,10 +253,16 @@ pub fn hello(v: &Value, limits: &Limits) -> Result<HelloReq, WireError> {
         None => None,
         Some(Value::String(h)) => {
             if h.is_empty() || h.len() > MAX_HANDLE_LEN {
-                return Err(WireError::bad("handle", format!("must be 1..={MAX_HANDLE_LEN} bytes")));
+                return Err(WireError::bad(
+                    "handle",
+                    format!("must be 1..={MAX_HANDLE_LEN} bytes"),
+                ));
             }
             if h.chars().any(char::is_control) {
-                return Err(WireError::bad("handle", "must not contain control characters"));
+                return Err(WireError::bad(
+                    "handle",
+                    "must not contain control characters",
+                ));
             }
             Some(h.clone())
         }
@@ -257,7 +271,10 @@ pub fn hello(v: &Value, limits: &Limits) -> Result<HelloReq, WireError> {
     let user_id = match (o.id("userId", UserId::new)?, &handle) {
         (Some(u), _) => u,
         (None, Some(h)) => UserId::new(h).map_err(|e| {
-            WireError::bad("handle", format!("used as the user id when userId is absent, so it {e}"))
+            WireError::bad(
+                "handle",
+                format!("used as the user id when userId is absent, so it {e}"),
+            )
         })?,
         (None, None) => return Err(WireError::bad("userId", "userId or handle is required")),
     };
@@ -296,7 +313,11 @@ pub fn state(v: &Value, limits: &Limits) -> Result<StateReq, WireError> {
     let patch = o
         .object("patch", limits.max_state_bytes)?
         .ok_or_else(|| WireError::bad("patch", "is required"))?;
-    Ok(StateReq { room_id, epoch, patch })
+    Ok(StateReq {
+        room_id,
+        epoch,
+        patch,
+    })
 }
 
 /// Decodes `presence:signal`; `data` may be any JSON up to the state limit.
@@ -332,7 +353,11 @@ mod tests {
 
     #[test]
     fn hello_takes_user_or_handle() {
-        let h = hello(&json!({ "userId": "u1", "handle": "Ann Lee", "meta": { "ua": "x" } }), &l()).unwrap();
+        let h = hello(
+            &json!({ "userId": "u1", "handle": "Ann Lee", "meta": { "ua": "x" } }),
+            &l(),
+        )
+        .unwrap();
         assert_eq!(h.user_id.as_str(), "u1");
         assert_eq!(h.handle.as_deref(), Some("Ann Lee"));
         let h = hello(&json!({ "handle": "ann" }), &l()).unwrap();
@@ -348,22 +373,41 @@ mod tests {
         let cases = [
             (hello(&json!({ "userId": 5 }), &l()), "userId"),
             (hello(&json!({ "userId": "a b" }), &l()), "userId"),
-            (hello(&json!({ "userId": "u", "sessionId": "" }), &l()), "sessionId"),
+            (
+                hello(&json!({ "userId": "u", "sessionId": "" }), &l()),
+                "sessionId",
+            ),
             (hello(&json!({ "userId": "u", "meta": [1] }), &l()), "meta"),
-            (hello(&json!({ "userId": "u", "activity": "asleep" }), &l()), "activity"),
-            (hello(&json!({ "userId": "u", "handle": "a\u{0007}" }), &l()), "handle"),
+            (
+                hello(&json!({ "userId": "u", "activity": "asleep" }), &l()),
+                "activity",
+            ),
+            (
+                hello(&json!({ "userId": "u", "handle": "a\u{0007}" }), &l()),
+                "handle",
+            ),
             (join(&json!({}), &l()).map(|_| h()), "roomId"),
-            (join(&json!({ "roomId": "r", "state": "x" }), &l()).map(|_| h()), "state"),
+            (
+                join(&json!({ "roomId": "r", "state": "x" }), &l()).map(|_| h()),
+                "state",
+            ),
             (heartbeat(&json!({})).map(|_| h()), "epoch"),
             (heartbeat(&json!({ "epoch": -1 })).map(|_| h()), "epoch"),
             (heartbeat(&json!({ "epoch": "1" })).map(|_| h()), "epoch"),
-            (state(&json!({ "roomId": "r", "epoch": 1 }), &l()).map(|_| h()), "patch"),
+            (
+                state(&json!({ "roomId": "r", "epoch": 1 }), &l()).map(|_| h()),
+                "patch",
+            ),
             (signal(&json!({ "roomId": 1 }), &l()).map(|_| h()), "roomId"),
             (leave(&json!({ "roomId": "x/y" })).map(|_| h()), "roomId"),
         ];
         for (r, field) in cases {
             let e = r.unwrap_err();
-            assert_eq!((e.code, e.field), (ErrorCode::BadRequest, Some(field)), "{e:?}");
+            assert_eq!(
+                (e.code, e.field),
+                (ErrorCode::BadRequest, Some(field)),
+                "{e:?}"
+            );
         }
     }
 
@@ -373,7 +417,13 @@ mod tests {
 
     #[test]
     fn non_objects_are_bad_requests() {
-        for v in [json!("str"), json!(1), json!([1, 2]), json!(true), Value::Null] {
+        for v in [
+            json!("str"),
+            json!(1),
+            json!([1, 2]),
+            json!(true),
+            Value::Null,
+        ] {
             assert_eq!(hello(&v, &l()).unwrap_err().field, Some("payload"));
             assert_eq!(join(&v, &l()).unwrap_err().field, Some("payload"));
             assert_eq!(heartbeat(&v).unwrap_err().field, Some("payload"));
@@ -386,9 +436,19 @@ mod tests {
     fn sizes_are_limited() {
         let big = json!({ "x": "y".repeat(5000) });
         let e = join(&json!({ "roomId": "r", "state": big }), &l()).unwrap_err();
-        assert_eq!((e.code, e.field), (ErrorCode::PayloadTooLarge, Some("state")));
-        let e = hello(&json!({ "userId": "u", "meta": { "x": "y".repeat(2000) } }), &l()).unwrap_err();
-        assert_eq!((e.code, e.field), (ErrorCode::PayloadTooLarge, Some("meta")));
+        assert_eq!(
+            (e.code, e.field),
+            (ErrorCode::PayloadTooLarge, Some("state"))
+        );
+        let e = hello(
+            &json!({ "userId": "u", "meta": { "x": "y".repeat(2000) } }),
+            &l(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.code, e.field),
+            (ErrorCode::PayloadTooLarge, Some("meta"))
+        );
         let e = signal(&json!({ "roomId": "r", "data": "y".repeat(5000) }), &l()).unwrap_err();
         assert_eq!(e.code, ErrorCode::PayloadTooLarge);
     }

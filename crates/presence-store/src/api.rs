@@ -123,7 +123,8 @@ pub trait PresenceStore: Send + Sync + 'static {
     ) -> Result<Joined, StoreError>;
 
     /// Records a heartbeat; publishes only if the status changed.
-    async fn heartbeat(&self, s: &SessionRef, activity: Option<Activity>) -> Result<(), StoreError>;
+    async fn heartbeat(&self, s: &SessionRef, activity: Option<Activity>)
+        -> Result<(), StoreError>;
 
     /// Shallow-merges `patch` into the session's state in `room` (`null` deletes a field).
     async fn update_state(

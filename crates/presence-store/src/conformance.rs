@@ -99,7 +99,16 @@ async fn drain(rx: &mut broadcast::Receiver<PresenceEvent>) -> Vec<PresenceEvent
 
 fn kinds(evs: &[PresenceEvent]) -> Vec<(EventKind, String)> {
     evs.iter()
-        .map(|e| (e.kind, serde_json::to_value(e.status).unwrap().as_str().unwrap().to_owned()))
+        .map(|e| {
+            (
+                e.kind,
+                serde_json::to_value(e.status)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            )
+        })
         .collect()
 }
 

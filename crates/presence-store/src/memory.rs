@@ -136,7 +136,10 @@ impl MemoryStore {
 
     /// Finds the session and checks the epoch.
     fn owned<'a>(inner: &'a mut Inner, s: &SessionRef) -> Result<&'a mut SessionEntry, StoreError> {
-        let e = inner.sessions.get_mut(&s.session_id).ok_or(StoreError::NoSession)?;
+        let e = inner
+            .sessions
+            .get_mut(&s.session_id)
+            .ok_or(StoreError::NoSession)?;
         if e.facts.epoch != s.epoch || e.facts.disconnected_at.is_some() {
             return Err(StoreError::StaleEpoch {
                 current: e.facts.epoch,
@@ -502,10 +505,13 @@ impl PresenceStore for MemoryStore {
 
     async fn room_stats(&self, room: &RoomId) -> Result<RoomStats, StoreError> {
         let inner = self.lock();
-        Ok(inner.rooms.get(room).map_or_else(RoomStats::default, |r| RoomStats {
-            sessions: r.sessions.len() as u64,
-            users: r.users.len() as u64,
-        }))
+        Ok(inner
+            .rooms
+            .get(room)
+            .map_or_else(RoomStats::default, |r| RoomStats {
+                sessions: r.sessions.len() as u64,
+                users: r.users.len() as u64,
+            }))
     }
 
     async fn whos_online(&self, page: Page) -> Result<Online, StoreError> {
@@ -578,7 +584,11 @@ mod conformance_tests {
     use crate::{MemoryStore, PresenceStore};
 
     async fn make(env: Env) -> Arc<dyn PresenceStore> {
-        Arc::new(MemoryStore::new(Arc::new(env.clock), env.timings, env.limits))
+        Arc::new(MemoryStore::new(
+            Arc::new(env.clock),
+            env.timings,
+            env.limits,
+        ))
     }
 
     conformance_suite!(make);

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what the tests need, then runs every test of the project:
+# formatting and lints, the Rust unit/property/conformance tests, and the
+# end-to-end suite (the real presence-node binary driven by the official
+# socket.io-client from npm).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# System packages: redis-server (the Redis-backed tests), Node.js and npm (the
+# JavaScript client). Installed from Debian's packages when missing.
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "==> installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> cargo test"
+cargo test --workspace --locked
+
+echo "==> end-to-end tests (socket.io-client from npm)"
+cargo build -p presence-node --locked
+(cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
+(cd tests/e2e && PRESENCE_NODE_BIN="$PWD/../../target/debug/presence-node" node --test --test-concurrency=1)
