@@ -275,4 +275,8 @@ test("garbage and events without ack callbacks harm nobody", async () => {
   assert.equal(hb.ok, true);
   const view = await fetch(`${node.url}/api/rooms/r-garbage/presence`).then((r) => r.json());
   assert.deepEqual(Object.keys(view.users).sort(), ["gary", "observer"]);
+  // A leave with no payload at all ends the session.
+  const bye = await g.timeout(5000).emitWithAck("presence:leave");
+  assert.deepEqual(bye, { ok: true, rooms: ["r-garbage"] });
+  await waitFor(obs, "presence:diff", (d) => d.users.gary === null, { from });
 });

@@ -177,6 +177,10 @@ impl SessionFacts {
     /// may change if no event arrives. Status is constant between these
     /// instants, so a store only needs to look at a session again then.
     pub fn next_deadline(&self, now: Millis, t: &Timings) -> Millis {
+        let removal = self.removal_deadline(t);
+        if now >= removal {
+            return now;
+        }
         let hb_timeout = self
             .last_heartbeat_at
             .saturating_add(self.heartbeat_timeout(t));
@@ -184,13 +188,13 @@ impl SessionFacts {
             self.last_active_at.saturating_add(t.idle_after_ms),
             self.last_active_at.saturating_add(t.away_after_ms),
             hb_timeout,
-            self.removal_deadline(t),
+            removal,
         ];
         candidates
             .into_iter()
             .filter(|&c| c > now)
             .min()
-            .unwrap_or(now)
+            .unwrap_or(removal)
     }
 
     /// Applies an accepted heartbeat at `now`. Only a heartbeat that reports
@@ -324,5 +328,73 @@ mod tests {
             assert!(steps < 10);
         }
         assert_eq!(now, 35_000);
+    }
+
+    fn rank(l: Liveness) -> u8 {
+        match l {
+            Live(Active) => 0,
+            Live(Idle) => 1,
+            Live(Away) => 2,
+            Live(Stale) => 3,
+            Expired => 4,
+        }
+    }
+
+    fn arb_facts() -> impl Strategy<Value = SessionFacts> {
+        (
+            prop_oneof![
+                Just(Activity::Active),
+                Just(Activity::Idle),
+                Just(Activity::Background)
+            ],
+            0i64..400_000,
+            0i64..400_000,
+            prop::option::of(0i64..400_000),
+        )
+            .prop_map(|(activity, hb, active_back, disc)| {
+                let mut f = facts(0);
+                f.activity = activity;
+                f.last_heartbeat_at = hb;
+                f.last_active_at = hb - active_back.min(hb);
+                f.disconnected_at = disc.map(|d| hb + d);
+                f
+            })
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Without events, a session only ever decays: active, idle, away, stale, expired.
+        #[test]
+        fn without_events_status_only_decays(f in arb_facts(), t1 in 0i64..1_000_000, dt in 0i64..1_000_000) {
+            let t = Timings::default();
+            prop_assert!(rank(f.liveness(t1, &t)) <= rank(f.liveness(t1 + dt, &t)));
+        }
+
+        /// Status is constant from `now` until `next_deadline`, so re-deriving
+        /// only at deadlines misses no transition.
+        #[test]
+        fn status_is_constant_until_the_next_deadline(f in arb_facts(), now in 0i64..1_000_000, frac in 0.0f64..1.0) {
+            let t = Timings::default();
+            let at_now = f.liveness(now, &t);
+            let next = f.next_deadline(now, &t);
+            if at_now == Expired {
+                prop_assert_eq!(next, now);
+            } else {
+                prop_assert!(next > now);
+                let mid = now + ((next - now - 1) as f64 * frac) as i64;
+                prop_assert_eq!(f.liveness(mid, &t), at_now);
+                prop_assert_eq!(f.liveness(next - 1, &t), at_now);
+            }
+        }
+
+        /// An `active` heartbeat always brings a connected session back to active.
+        #[test]
+        fn an_active_heartbeat_revives(mut f in arb_facts(), later in 0i64..1_000_000) {
+            f.disconnected_at = None;
+            let now = f.last_heartbeat_at + later;
+            f.record_heartbeat(now, Some(Activity::Active));
+            prop_assert_eq!(f.liveness(now, &Timings::default()), Live(Active));
+        }
     }
 }

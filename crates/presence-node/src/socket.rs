@@ -87,9 +87,7 @@ pub fn on_connect(socket: SocketRef, app: App) {
                 $event,
                 move |s: SocketRef, TryData(v): TryData<Value>, ack: AckSender| {
                     let (app, conn) = (app.clone(), conn.clone());
-                    // An undecodable payload is treated as no payload, which every
-                    // event but leave rejects as `bad_request`.
-                    async move { $handler(&app, &conn, s, v.unwrap_or(Value::Null), ack).await }
+                    async move { $handler(&app, &conn, s, payload(v), ack).await }
                 },
             );
         }};
@@ -105,6 +103,20 @@ pub fn on_connect(socket: SocketRef, app: App) {
         let (app, conn) = (app.clone(), conn.clone());
         async move { disconnect(&app, &conn, s).await }
     });
+}
+
+/// The event's payload, `Null` when the client sent none. (An event with no
+/// argument is what fails to decode into a JSON value; every event but
+/// `presence:leave` then answers `bad_request`.)
+fn payload(v: Result<Value, socketioxide::ParserError>) -> Value {
+    match v {
+        Ok(Value::Array(a)) if a.is_empty() => Value::Null,
+        Ok(v) => v,
+        Err(e) => {
+            tracing::trace!(error = %e, "no payload");
+            Value::Null
+        }
+    }
 }
 
 fn answer(ack: AckSender, r: Result<Value, WireError>) {

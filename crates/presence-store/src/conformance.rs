@@ -354,6 +354,16 @@ cases! {
         store.heartbeat(&new, None).await.unwrap();
     }
 
+    /// A session id reused right after its session ended starts above its old epoch.
+    async fn a_reused_session_id_never_reuses_an_epoch(store, env) {
+        let first = claim(store, "alice", "s1").await;
+        store.end(&first).await.unwrap();
+        let second = claim(store, "alice", "s1").await;
+        assert!(second.epoch > first.epoch);
+        assert!(matches!(store.heartbeat(&first, None).await, Err(StoreError::StaleEpoch { .. })));
+        store.heartbeat(&second, None).await.unwrap();
+    }
+
     /// A client cannot raise its own epoch.
     async fn forged_higher_epoch_is_rejected(store, env) {
         let s = claim(store, "alice", "s1").await;

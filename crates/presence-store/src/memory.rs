@@ -46,6 +46,9 @@ struct Inner {
     users: BTreeMap<UserId, BTreeSet<SessionId>>,
     /// Sessions by the next instant their status may change.
     deadlines: BTreeSet<(Millis, SessionId)>,
+    /// The last epoch of removed sessions, kept while the clock has not yet
+    /// passed it, so that a session id reused at once still starts higher.
+    tombstones: HashMap<SessionId, u64>,
 }
 
 struct SessionEntry {
@@ -215,6 +218,7 @@ impl MemoryStore {
             self.leave_room(inner, session, room, kind, now);
         }
         if let Some(e) = inner.sessions.remove(session) {
+            inner.tombstones.insert(session.clone(), e.facts.epoch);
             inner.deadlines.remove(&(e.deadline, session.clone()));
             if let Some(set) = inner.users.get_mut(&e.facts.user_id) {
                 set.remove(session);
@@ -300,7 +304,7 @@ impl PresenceStore for MemoryStore {
             user_id: req.user_id.clone(),
             handle: req.handle,
             node_id: req.node_id,
-            epoch: first_epoch(now),
+            epoch: first_epoch(now).max(inner.tombstones.get(&session_id).map_or(0, |e| e + 1)),
             activity: req.activity,
             last_heartbeat_at: now,
             last_active_at: now,
@@ -475,6 +479,8 @@ impl PresenceStore for MemoryStore {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let mut report = SweepReport::default();
+        let past = first_epoch(now);
+        inner.tombstones.retain(|_, epoch| *epoch >= past);
         while let Some((deadline, session)) = inner.deadlines.first().cloned() {
             if deadline > now {
                 break;
