@@ -98,3 +98,19 @@ test("the demo page and its socket.io client are served", async () => {
   assert.equal(js.status, 200);
   assert.match(await js.text(), /Socket\.IO v4/);
 });
+
+test("Prometheus metrics count requests by result", async () => {
+  const a = await connect(node.url);
+  await enter(a, "metric-user", "room-metrics");
+  await call(a, "presence:heartbeat", { epoch: 1 }); // stale_epoch: not this connection's epoch
+  const res = await fetch(`${node.url}/metrics`);
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get("content-type"), /text\/plain/);
+  const text = await res.text();
+  assert.match(text, /presence_requests_total\{event="presence:hello",result="ok"\} \d+/);
+  assert.match(text, /presence_requests_total\{event="presence:heartbeat",result="stale_epoch"\} 1/);
+  assert.match(text, /presence_sessions_local \d+/);
+  assert.match(text, /presence_rooms_local [1-9]/);
+  assert.match(text, /presence_events_total\{type="join"\} \d+/);
+  closeAll();
+});

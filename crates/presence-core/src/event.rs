@@ -27,6 +27,19 @@ pub enum EventKind {
 /// `offline` for `leave` and `expire`.
 pub type EventStatus = crate::user::UserStatus;
 
+impl EventKind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Join => "join",
+            EventKind::Leave => "leave",
+            EventKind::Update => "update",
+            EventKind::Status => "status",
+            EventKind::Expire => "expire",
+        }
+    }
+}
+
 /// One transition in one room (`{ "v": 1, "type", "roomId", "seq", ... }`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -84,5 +97,14 @@ mod tests {
                     "sessionId": "s", "nodeId": "n", "epoch": 3, "status": "offline", "ts": 5 })
         );
         assert_eq!(serde_json::from_value::<PresenceEvent>(j).unwrap(), e);
+        for k in [
+            EventKind::Join,
+            EventKind::Leave,
+            EventKind::Update,
+            EventKind::Status,
+            EventKind::Expire,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), json!(k.as_str()));
+        }
     }
 }

@@ -73,6 +73,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    crate::metrics::install();
     let timings = config.timings()?;
     let limits = config.limits();
     let node_id = config.node_id()?;

@@ -77,7 +77,10 @@ impl Fanout {
         tokio::spawn(async move {
             loop {
                 match rx.recv().await {
-                    Ok(ev) => this.send_existing(&ev.room_id, HubMsg::Changed),
+                    Ok(ev) => {
+                        crate::metrics::event(ev.kind.as_str());
+                        this.send_existing(&ev.room_id, HubMsg::Changed)
+                    }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "event stream lagged; re-reading every room");
                         let hubs = this.inner.lock();
@@ -216,6 +219,7 @@ impl Hub {
         if let Some(last) = &self.last {
             let d = diff(last, &view);
             if !d.is_empty() {
+                crate::metrics::diff_sent();
                 if let Err(e) = self
                     .inner
                     .io
@@ -241,6 +245,7 @@ impl Hub {
                 Reply::Snapshot => socket.emit("presence:snapshot", &view),
             };
             if sent.is_ok() {
+                crate::metrics::snapshot_sent();
                 socket.join(self.room.as_str().to_owned());
                 self.members.insert(socket.id);
             }

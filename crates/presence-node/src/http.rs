@@ -73,6 +73,7 @@ pub fn router(app: App) -> Router {
         .route("/assets/socket.io.min.js", get(socket_io_client))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/api/whos-online", get(whos_online))
         .route("/api/rooms/{room_id}/presence", get(room_presence))
         .route("/api/rooms/{room_id}/stats", get(room_stats))
@@ -113,6 +114,16 @@ async fn readyz(State(app): State<App>) -> Response {
         Ok(()) => Json(json!({ "ok": true, "store": app.store.kind() })).into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
+}
+
+async fn metrics(State(app): State<App>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(app.local_sessions(), app.fanout.rooms()),
+    )
 }
 
 fn room_id(raw: &str) -> Result<RoomId, ApiError> {

@@ -9,11 +9,13 @@
 //! - [`socket`]: the `presence:*` Socket.IO handlers.
 //! - [`fanout`]: per-room hubs that turn changes into snapshots and throttled diffs.
 //! - [`http`]: the HTTP API and the demo page.
+//! - [`metrics`]: Prometheus counters and gauges (`GET /metrics`).
 //! - [`app`]: wiring, background tasks and graceful shutdown.
 
 pub mod app;
 pub mod config;
 pub mod fanout;
 pub mod http;
+pub mod metrics;
 pub mod socket;
 pub mod wire;

@@ -74,6 +74,7 @@ impl Conn {
 
 /// Registers the presence handlers on a new connection.
 pub fn on_connect(socket: SocketRef, app: App) {
+    crate::metrics::connection_opened();
     let per_sec = NonZeroU32::new(app.config.signal_rate_per_sec).unwrap_or(NonZeroU32::MIN);
     let conn = Arc::new(Conn {
         state: Mutex::new(ConnState::default()),
@@ -119,11 +120,15 @@ fn payload(v: Result<Value, socketioxide::ParserError>) -> Value {
     }
 }
 
-fn answer(ack: AckSender, r: Result<Value, WireError>) {
+fn answer(ack: AckSender, event: &'static str, r: Result<Value, WireError>) {
     let body = match r {
-        Ok(v) => v,
+        Ok(v) => {
+            crate::metrics::request(event, "ok");
+            v
+        }
         Err(e) => {
-            tracing::debug!(code = ?e.code, message = %e.message, "request refused");
+            tracing::debug!(event, code = ?e.code, message = %e.message, "request refused");
+            crate::metrics::request(event, e.code.as_str());
             e.body()
         }
     };
@@ -192,6 +197,7 @@ async fn hello(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSend
         Ok(claimed) => {
             answer(
                 ack,
+                "presence:hello",
                 Ok(json!({
                     "ok": true,
                     "sessionId": claimed.session_id,
@@ -209,7 +215,7 @@ async fn hello(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSend
                 app.fanout.join(room, socket.clone(), Reply::Snapshot);
             }
         }
-        Err(e) => answer(ack, Err(e)),
+        Err(e) => answer(ack, "presence:hello", Err(e)),
     }
 }
 
@@ -230,8 +236,11 @@ async fn join(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSende
     .await;
     match r {
         // The hub answers with the snapshot, then adds the socket to the room.
-        Ok((room, me)) => app.fanout.join(&room, socket, Reply::JoinAck(ack, me)),
-        Err(e) => answer(ack, Err(e)),
+        Ok((room, me)) => {
+            crate::metrics::request("presence:join", "ok");
+            app.fanout.join(&room, socket, Reply::JoinAck(ack, me))
+        }
+        Err(e) => answer(ack, "presence:join", Err(e)),
     }
 }
 
@@ -246,7 +255,7 @@ async fn heartbeat(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: Ack
         Ok(json!({ "ok": true, "epoch": b.session.epoch }))
     }
     .await;
-    answer(ack, r);
+    answer(ack, "presence:heartbeat", r);
 }
 
 async fn state(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSender) {
@@ -260,7 +269,7 @@ async fn state(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSend
         Ok(json!({ "ok": true }))
     }
     .await;
-    answer(ack, r);
+    answer(ack, "presence:state", r);
 }
 
 async fn signal(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSender) {
@@ -295,7 +304,7 @@ async fn signal(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSen
         Ok(json!({ "ok": true }))
     }
     .await;
-    answer(ack, r);
+    answer(ack, "presence:signal", r);
 }
 
 async fn leave(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSender) {
@@ -334,10 +343,11 @@ async fn leave(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSend
         }
     }
     .await;
-    answer(ack, r);
+    answer(ack, "presence:leave", r);
 }
 
 async fn disconnect(app: &App, conn: &Conn, socket: SocketRef) {
+    crate::metrics::connection_closed();
     let bound = conn.lock().bound.take();
     let Some(b) = bound else { return };
     app.session_unbound();

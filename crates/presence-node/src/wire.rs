@@ -42,6 +42,27 @@ pub enum ErrorCode {
     NotFound,
 }
 
+impl ErrorCode {
+    /// The wire name (`bad_request`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::ForbiddenRoom => "forbidden_room",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::NoSession => "no_session",
+            ErrorCode::StaleEpoch => "stale_epoch",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+            ErrorCode::NotFound => "not_found",
+        }
+    }
+}
+
 /// An error as sent to a client: `{ ok: false, error: { code, message, field? } }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireError {
@@ -462,5 +483,15 @@ mod tests {
         );
         let b = WireError::from(StoreError::StaleEpoch { current: 3 }).body();
         assert_eq!(b["error"]["code"], "stale_epoch");
+        // as_str and the serde name agree.
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::ForbiddenRoom,
+            ErrorCode::LimitExceeded,
+            ErrorCode::NotFound,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
+        }
     }
 }

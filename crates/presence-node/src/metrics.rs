@@ -1,0 +1,71 @@
+//! Prometheus metrics, rendered at `GET /metrics`.
+//!
+//! Counters and gauges are recorded through the `metrics` facade; the
+//! Prometheus recorder is installed once per process.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once; later calls reuse it). Returns
+/// `None` if another recorder was installed first by the embedding program.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok().map(|()| handle)
+        })
+        .clone()
+}
+
+/// One answered client request, by event and result (`ok` or the error code).
+pub fn request(event: &'static str, result: &'static str) {
+    metrics::counter!("presence_requests_total", "event" => event, "result" => result).increment(1);
+}
+
+/// A Socket.IO connection opened.
+pub fn connection_opened() {
+    metrics::gauge!("presence_connections").increment(1.0);
+}
+
+/// A Socket.IO connection closed.
+pub fn connection_closed() {
+    metrics::gauge!("presence_connections").decrement(1.0);
+}
+
+/// A presence event seen on the event stream, by type.
+pub fn event(kind: &'static str) {
+    metrics::counter!("presence_events_total", "type" => kind).increment(1);
+}
+
+/// A diff broadcast to a room's local sockets.
+pub fn diff_sent() {
+    metrics::counter!("presence_diffs_total").increment(1);
+}
+
+/// A snapshot sent to one socket (join ack or resume).
+pub fn snapshot_sent() {
+    metrics::counter!("presence_snapshots_total").increment(1);
+}
+
+/// What one sweep did.
+pub fn sweep(status_changes: u64, expired: u64) {
+    metrics::counter!("presence_status_changes_total").increment(status_changes);
+    metrics::counter!("presence_expired_sessions_total").increment(expired);
+}
+
+/// Renders every metric, after setting the gauges read at scrape time.
+pub fn render(local_sessions: i64, local_rooms: usize) -> String {
+    metrics::gauge!("presence_sessions_local").set(local_sessions as f64);
+    metrics::gauge!("presence_rooms_local").set(local_rooms as f64);
+    match install() {
+        Some(h) => {
+            h.run_upkeep();
+            h.render()
+        }
+        None => String::new(),
+    }
+}
