@@ -231,7 +231,15 @@ impl Hub {
                 }
             }
         }
+        // Serialized once for every joiner of this flush (in a big room the
+        // snapshot is most of the work).
+        let snapshot = if self.pending.is_empty() {
+            None
+        } else {
+            serde_json::value::to_raw_value(&view).ok()
+        };
         for (socket, reply) in self.pending.drain(..) {
+            let Some(snapshot) = &snapshot else { break };
             if !socket.connected() {
                 continue;
             }
@@ -240,9 +248,9 @@ impl Hub {
                     "ok": true,
                     "roomId": self.room,
                     "self": { "sessionId": me.session_id, "epoch": me.epoch },
-                    "snapshot": view,
+                    "snapshot": snapshot,
                 })),
-                Reply::Snapshot => socket.emit("presence:snapshot", &view),
+                Reply::Snapshot => socket.emit("presence:snapshot", snapshot),
             };
             if sent.is_ok() {
                 crate::metrics::snapshot_sent();

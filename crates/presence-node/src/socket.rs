@@ -189,7 +189,7 @@ async fn hello(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSend
         });
         drop(st);
         app.session_bound();
-        tracing::info!(session_id = %claimed.session_id, user_id = %req.user_id, epoch = claimed.epoch, resumed = claimed.resumed, "hello");
+        tracing::debug!(session_id = %claimed.session_id, user_id = %req.user_id, epoch = claimed.epoch, resumed = claimed.resumed, "hello");
         Ok(claimed)
     }
     .await;
@@ -337,7 +337,7 @@ async fn leave(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSend
                     socket.leave(room.as_str().to_owned());
                     app.fanout.leave(room, socket.id);
                 }
-                tracing::info!(session_id = %b.session.session_id, "session ended");
+                tracing::debug!(session_id = %b.session.session_id, "session ended");
                 Ok(json!({ "ok": true, "rooms": left }))
             }
         }
@@ -358,7 +358,7 @@ async fn disconnect(app: &App, conn: &Conn, socket: SocketRef) {
     // grace window. Refused (and harmless) if a newer connection owns it.
     match app.store.disconnect(&b.session).await {
         Ok(()) => {
-            tracing::info!(session_id = %b.session.session_id, epoch = b.session.epoch, "disconnected; kept for the grace window")
+            tracing::debug!(session_id = %b.session.session_id, epoch = b.session.epoch, "disconnected; kept for the grace window")
         }
         Err(e) => {
             tracing::debug!(session_id = %b.session.session_id, error = %e, "disconnect not applied")
