@@ -1,0 +1,280 @@
+//! Real Redis servers for tests, started and stopped by the test itself.
+//!
+//! Every server listens on a free loopback port picked at start, in a
+//! temporary directory of its own, and is killed when its handle drops, so
+//! tests never depend on a server they did not start nor on a fixed port.
+//!
+//! - [`RedisServer`]: one standalone `redis-server`.
+//! - [`RedisCluster`]: a Redis Cluster of N masters, created with
+//!   `redis-cli --cluster create`.
+//!
+//! The harness needs `redis-server` and `redis-cli` on the `PATH` (the test
+//! command installs them from Debian's packages).
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A free loopback port (its `+10000` cluster bus port is free too when `bus` is set).
+pub fn free_port(bus: bool) -> io::Result<u16> {
+    for _ in 0..200 {
+        let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?;
+        let port = l.local_addr()?.port();
+        if !bus {
+            return Ok(port);
+        }
+        if port < 55_000
+            && TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port + 10_000)).is_ok()
+        {
+            return Ok(port);
+        }
+    }
+    Err(io::Error::other("no free port pair found"))
+}
+
+fn wait_until_accepting(port: u16, child: &mut Child) -> io::Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Err(io::Error::other(format!(
+                "redis-server on port {port} exited: {status}"
+            )));
+        }
+        if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            // Accepting; now wait until it answers PING (it may still be loading).
+            if redis_cli(port, &["PING"])
+                .map(|o| o.trim() == "PONG")
+                .unwrap_or(false)
+            {
+                return Ok(());
+            }
+        }
+        sleep(Duration::from_millis(20));
+    }
+    Err(io::Error::other(format!(
+        "redis-server on port {port} did not start in {START_TIMEOUT:?}"
+    )))
+}
+
+/// Runs `redis-cli -h 127.0.0.1 -p PORT ARGS...` and returns its stdout.
+pub fn redis_cli(port: u16, args: &[&str]) -> io::Result<String> {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// One `redis-server` process on a free loopback port.
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a standalone server (no persistence).
+    pub fn start() -> io::Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `--option value` arguments.
+    pub fn start_with(extra: &[&str]) -> io::Result<Self> {
+        let bus = extra.contains(&"--cluster-enabled");
+        let mut last = None;
+        // A port can be taken between the check and the start: retry.
+        for _ in 0..5 {
+            let port = free_port(bus)?;
+            let mut s = Self {
+                port,
+                dir: tempfile::tempdir()?,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                child: None,
+            };
+            match s.spawn() {
+                Ok(()) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("cannot start redis-server")))
+    }
+
+    fn spawn(&mut self) -> io::Result<()> {
+        let mut child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        if let Err(e) = wait_until_accepting(self.port, &mut child) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Its working directory.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// Kills the process at once (SIGKILL): its data is lost.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A Redis Cluster of `masters` masters (no replicas), every slot assigned.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the servers and creates the cluster.
+    pub fn start(masters: usize) -> io::Result<Self> {
+        let mut nodes = Vec::with_capacity(masters);
+        for _ in 0..masters {
+            nodes.push(RedisServer::start_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                "2000",
+            ])?);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(addrs.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        let out = Command::new("redis-cli")
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )));
+        }
+        let cluster = Self { nodes };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let ok = cluster.nodes.iter().all(|n| {
+                redis_cli(n.port, &["CLUSTER", "INFO"])
+                    .map(|i| i.contains("cluster_state:ok"))
+                    .unwrap_or(false)
+            });
+            if ok {
+                return Ok(cluster);
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(
+                    "the cluster did not reach cluster_state:ok",
+                ));
+            }
+            sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The servers.
+    pub fn nodes(&mut self) -> &mut [RedisServer] {
+        &mut self.nodes
+    }
+
+    /// `redis-cluster://127.0.0.1:P1,127.0.0.1:P2,...`: every node as a seed.
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis-cluster://{}", seeds.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standalone_starts_restarts_and_stops() {
+        let mut s = RedisServer::start().unwrap();
+        assert_eq!(
+            redis_cli(s.port(), &["SET", "k", "v"]).unwrap().trim(),
+            "OK"
+        );
+        s.restart().unwrap();
+        assert_eq!(
+            redis_cli(s.port(), &["GET", "k"]).unwrap().trim(),
+            "",
+            "data is gone after a restart"
+        );
+        let port = s.port();
+        drop(s);
+        assert!(
+            TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err(),
+            "killed on drop"
+        );
+    }
+
+    #[test]
+    fn cluster_of_three_masters_serves_every_slot() {
+        let mut c = RedisCluster::start(3).unwrap();
+        assert!(c.url().starts_with("redis-cluster://127.0.0.1:"));
+        let port = c.nodes()[0].port();
+        let info = redis_cli(port, &["CLUSTER", "INFO"]).unwrap();
+        assert!(info.contains("cluster_slots_assigned:16384"), "{info}");
+        assert!(info.contains("cluster_known_nodes:3"), "{info}");
+    }
+}
