@@ -85,11 +85,19 @@ async fn claim(store: &dyn PresenceStore, user: &str, session: &str) -> SessionR
     }
 }
 
+/// A fresh event receiver, after events already in flight (published before
+/// the call, delivered after it by an asynchronous bus) have passed.
+async fn subscribe(store: &dyn PresenceStore) -> broadcast::Receiver<PresenceEvent> {
+    let mut rx = store.events();
+    drain(&mut rx).await;
+    rx
+}
+
 /// Everything published until the bus has been quiet for a short while.
 async fn drain(rx: &mut broadcast::Receiver<PresenceEvent>) -> Vec<PresenceEvent> {
     let mut out = Vec::new();
     loop {
-        match tokio::time::timeout(Duration::from_millis(25), rx.recv()).await {
+        match tokio::time::timeout(Duration::from_millis(60), rx.recv()).await {
             Ok(Ok(ev)) => out.push(ev),
             Ok(Err(broadcast::error::RecvError::Lagged(n))) => panic!("lagged by {n}"),
             Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => return out,
@@ -207,7 +215,7 @@ cases! {
 
     /// Every visible change bumps the room's seq and publishes one event carrying it.
     async fn every_visible_change_publishes_one_event_with_the_seq(store, env) {
-        let mut rx = store.events();
+        let mut rx = subscribe(store).await;
         let s = claim(store, "alice", "s1").await;
         store.join(&s, &rid("doc"), None).await.unwrap();
         store.update_state(&s, &rid("doc"), obj(json!({ "typing": true }))).await.unwrap();
@@ -237,7 +245,7 @@ cases! {
         let s = claim(store, "alice", "s1").await;
         store.join(&s, &rid("doc"), None).await.unwrap();
         let seq = store.room_view(&rid("doc")).await.unwrap().seq;
-        let mut rx = store.events();
+        let mut rx = subscribe(store).await;
         for _ in 0..5 {
             env.clock.advance(env.timings.heartbeat_interval_ms);
             store.heartbeat(&s, Some(Activity::Active)).await.unwrap();
@@ -293,7 +301,7 @@ cases! {
 
     /// Ending a session leaves every room at once and removes it.
     async fn end_leaves_everything_at_once(store, env) {
-        let mut rx = store.events();
+        let mut rx = subscribe(store).await;
         let s = claim(store, "alice", "s1").await;
         store.join(&s, &rid("a"), None).await.unwrap();
         store.join(&s, &rid("b"), None).await.unwrap();
@@ -312,7 +320,7 @@ cases! {
     async fn resume_after_disconnect_does_not_flap(store, env) {
         let s = claim(store, "alice", "s1").await;
         store.join(&s, &rid("doc"), Some(obj(json!({ "k": 1 })))).await.unwrap();
-        let mut rx = store.events();
+        let mut rx = subscribe(store).await;
         store.disconnect(&s).await.unwrap();
         assert_eq!(store.room_view(&rid("doc")).await.unwrap().sessions["s1"].status, SessionStatus::Stale);
         assert_eq!(store.room_view(&rid("doc")).await.unwrap().users["alice"].confidence, Confidence::Low);
@@ -387,7 +395,7 @@ cases! {
     async fn silent_sessions_go_stale_then_expire(store, env) {
         let s = claim(store, "alice", "s1").await;
         store.join(&s, &rid("doc"), None).await.unwrap();
-        let mut rx = store.events();
+        let mut rx = subscribe(store).await;
         let t = env.timings;
         env.clock.advance(t.heartbeat_timeout_ms - 1);
         store.sweep().await.unwrap();
@@ -433,7 +441,7 @@ cases! {
     async fn an_expired_session_is_not_resumed_before_the_sweep(store, env) {
         let s = claim(store, "alice", "s1").await;
         store.join(&s, &rid("doc"), None).await.unwrap();
-        let mut rx = store.events();
+        let mut rx = subscribe(store).await;
         env.clock.advance(env.timings.heartbeat_timeout_ms + env.timings.reconnect_grace_ms);
         let c = store.hello(hello("alice", Some("s1"))).await.unwrap();
         assert!(!c.resumed);
@@ -447,7 +455,7 @@ cases! {
         let s = claim(store, "alice", "s1").await;
         store.join(&s, &rid("doc"), None).await.unwrap();
         let t = env.timings;
-        let mut rx = store.events();
+        let mut rx = subscribe(store).await;
         let mut now = 0;
         while now <= t.away_after_ms {
             env.clock.advance(t.heartbeat_interval_ms / 2);
@@ -477,7 +485,7 @@ cases! {
         store.heartbeat(&s, Some(Activity::Active)).await.unwrap();
         assert_eq!(store.room_view(&rid("doc")).await.unwrap().sessions["s1"].status, SessionStatus::Active);
         // Heartbeats that report nothing prove liveness, not activity.
-        let mut rx = store.events();
+        let mut rx = subscribe(store).await;
         let step = env.timings.heartbeat_interval_ms;
         let mut waited = 0;
         while waited + step < env.timings.idle_after_ms {
@@ -499,7 +507,7 @@ cases! {
     async fn background_sessions_are_away_and_do_not_flap(store, env) {
         let s = claim(store, "alice", "s1").await;
         store.join(&s, &rid("doc"), None).await.unwrap();
-        let mut rx = store.events();
+        let mut rx = subscribe(store).await;
         store.heartbeat(&s, Some(Activity::Background)).await.unwrap();
         for _ in 0..5 {
             env.clock.advance(60_000);

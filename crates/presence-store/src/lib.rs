@@ -10,6 +10,7 @@
 //! - [`api`]: the trait, its requests and answers.
 //! - [`error`]: the one error type of the crate boundary.
 //! - [`memory`]: the embedded in-memory store (single node, no Redis).
+//! - [`redis`]: the Redis store (standalone, Cluster, Sentinel) and its key layout.
 //! - `conformance` (feature `conformance`): the behaviour suite every store
 //!   must pass, written once and run against each implementation.
 
@@ -19,9 +20,11 @@ pub mod api;
 pub mod conformance;
 pub mod error;
 pub mod memory;
+pub mod redis;
 
 pub use api::{
     Claimed, Hello, Joined, Online, Page, PresenceStore, RoomStats, SessionRef, SweepReport,
 };
 pub use error::StoreError;
 pub use memory::MemoryStore;
+pub use redis::{RedisOptions, RedisStore};

@@ -113,18 +113,24 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> io::Result<()> {
-        let mut child = Command::new("redis-server")
+        // redis-server runs under a small shell that holds our end of a pipe:
+        // when this process exits (even by a panic or a kill), the pipe closes
+        // and the shell kills the server, so no test leaves a server behind.
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg("redis-server \"$@\" & c=$!; read _; kill -9 $c; wait $c 2>/dev/null")
+            .arg("sh")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .args(&self.extra)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
         if let Err(e) = wait_until_accepting(self.port, &mut child) {
-            let _ = child.kill();
+            drop(child.stdin.take());
             let _ = child.wait();
             return Err(e);
         }
@@ -147,10 +153,10 @@ impl RedisServer {
         self.dir.path().to_path_buf()
     }
 
-    /// Kills the process at once (SIGKILL): its data is lost.
+    /// Kills the server at once (SIGKILL): its data is lost.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
+            drop(c.stdin.take());
             let _ = c.wait();
         }
     }

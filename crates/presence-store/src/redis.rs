@@ -1,0 +1,1092 @@
+//! The Redis store: every session a TTL hash, every mutation one Lua script.
+//!
+//! Key layout (`P` is the key prefix; `{...}` is the Redis Cluster hash tag):
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `P:s:{<sessionId>}` | hash | the session's facts, rooms (`r:<roomId>` = state) and version; a TTL past its removal deadline; a short-lived tombstone after it ends |
+//! | `P:r:{<roomId>}:m` | hash | members: sessionId → `<version>\|<userId>` |
+//! | `P:r:{<roomId>}:u` | hash | userId → sessions in the room (O(1) user count) |
+//! | `P:r:{<roomId>}:seq` | string | the room's version |
+//! | `P:r:{<roomId>}:g` | hash | sessionId → version it left at (late joins cannot resurrect it) |
+//! | `P:u:{<userId>}` | hash | the user's sessions: sessionId → version |
+//! | `P:on:{<0..16>}` | sorted set | online users, sharded by user id, ordered for paging |
+//! | `P:dl:{<0..16>}` | sorted set | sessions by a deadline no later than their next status change, sharded |
+//! | `P:events:{<roomId>}` | channel | v1 events of the room |
+//!
+//! Every script touches the keys of one hash slot, so the store runs unchanged
+//! on Redis Cluster. An operation that spans slots runs the session's script
+//! first (the session hash is the truth, and its script does the epoch
+//! fencing), then the projections into rooms and the user index; projections
+//! carry the session's version, so a late or repeated one is ignored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use fred::types::Builder as FredBuilder;
+use futures::future::join_all;
+use presence_core::user::{derive_user, SessionSignal};
+use presence_core::view::{build_view, Member};
+use presence_core::{
+    Activity, Clock, JsonMap, Limits, Millis, PresenceEvent, RoomId, RoomView, SessionId,
+    SessionStatus, Timings, UserId, UserSummary,
+};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use crate::api::{
+    first_epoch, new_session_id, Claimed, Hello, Joined, Online, Page, PresenceStore, RoomStats,
+    SessionRef, SweepReport,
+};
+use crate::error::StoreError;
+
+/// Shards of the online-users and deadline indexes: no single hot key.
+const SHARDS: u32 = 16;
+/// Sessions looked at per shard and sweep.
+const SWEEP_BATCH: i64 = 512;
+/// How often a state update is retried when the session changed under it.
+const STATE_RETRIES: usize = 8;
+
+macro_rules! script {
+    ($name:literal) => {
+        concat!(
+            include_str!("../../../lua/lib/prelude.lua"),
+            "\n",
+            include_str!(concat!("../../../lua/", $name))
+        )
+    };
+}
+
+struct Scripts {
+    claim: Script,
+    join: Script,
+    heartbeat: Script,
+    state: Script,
+    leave: Script,
+    disconnect: Script,
+    expire: Script,
+    room_put: Script,
+    room_del: Script,
+    room_read: Script,
+    user_put: Script,
+    user_del: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            claim: Script::from_lua(script!("claim.lua")),
+            join: Script::from_lua(script!("join.lua")),
+            heartbeat: Script::from_lua(script!("heartbeat.lua")),
+            state: Script::from_lua(script!("state.lua")),
+            leave: Script::from_lua(script!("leave.lua")),
+            disconnect: Script::from_lua(script!("disconnect.lua")),
+            expire: Script::from_lua(script!("expire.lua")),
+            room_put: Script::from_lua(include_str!("../../../lua/room_put.lua")),
+            room_del: Script::from_lua(include_str!("../../../lua/room_del.lua")),
+            room_read: Script::from_lua(include_str!("../../../lua/room_read.lua")),
+            user_put: Script::from_lua(include_str!("../../../lua/user_put.lua")),
+            user_del: Script::from_lua(include_str!("../../../lua/user_del.lua")),
+        }
+    }
+
+    fn all(&self) -> [&Script; 12] {
+        [
+            &self.claim,
+            &self.join,
+            &self.heartbeat,
+            &self.state,
+            &self.leave,
+            &self.disconnect,
+            &self.expire,
+            &self.room_put,
+            &self.room_del,
+            &self.room_read,
+            &self.user_put,
+            &self.user_del,
+        ]
+    }
+}
+
+/// Key names under one prefix.
+#[derive(Clone)]
+struct Keys {
+    prefix: String,
+}
+
+fn shard_of(s: &str) -> u32 {
+    // FNV-1a: stable across processes and versions, unlike std's hasher.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in s.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % SHARDS
+}
+
+impl Keys {
+    fn session(&self, sid: &str) -> String {
+        format!("{}:s:{{{sid}}}", self.prefix)
+    }
+    fn room(&self, rid: &str) -> [String; 4] {
+        let p = &self.prefix;
+        [
+            format!("{p}:r:{{{rid}}}:m"),
+            format!("{p}:r:{{{rid}}}:u"),
+            format!("{p}:r:{{{rid}}}:seq"),
+            format!("{p}:r:{{{rid}}}:g"),
+        ]
+    }
+    fn channel(&self, rid: &str) -> String {
+        format!("{}:events:{{{rid}}}", self.prefix)
+    }
+    fn user(&self, uid: &str) -> String {
+        format!("{}:u:{{{uid}}}", self.prefix)
+    }
+    fn online(&self, shard: u32) -> String {
+        format!("{}:on:{{{shard}}}", self.prefix)
+    }
+    fn deadlines(&self, shard: u32) -> String {
+        format!("{}:dl:{{{shard}}}", self.prefix)
+    }
+}
+
+/// One change a session script asks to project into a room.
+#[derive(Debug, Deserialize)]
+struct RoomEv {
+    room: String,
+    ev: String,
+    #[serde(default)]
+    visible: Option<bool>,
+}
+
+/// Lua's cjson encodes an empty table as `{}`: accept it as an empty list.
+fn list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<RoomEv>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum L {
+        List(Vec<RoomEv>),
+        Empty(#[allow(dead_code)] serde_json::Map<String, serde_json::Value>),
+    }
+    Ok(match L::deserialize(d)? {
+        L::List(v) => v,
+        L::Empty(_) => Vec::new(),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct ExpiredSession {
+    uid: String,
+    v: u64,
+    #[serde(default, deserialize_with = "list")]
+    dels: Vec<RoomEv>,
+}
+
+/// The JSON reply of the session scripts.
+#[derive(Debug, Default, Deserialize)]
+struct Reply {
+    #[serde(default)]
+    err: Option<String>,
+    #[serde(default)]
+    current: Option<u64>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    gone: bool,
+    #[serde(default)]
+    e: u64,
+    #[serde(default)]
+    v: u64,
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    resumed: bool,
+    #[serde(default)]
+    changed: bool,
+    #[serde(default)]
+    already: bool,
+    #[serde(default)]
+    ix: Option<i64>,
+    #[serde(default)]
+    next: Option<i64>,
+    #[serde(default)]
+    ev: Option<String>,
+    #[serde(default, deserialize_with = "list")]
+    puts: Vec<RoomEv>,
+    #[serde(default, deserialize_with = "list")]
+    dels: Vec<RoomEv>,
+    #[serde(default)]
+    expired: Option<serde_json::Value>,
+}
+
+fn unavailable(e: fred::error::Error) -> StoreError {
+    use fred::error::ErrorKind as K;
+    match e.kind() {
+        K::IO | K::Timeout | K::Canceled | K::Cluster | K::Sentinel | K::Tls | K::Backpressure => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ if e.details().contains("LOADING") || e.details().contains("CLUSTERDOWN") => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Internal(e.to_string()),
+    }
+}
+
+/// Turns the documented URL forms into fred's: a comma-separated list of
+/// seeds (`redis://h1:p1,h2:p2` or `redis-cluster://h1:p1,h2:p2`) becomes
+/// `redis-cluster://h1:p1?node=h2:p2`.
+pub fn normalize_url(url: &str) -> String {
+    let url = url.trim();
+    let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
+    if !rest.contains(',') {
+        return url.to_owned();
+    }
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((a, h)) => (format!("{a}@"), h),
+        None => (String::new(), rest),
+    };
+    let mut seeds = hosts.split(',').map(str::trim).filter(|s| !s.is_empty());
+    let first = seeds.next().unwrap_or("127.0.0.1:6379");
+    let nodes: Vec<String> = seeds.map(|s| format!("node={s}")).collect();
+    let scheme = match scheme {
+        "rediss" | "rediss-cluster" => "rediss-cluster",
+        _ => "redis-cluster",
+    };
+    if nodes.is_empty() {
+        format!("{scheme}://{auth}{first}")
+    } else {
+        format!("{scheme}://{auth}{first}?{}", nodes.join("&"))
+    }
+}
+
+/// The Redis-backed [`PresenceStore`].
+pub struct RedisStore {
+    pool: Pool,
+    scripts: Scripts,
+    keys: Keys,
+    clock: Arc<dyn Clock>,
+    timings_json: String,
+    limits: Limits,
+    events: broadcast::Sender<PresenceEvent>,
+    subscriber: SubscriberClient,
+}
+
+/// Connection settings of a [`RedisStore`].
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// The URL (`redis://`, `rediss://`, seeds, `redis-cluster://`, `redis-sentinel://`).
+    pub url: String,
+    /// Prefix of every key and channel.
+    pub prefix: String,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// How long a command may take before it fails with `unavailable`.
+    pub command_timeout: Duration,
+}
+
+impl RedisOptions {
+    /// Defaults for `url`: prefix `presence`, 4 connections, 2 s timeout.
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            prefix: "presence".into(),
+            pool_size: 4,
+            command_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RedisStore {
+    /// Connects, loads the scripts on every master and subscribes to the events.
+    pub async fn connect(
+        opts: RedisOptions,
+        clock: Arc<dyn Clock>,
+        timings: Timings,
+        limits: Limits,
+    ) -> Result<Self, StoreError> {
+        let config = Config::from_url(&normalize_url(&opts.url))
+            .map_err(|e| StoreError::Internal(format!("REDIS_URL: {e}")))?;
+        let mut builder = FredBuilder::from_config(config);
+        builder
+            .with_connection_config(|c| {
+                c.connection_timeout = opts.command_timeout;
+                c.internal_command_timeout = opts.command_timeout;
+                c.max_command_attempts = 2;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = opts.command_timeout;
+            })
+            // Without a policy a client stays dead after Redis restarts.
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+        let pool = builder
+            .build_pool(opts.pool_size.max(1))
+            .map_err(unavailable)?;
+        pool.init().await.map_err(unavailable)?;
+        let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
+        subscriber.init().await.map_err(unavailable)?;
+        let scripts = Scripts::new();
+        for s in scripts.all() {
+            s.load(pool.next()).await.map_err(unavailable)?;
+        }
+        let keys = Keys {
+            prefix: opts.prefix,
+        };
+        let (events, _) = broadcast::channel(16_384);
+        let store = Self {
+            pool,
+            scripts,
+            keys,
+            clock,
+            timings_json: json!({
+                "hbt": timings.heartbeat_timeout_ms,
+                "idle": timings.idle_after_ms,
+                "away": timings.away_after_ms,
+                "bgt": timings.background_timeout_ms,
+                "grace": timings.reconnect_grace_ms,
+            })
+            .to_string(),
+            limits,
+            events,
+            subscriber,
+        };
+        store.follow_events().await?;
+        Ok(store)
+    }
+
+    async fn follow_events(&self) -> Result<(), StoreError> {
+        let mut rx = self.subscriber.message_rx();
+        let tx = self.events.clone();
+        tokio::spawn(async move {
+            while let Ok(msg) = rx.recv().await {
+                let Some(text) = msg.value.as_string() else {
+                    continue;
+                };
+                match serde_json::from_str::<PresenceEvent>(&text) {
+                    Ok(ev) => {
+                        let _ = tx.send(ev);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "undecodable presence event"),
+                }
+            }
+        });
+        self.subscriber.manage_subscriptions();
+        self.subscriber
+            .psubscribe(format!("{}:events:*", self.keys.prefix))
+            .await
+            .map_err(unavailable)
+    }
+
+    fn now(&self) -> Millis {
+        self.clock.now_ms()
+    }
+
+    async fn eval(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<fred::types::Value, StoreError> {
+        script
+            .evalsha_with_reload::<fred::types::Value, _, _>(self.pool.next(), keys, args)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Runs a session script and turns its error replies into [`StoreError`]s.
+    async fn session_script(
+        &self,
+        script: &Script,
+        sid: &str,
+        args: Vec<String>,
+    ) -> Result<Reply, StoreError> {
+        let v = self
+            .eval(script, vec![self.keys.session(sid)], args)
+            .await?;
+        let text = v
+            .as_str()
+            .ok_or_else(|| StoreError::Internal("a session script returned no text".into()))?;
+        let r: Reply = serde_json::from_str(&text)
+            .map_err(|e| StoreError::Internal(format!("bad script reply {text}: {e}")))?;
+        match r.err.as_deref() {
+            None => Ok(r),
+            Some("no_session") => Err(StoreError::NoSession),
+            Some("stale_epoch") => Err(StoreError::StaleEpoch {
+                current: r.current.unwrap_or(0),
+            }),
+            Some("forbidden") => Err(StoreError::Forbidden(
+                "this sessionId belongs to another user".into(),
+            )),
+            Some("too_many_rooms") => Err(StoreError::TooManyRooms {
+                limit: r.limit.unwrap_or(self.limits.max_rooms_per_session),
+            }),
+            // The caller knows the room, or retries.
+            Some("not_joined") | Some("retry") => Ok(r),
+            Some(other) => Err(StoreError::Internal(format!("script error {other}"))),
+        }
+    }
+
+    fn base_args(&self, now: Millis) -> Vec<String> {
+        vec![now.to_string(), self.timings_json.clone()]
+    }
+
+    async fn room_put(
+        &self,
+        sid: &str,
+        uid: &str,
+        v: u64,
+        kind: &str,
+        p: &RoomEv,
+    ) -> Result<u64, StoreError> {
+        let keys = self.keys.room(&p.room).to_vec();
+        let visible = if p.visible.unwrap_or(true) { "1" } else { "0" };
+        let args = vec![
+            sid.to_owned(),
+            uid.to_owned(),
+            v.to_string(),
+            kind.to_owned(),
+            p.ev.clone(),
+            self.keys.channel(&p.room),
+            visible.to_owned(),
+        ];
+        let seq = self.eval(&self.scripts.room_put, keys, args).await?;
+        Ok(seq.as_u64().unwrap_or(0))
+    }
+
+    async fn room_puts(
+        &self,
+        sid: &str,
+        uid: &str,
+        v: u64,
+        kind: &str,
+        puts: &[RoomEv],
+    ) -> Result<(), StoreError> {
+        for r in join_all(puts.iter().map(|p| self.room_put(sid, uid, v, kind, p))).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    async fn room_dels(&self, sid: &str, v: u64, dels: &[RoomEv]) -> Result<(), StoreError> {
+        let calls = dels.iter().map(|d| {
+            let keys = self.keys.room(&d.room).to_vec();
+            let args = vec![
+                sid.to_owned(),
+                v.to_string(),
+                d.ev.clone(),
+                self.keys.channel(&d.room),
+            ];
+            self.eval(&self.scripts.room_del, keys, args)
+        });
+        for r in join_all(calls).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    async fn user_put(&self, uid: &str, sid: &str, v: u64) -> Result<(), StoreError> {
+        self.eval(
+            &self.scripts.user_put,
+            vec![self.keys.user(uid)],
+            vec![sid.to_owned(), v.to_string()],
+        )
+        .await?;
+        let _: () = self
+            .pool
+            .zadd(
+                self.keys.online(shard_of(uid)),
+                None,
+                None,
+                false,
+                false,
+                (0.0, uid),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn user_del(&self, uid: &str, sid: &str, v: u64) -> Result<(), StoreError> {
+        let left = self
+            .eval(
+                &self.scripts.user_del,
+                vec![self.keys.user(uid)],
+                vec![sid.to_owned(), v.to_string()],
+            )
+            .await?;
+        if left.as_u64() == Some(0) {
+            let shard = self.keys.online(shard_of(uid));
+            let _: () = self.pool.zrem(&shard, uid).await.map_err(unavailable)?;
+            // A hello of the same user may have raced the removal: put it back.
+            let n: u64 = self
+                .pool
+                .hlen(self.keys.user(uid))
+                .await
+                .map_err(unavailable)?;
+            if n > 0 {
+                let _: () = self
+                    .pool
+                    .zadd(&shard, None, None, false, false, (0.0, uid))
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn index(&self, sid: &str, at: Option<i64>) -> Result<(), StoreError> {
+        if let Some(at) = at {
+            let _: () = self
+                .pool
+                .zadd(
+                    self.keys.deadlines(shard_of(sid)),
+                    None,
+                    None,
+                    false,
+                    false,
+                    (at as f64, sid),
+                )
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// The live facts of sessions, read in one pipelined batch.
+    async fn sessions(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<Option<BTreeMap<String, String>>>, StoreError> {
+        let reads = ids.iter().map(|sid| {
+            let key = self.keys.session(sid);
+            async move {
+                let m: BTreeMap<String, String> =
+                    self.pool.hgetall(key).await.map_err(unavailable)?;
+                Ok::<_, StoreError>(
+                    (!m.is_empty() && m.get("dead").map(String::as_str) != Some("1")).then_some(m),
+                )
+            }
+        });
+        join_all(reads).await.into_iter().collect()
+    }
+
+    async fn expire_one(
+        &self,
+        sid: &str,
+        now: Millis,
+        report: &mut SweepReport,
+    ) -> Result<(), StoreError> {
+        let r = self
+            .session_script(&self.scripts.expire, sid, self.base_args(now))
+            .await?;
+        let shard = self.keys.deadlines(shard_of(sid));
+        if r.gone {
+            let _: () = self.pool.zrem(&shard, sid).await.map_err(unavailable)?;
+            return Ok(());
+        }
+        if r.expired.as_ref().and_then(|e| e.as_bool()) == Some(true) {
+            self.room_dels(sid, r.v, &r.dels).await?;
+            self.user_del(&r.uid, sid, r.v).await?;
+            let _: () = self.pool.zrem(&shard, sid).await.map_err(unavailable)?;
+            report.expired += 1;
+            return Ok(());
+        }
+        if r.changed {
+            self.room_puts(sid, &r.uid, r.v, "status", &r.puts).await?;
+            report.status_changes += 1;
+        }
+        self.index(sid, r.next).await
+    }
+}
+
+fn member_of(sid: &str, room: Option<&str>, f: &BTreeMap<String, String>) -> Option<Member> {
+    let num = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    let state = match room {
+        Some(r) => {
+            let raw = f.get(&format!("r:{r}"))?;
+            if raw.is_empty() {
+                None
+            } else {
+                serde_json::from_str::<JsonMap>(raw).ok()
+            }
+        }
+        None => None,
+    };
+    Some(Member {
+        session_id: SessionId::new(sid).ok()?,
+        user_id: UserId::new(f.get("uid")?).ok()?,
+        handle: f.get("h").filter(|h| !h.is_empty()).cloned(),
+        status: SessionStatus::parse(f.get("st")?)?,
+        last_heartbeat_at: num("hb"),
+        last_active_at: num("la"),
+        state,
+        state_updated_at: room.map_or(0, |r| num(&format!("su:{r}"))),
+    })
+}
+
+#[async_trait]
+impl PresenceStore for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn hello(&self, req: Hello) -> Result<Claimed, StoreError> {
+        let now = self.now();
+        let sid = req.session_id.unwrap_or_else(new_session_id);
+        let mut args = self.base_args(now);
+        args.extend([
+            sid.to_string(),
+            req.user_id.to_string(),
+            req.handle.unwrap_or_default(),
+            req.meta
+                .map(|m| serde_json::Value::Object(m).to_string())
+                .unwrap_or_default(),
+            req.activity.as_str().to_owned(),
+            req.node_id.to_string(),
+            first_epoch(now).to_string(),
+        ]);
+        let r = self
+            .session_script(&self.scripts.claim, sid.as_str(), args)
+            .await?;
+        if let Some(exp) = r.expired.clone() {
+            if let Ok(exp) = serde_json::from_value::<ExpiredSession>(exp) {
+                self.room_dels(sid.as_str(), exp.v, &exp.dels).await?;
+                self.user_del(&exp.uid, sid.as_str(), exp.v).await?;
+            }
+        }
+        self.user_put(&r.uid, sid.as_str(), r.v).await?;
+        self.room_puts(sid.as_str(), &r.uid, r.v, "status", &r.puts)
+            .await?;
+        self.index(sid.as_str(), r.ix).await?;
+        let rooms = if r.resumed {
+            r.puts
+                .iter()
+                .filter_map(|p| RoomId::new(&p.room).ok())
+                .collect()
+        } else {
+            vec![]
+        };
+        Ok(Claimed {
+            session_id: sid,
+            epoch: r.e,
+            resumed: r.resumed,
+            rooms,
+        })
+    }
+
+    async fn join(
+        &self,
+        s: &SessionRef,
+        room: &RoomId,
+        state: Option<JsonMap>,
+    ) -> Result<Joined, StoreError> {
+        let state_json = state
+            .as_ref()
+            .map(|m| serde_json::Value::Object(m.clone()).to_string());
+        if let Some(j) = &state_json {
+            if j.len() > self.limits.max_state_bytes {
+                return Err(StoreError::StateTooLarge {
+                    size: j.len(),
+                    limit: self.limits.max_state_bytes,
+                });
+            }
+        }
+        let mut args = self.base_args(self.now());
+        args.extend([
+            s.epoch.to_string(),
+            room.to_string(),
+            if state_json.is_some() { "1" } else { "0" }.to_owned(),
+            state_json.unwrap_or_default(),
+            self.limits.max_rooms_per_session.to_string(),
+        ]);
+        let r = self
+            .session_script(&self.scripts.join, s.session_id.as_str(), args)
+            .await?;
+        let kind = if r.already && r.changed {
+            "update"
+        } else {
+            "join"
+        };
+        let put = RoomEv {
+            room: room.to_string(),
+            ev: r.ev.clone().unwrap_or_default(),
+            visible: Some(r.changed || !r.already),
+        };
+        let mut seq = self
+            .room_put(s.session_id.as_str(), &r.uid, r.v, kind, &put)
+            .await?;
+        if seq == 0 {
+            let [_, _, seq_key, _] = self.keys.room(room.as_str());
+            let cur: Option<u64> = self.pool.get(seq_key).await.map_err(unavailable)?;
+            seq = cur.unwrap_or(0);
+        }
+        Ok(Joined {
+            seq,
+            already: r.already,
+        })
+    }
+
+    async fn heartbeat(
+        &self,
+        s: &SessionRef,
+        activity: Option<Activity>,
+    ) -> Result<(), StoreError> {
+        let mut args = self.base_args(self.now());
+        args.extend([
+            s.epoch.to_string(),
+            activity.map(Activity::as_str).unwrap_or("").to_owned(),
+        ]);
+        let r = self
+            .session_script(&self.scripts.heartbeat, s.session_id.as_str(), args)
+            .await?;
+        if r.changed {
+            self.room_puts(s.session_id.as_str(), &r.uid, r.v, "status", &r.puts)
+                .await?;
+        }
+        self.index(s.session_id.as_str(), r.ix).await
+    }
+
+    async fn update_state(
+        &self,
+        s: &SessionRef,
+        room: &RoomId,
+        patch: JsonMap,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.session(s.session_id.as_str());
+        let field = format!("r:{room}");
+        for _ in 0..STATE_RETRIES {
+            let (v, cur): (Option<String>, Option<String>) = self
+                .pool
+                .hmget(&key, vec!["v", field.as_str()])
+                .await
+                .map_err(unavailable)?;
+            let mut next: JsonMap = match cur.as_deref() {
+                Some(raw) if !raw.is_empty() => serde_json::from_str(raw).unwrap_or_default(),
+                _ => JsonMap::new(),
+            };
+            for (k, val) in &patch {
+                if val.is_null() {
+                    next.remove(k);
+                } else {
+                    next.insert(k.clone(), val.clone());
+                }
+            }
+            let merged = if next.is_empty() {
+                String::new()
+            } else {
+                serde_json::Value::Object(next).to_string()
+            };
+            if merged.len() > self.limits.max_state_bytes {
+                // Refused only if the caller may write at all.
+                if cur.is_some() {
+                    return Err(StoreError::StateTooLarge {
+                        size: merged.len(),
+                        limit: self.limits.max_state_bytes,
+                    });
+                }
+            }
+            let mut args = self.base_args(self.now());
+            args.extend([
+                s.epoch.to_string(),
+                room.to_string(),
+                v.unwrap_or_default(),
+                merged,
+            ]);
+            let r = self
+                .session_script(&self.scripts.state, s.session_id.as_str(), args)
+                .await?;
+            match r.err.as_deref() {
+                Some("retry") => continue,
+                Some(_) => return Err(StoreError::NotJoined(room.clone())),
+                None => {}
+            }
+            if r.changed {
+                let put = RoomEv {
+                    room: room.to_string(),
+                    ev: r.ev.unwrap_or_default(),
+                    visible: Some(true),
+                };
+                self.room_put(s.session_id.as_str(), &r.uid, r.v, "update", &put)
+                    .await?;
+            }
+            return Ok(());
+        }
+        Err(StoreError::Unavailable(
+            "state update kept conflicting; retry".into(),
+        ))
+    }
+
+    async fn leave(&self, s: &SessionRef, room: &RoomId) -> Result<(), StoreError> {
+        let mut args = self.base_args(self.now());
+        args.extend([s.epoch.to_string(), room.to_string()]);
+        let r = self
+            .session_script(&self.scripts.leave, s.session_id.as_str(), args)
+            .await?;
+        if r.err.is_some() {
+            return Err(StoreError::NotJoined(room.clone()));
+        }
+        self.room_dels(s.session_id.as_str(), r.v, &r.dels).await
+    }
+
+    async fn end(&self, s: &SessionRef) -> Result<Vec<RoomId>, StoreError> {
+        let mut args = self.base_args(self.now());
+        args.extend([s.epoch.to_string(), String::new()]);
+        let r = self
+            .session_script(&self.scripts.leave, s.session_id.as_str(), args)
+            .await?;
+        self.room_dels(s.session_id.as_str(), r.v, &r.dels).await?;
+        self.user_del(&r.uid, s.session_id.as_str(), r.v).await?;
+        let _: () = self
+            .pool
+            .zrem(
+                self.keys.deadlines(shard_of(s.session_id.as_str())),
+                s.session_id.as_str(),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(r.dels
+            .iter()
+            .filter_map(|d| RoomId::new(&d.room).ok())
+            .collect())
+    }
+
+    async fn disconnect(&self, s: &SessionRef) -> Result<(), StoreError> {
+        let mut args = self.base_args(self.now());
+        args.push(s.epoch.to_string());
+        let r = self
+            .session_script(&self.scripts.disconnect, s.session_id.as_str(), args)
+            .await?;
+        if r.changed {
+            self.room_puts(s.session_id.as_str(), &r.uid, r.v, "status", &r.puts)
+                .await?;
+        }
+        self.index(s.session_id.as_str(), r.ix).await
+    }
+
+    async fn sweep(&self) -> Result<SweepReport, StoreError> {
+        let now = self.now();
+        let mut report = SweepReport::default();
+        for shard in 0..SHARDS {
+            let due: Vec<String> = self
+                .pool
+                .zrangebyscore(
+                    self.keys.deadlines(shard),
+                    "-inf",
+                    now as f64,
+                    false,
+                    Some((0, SWEEP_BATCH)),
+                )
+                .await
+                .map_err(unavailable)?;
+            for sid in due {
+                self.expire_one(&sid, now, &mut report).await?;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn room_view(&self, room: &RoomId) -> Result<RoomView, StoreError> {
+        let now = self.now();
+        let [m, _, seq, _] = self.keys.room(room.as_str());
+        let raw = self
+            .eval(&self.scripts.room_read, vec![m, seq], vec![])
+            .await?;
+        let items: Vec<fred::types::Value> = raw.into_array();
+        let mut it = items.into_iter();
+        let seq = it.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        let mut ids = Vec::new();
+        while let (Some(sid), Some(_)) = (it.next(), it.next()) {
+            if let Some(s) = sid.as_string() {
+                ids.push(s);
+            }
+        }
+        let facts = self.sessions(&ids).await?;
+        let members = ids
+            .iter()
+            .zip(facts)
+            .filter_map(|(sid, f)| f.and_then(|f| member_of(sid, Some(room.as_str()), &f)));
+        Ok(RoomView::build(room.clone(), seq, now, members))
+    }
+
+    async fn room_stats(&self, room: &RoomId) -> Result<RoomStats, StoreError> {
+        let [m, u, _, _] = self.keys.room(room.as_str());
+        let (sessions, users): (u64, u64) =
+            tokio::try_join!(async { self.pool.hlen::<u64, _>(m).await }, async {
+                self.pool.hlen::<u64, _>(u).await
+            })
+            .map_err(unavailable)?;
+        Ok(RoomStats { sessions, users })
+    }
+
+    async fn whos_online(&self, page: Page) -> Result<Online, StoreError> {
+        let now = self.now();
+        let min = match &page.after {
+            Some(u) => format!("({u}"),
+            None => "-".to_owned(),
+        };
+        let want = page.limit as i64 + 1;
+        let reads = (0..SHARDS).map(|k| {
+            let key = self.keys.online(k);
+            let min = min.clone();
+            async move {
+                self.pool
+                    .zrangebylex::<Vec<String>, _, _, _>(key, min, "+", Some((0, want)))
+                    .await
+            }
+        });
+        let mut users = BTreeSet::new();
+        for r in join_all(reads).await {
+            users.extend(r.map_err(unavailable)?);
+        }
+        let users: Vec<String> = users.into_iter().take(page.limit + 1).collect();
+        let more = users.len() > page.limit;
+        let users = &users[..users.len().min(page.limit)];
+        let mut members = Vec::new();
+        for uid in users {
+            let sids: BTreeMap<String, String> = self
+                .pool
+                .hgetall(self.keys.user(uid))
+                .await
+                .map_err(unavailable)?;
+            let ids: Vec<String> = sids.into_keys().collect();
+            let facts = self.sessions(&ids).await?;
+            members.extend(
+                ids.iter()
+                    .zip(facts)
+                    .filter_map(|(sid, f)| f.and_then(|f| member_of(sid, None, &f))),
+            );
+        }
+        Ok(Online {
+            generated_at: now,
+            entries: build_view(members),
+            next_cursor: if more {
+                users.last().and_then(|u| UserId::new(u).ok())
+            } else {
+                None
+            },
+        })
+    }
+
+    async fn users_status(
+        &self,
+        users: &[UserId],
+    ) -> Result<BTreeMap<UserId, UserSummary>, StoreError> {
+        let mut out = BTreeMap::new();
+        for uid in users {
+            let sids: BTreeMap<String, String> = self
+                .pool
+                .hgetall(self.keys.user(uid.as_str()))
+                .await
+                .map_err(unavailable)?;
+            let ids: Vec<String> = sids.into_keys().collect();
+            let facts = self.sessions(&ids).await?;
+            let signals = ids
+                .iter()
+                .zip(facts)
+                .filter_map(|(sid, f)| f.and_then(|f| member_of(sid, None, &f)))
+                .map(|m| SessionSignal {
+                    status: m.status,
+                    last_heartbeat_at: m.last_heartbeat_at,
+                    last_active_at: m.last_active_at,
+                });
+            out.insert(uid.clone(), derive_user(signals));
+        }
+        Ok(out)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = self.pool.ping(None).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn events(&self) -> broadcast::Receiver<PresenceEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_lists_become_cluster_urls() {
+        assert_eq!(
+            normalize_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(
+            normalize_url("redis://a:1,b:2,c:3"),
+            "redis-cluster://a:1?node=b:2&node=c:3"
+        );
+        assert_eq!(
+            normalize_url("redis-cluster://u:p@a:1,b:2"),
+            "redis-cluster://u:p@a:1?node=b:2"
+        );
+        assert_eq!(
+            normalize_url("rediss://a:1,b:2"),
+            "rediss-cluster://a:1?node=b:2"
+        );
+    }
+
+    #[test]
+    fn shards_are_stable_and_spread() {
+        assert_eq!(shard_of("alice"), shard_of("alice"));
+        let used: BTreeSet<u32> = (0..200).map(|i| shard_of(&format!("user-{i}"))).collect();
+        assert_eq!(used.len(), SHARDS as usize);
+    }
+
+    mod standalone {
+        use std::sync::{Arc, OnceLock};
+
+        use presence_testkit::RedisServer;
+
+        use super::*;
+        use crate::conformance::Env;
+
+        fn server() -> &'static RedisServer {
+            static SERVER: OnceLock<RedisServer> = OnceLock::new();
+            SERVER.get_or_init(|| RedisServer::start().expect("redis-server starts"))
+        }
+
+        async fn make(env: Env) -> Arc<dyn PresenceStore> {
+            let mut opts = RedisOptions::new(&server().url());
+            opts.prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            let store = RedisStore::connect(opts, Arc::new(env.clock), env.timings, env.limits)
+                .await
+                .expect("connects");
+            Arc::new(store)
+        }
+
+        conformance_suite!(make);
+    }
+
+    mod cluster {
+        use std::sync::{Arc, OnceLock};
+
+        use presence_testkit::RedisCluster;
+
+        use super::*;
+        use crate::conformance::Env;
+
+        fn cluster() -> &'static RedisCluster {
+            static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+            CLUSTER.get_or_init(|| RedisCluster::start(3).expect("a 3-master cluster starts"))
+        }
+
+        async fn make(env: Env) -> Arc<dyn PresenceStore> {
+            let mut opts = RedisOptions::new(&cluster().url());
+            opts.prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            let store = RedisStore::connect(opts, Arc::new(env.clock), env.timings, env.limits)
+                .await
+                .expect("connects");
+            Arc::new(store)
+        }
+
+        conformance_suite!(make);
+    }
+}

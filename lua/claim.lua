@@ -1,0 +1,83 @@
+-- claim.lua: presence:hello. Creates a session, or resumes it for a new
+-- connection with epoch + 1.
+--
+-- KEYS[1]  session hash   <prefix>:s:{<sessionId>}
+-- ARGV[1]  now (ms)        ARGV[2] timings JSON     ARGV[3] sessionId
+-- ARGV[4]  userId          ARGV[5] handle ('' = keep/none)
+-- ARGV[6]  meta JSON ('' = keep/none)               ARGV[7] activity
+-- ARGV[8]  nodeId          ARGV[9] first epoch of a new session (now in ms)
+--
+-- Reply (JSON): { ok, e, v, resumed, uid, st, changed, ix, puts: [{room, ev}],
+--   expired?: { uid, v, dels: [{room, ev}] } }, or { err = 'forbidden' }.
+--
+-- Epochs are issued here only. A session past its removal deadline that the
+-- sweeper has not reached yet is gone: it is buried (its rooms are reported
+-- in `expired` so the caller removes it there) and a new one starts. A
+-- tombstone keeps the last epoch and version of a removed session, so a
+-- reused id starts above them and no old connection can write to the new one.
+local key = KEYS[1]
+local now = tonumber(ARGV[1])
+local T = cjson.decode(ARGV[2])
+local sid, uid, handle, meta, activity, node = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local first_epoch = tonumber(ARGV[9])
+
+local f = load_session(key)
+local reply = { ok = true, puts = {} }
+
+if f ~= nil and f.dead ~= '1' and liveness(f, now, T) == 'expired' then
+  local dels = {}
+  for _, room in ipairs(session_rooms(f)) do
+    dels[#dels + 1] = { room = room, ev = event_json(f, room, 'expire', 'offline', now) }
+  end
+  f.v = tonumber(f.v) + 1
+  reply.expired = { uid = f.uid, v = f.v, dels = dels }
+  bury(key, f)
+  f = load_session(key)
+end
+
+if f ~= nil and f.dead ~= '1' then
+  if f.uid ~= uid then return cjson.encode({ err = 'forbidden' }) end
+  f.e = tonumber(f.e) + 1
+  f.v = tonumber(f.v) + 1
+  f.n = node
+  f.d = nil
+  redis.call('HDEL', key, 'd')
+  if handle ~= '' then f.h = handle end
+  if meta ~= '' then f.m = meta end
+  f.hb = math.max(now, num(f.hb, 0))
+  f.a = activity
+  if activity == 'active' then f.la = math.max(now, num(f.la, 0)) end
+  local st, changed = rederive(key, f, now, T)
+  redis.call('HSET', key, 'e', f.e, 'v', f.v, 'n', f.n, 'h', f.h or '', 'm', f.m or '',
+    'hb', f.hb, 'a', f.a, 'la', f.la, 'st', st)
+  reply.resumed = true
+  reply.changed = changed
+  -- Every room hears of the new epoch; observers see a change only if the status changed.
+  for _, room in ipairs(session_rooms(f)) do
+    reply.puts[#reply.puts + 1] = { room = room, ev = event_json(f, room, 'status', st, now), visible = changed }
+  end
+else
+  local floor_e, floor_v = 0, 0
+  if f ~= nil then
+    floor_e, floor_v = tonumber(f.e), tonumber(f.v)
+  end
+  f = {
+    sid = sid, uid = uid, h = handle, m = meta, n = node, a = activity,
+    e = math.max(first_epoch, floor_e + 1), v = floor_v + 1,
+    hb = now, la = now, c = now, st = 'active',
+  }
+  redis.call('DEL', key)
+  local st = rederive(key, f, now, T)
+  redis.call('HSET', key, 'sid', sid, 'uid', uid, 'h', handle, 'm', meta, 'n', node, 'a', activity,
+    'e', f.e, 'v', f.v, 'hb', now, 'la', now, 'c', now, 'st', st)
+  redis.call('PEXPIRE', key, math.max(1, removal_deadline(f, T) - now) + 60000)
+  reply.resumed = false
+  reply.changed = false
+end
+
+reply.e = tonumber(f.e)
+reply.v = tonumber(f.v)
+reply.uid = f.uid
+reply.st = f.st
+reply.ix = index_update(key, f, now, T)
+return cjson.encode(reply)

@@ -1,0 +1,38 @@
+-- expire.lua: the sweeper's step for one session found due in the deadline
+-- index. Re-derives the status at `now` (a heartbeat may have moved the
+-- deadline since the entry was made): publishes a status change, buries the
+-- session once it is past its removal deadline, and says when to look again.
+--
+-- KEYS[1]  session hash
+-- ARGV[1]  now   ARGV[2] timings JSON
+--
+-- Reply: { gone = true } (nothing left to watch), or
+-- { ok, expired, changed, v, uid, next, puts: [{room, ev}], dels: [{room, ev}] }.
+local key = KEYS[1]
+local now = tonumber(ARGV[1])
+local T = cjson.decode(ARGV[2])
+
+local f = load_session(key)
+if f == nil or f.dead == '1' then return '{"gone":true}' end
+
+if liveness(f, now, T) == 'expired' then
+  local dels = {}
+  for _, room in ipairs(session_rooms(f)) do
+    dels[#dels + 1] = { room = room, ev = event_json(f, room, 'expire', 'offline', now) }
+  end
+  f.v = tonumber(f.v) + 1
+  bury(key, f)
+  return cjson.encode({ ok = true, expired = true, v = f.v, uid = f.uid, dels = dels })
+end
+
+local st, changed = rederive(key, f, now, T)
+if changed then f.v = tonumber(f.v) + 1 end
+local nd = next_deadline(f, now, T)
+redis.call('HSET', key, 'st', st, 'v', f.v, 'ix', nd)
+local puts = {}
+if changed then
+  for _, room in ipairs(session_rooms(f)) do
+    puts[#puts + 1] = { room = room, ev = event_json(f, room, 'status', st, now), visible = true }
+  end
+end
+return cjson.encode({ ok = true, expired = false, changed = changed, v = tonumber(f.v), uid = f.uid, next = nd, puts = puts })

@@ -1,0 +1,131 @@
+-- prelude.lua: shared helpers, prepended to every script at build time.
+--
+-- Mirrors presence-core's lifecycle (session.rs): a session's status is
+-- derived from its facts and the time; these functions must agree with the
+-- Rust ones, which the conformance suite checks through both stores.
+--
+-- Timings arrive as one ARGV entry, a JSON object
+-- { hbt, idle, away, bgt, grace } (all ms). Replies are JSON strings.
+
+local function num(v, default)
+  if v == nil or v == false or v == '' then return default end
+  return tonumber(v)
+end
+
+-- Reads a session hash into a table (nil when absent).
+local function load_session(key)
+  local raw = redis.call('HGETALL', key)
+  if #raw == 0 then return nil end
+  local f = {}
+  for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
+  return f
+end
+
+local function hb_timeout(f, T)
+  if f.a == 'background' then return T.bgt end
+  return T.hbt
+end
+
+local function removal_deadline(f, T)
+  local silent = num(f.hb, 0) + hb_timeout(f, T) + T.grace
+  local d = num(f.d, nil)
+  if d ~= nil then
+    local g = d + T.grace
+    if g < silent then return g end
+  end
+  return silent
+end
+
+-- 'active' | 'idle' | 'away' | 'stale' | 'expired'
+local function liveness(f, now, T)
+  if now >= removal_deadline(f, T) then return 'expired' end
+  local hb = num(f.hb, 0)
+  if num(f.d, nil) ~= nil or now >= hb + hb_timeout(f, T) then return 'stale' end
+  if f.a == 'background' then return 'away' end
+  local inactive = now - num(f.la, 0)
+  if inactive >= T.away then return 'away' end
+  if f.a == 'idle' or inactive >= T.idle then return 'idle' end
+  return 'active'
+end
+
+-- The next instant the status may change.
+local function next_deadline(f, now, T)
+  local removal = removal_deadline(f, T)
+  if now >= removal then return now end
+  local la = num(f.la, 0)
+  local best = removal
+  for _, c in ipairs({ la + T.idle, la + T.away, num(f.hb, 0) + hb_timeout(f, T) }) do
+    if c > now and c < best then best = c end
+  end
+  return best
+end
+
+-- The rooms of a session (fields 'r:<roomId>' hold the room state, '' for none).
+local function session_rooms(f)
+  local rooms = {}
+  for k, _ in pairs(f) do
+    if string.sub(k, 1, 2) == 'r:' then rooms[#rooms + 1] = string.sub(k, 3) end
+  end
+  table.sort(rooms)
+  return rooms
+end
+
+-- The v1 event about this session in `room`, as JSON with a '%SEQ%'
+-- placeholder that room_put.lua / room_del.lua replace with the room's seq.
+-- The state is spliced in as stored, never decoded and re-encoded.
+local function event_json(f, room, kind, status, now)
+  local e = cjson.encode({
+    v = 1, type = kind, roomId = room, seq = '%SEQ%', userId = f.uid,
+    sessionId = f.sid, nodeId = f.n, epoch = tonumber(f.e), status = status, ts = now,
+  })
+  e = string.gsub(e, '"%%SEQ%%"', '%%SEQ%%')
+  local state = f['r:' .. room]
+  if state ~= nil and state ~= '' and kind ~= 'leave' and kind ~= 'expire' then
+    e = string.sub(e, 1, -2) .. ',"state":' .. state .. '}'
+  end
+  return e
+end
+
+-- Re-derives the recorded status and the session key's TTL after a change.
+-- Returns the new status and whether it changed.
+local function rederive(key, f, now, T)
+  local st = liveness(f, now, T)
+  if st == 'expired' then st = 'stale' end
+  local changed = st ~= f.st
+  f.st = st
+  redis.call('PEXPIRE', key, math.max(1, removal_deadline(f, T) - now) + 60000)
+  return st, changed
+end
+
+-- Wants the deadline index to hold an entry no later than the next deadline;
+-- returns that deadline when the index must be told (the caller ZADDs it),
+-- nil when the entry it has is early enough (entries may be early, never late).
+local function index_update(key, f, now, T)
+  local nd = next_deadline(f, now, T)
+  local ix = num(f.ix, nil)
+  if ix == nil or nd < ix then
+    redis.call('HSET', key, 'ix', nd)
+    return nd
+  end
+  return nil
+end
+
+-- Leaves a tombstone: the epoch and version survive the session for a while so
+-- that a session id used again starts above them.
+local function bury(key, f)
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'dead', '1', 'e', f.e, 'v', f.v, 'uid', f.uid)
+  redis.call('PEXPIRE', key, 600000)
+end
+
+-- Checks the caller's epoch against the session's. Returns an error reply
+-- table, or nil when the caller owns the session. Only the exact current
+-- epoch of a connected session may write: an older one lost the session to a
+-- newer connection, a higher one is forged (only claim.lua issues epochs).
+local function fence(f, epoch)
+  if f == nil or f.dead == '1' then return cjson.encode({ err = 'no_session' }) end
+  if tostring(f.e) ~= tostring(epoch) or (f.d ~= nil and f.d ~= '') then
+    return cjson.encode({ err = 'stale_epoch', current = tonumber(f.e) })
+  end
+  return nil
+end
