@@ -1,6 +1,7 @@
 // Test helpers: start the real presence-node binary on a free loopback port,
 // connect the official socket.io-client, and wait for acks and events.
 import { spawn } from "node:child_process";
+import net from "node:net";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 import { io } from "socket.io-client";
@@ -20,8 +21,65 @@ export const FAST = {
   "--emit-debounce-ms": 50,
 };
 
-/** Starts a node with `flags` on 127.0.0.1:0 and resolves once it listens. */
-export function startNode(flags = {}, { timeoutMs = 20000 } = {}) {
+/** The store the suite runs against: E2E_STORE=redis starts a redis-server per node. */
+export const STORE = process.env.E2E_STORE || "memory";
+
+/** A free loopback port. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Starts a redis-server on a free loopback port (killed with `stop`, or when this process exits). */
+export async function startRedis() {
+  const port = await freePort();
+  const proc = spawn("redis-server", ["--bind", "127.0.0.1", "--port", String(port), "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+  proc.unref(); // never keeps a test file alive; killed when this process exits
+  process.once("exit", () => proc.kill("SIGKILL"));
+  const end = Date.now() + 10000;
+  while (Date.now() < end) {
+    const ok = await new Promise((r) => {
+      const s = net.connect(port, "127.0.0.1", () => { s.end(); r(true); });
+      s.once("error", () => r(false));
+    });
+    if (ok) break;
+    await sleep(20);
+  }
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    port,
+    proc,
+    async stop() {
+      if (proc.exitCode !== null || proc.signalCode !== null) return;
+      proc.ref(); // keep the event loop alive until it is gone
+      const exited = new Promise((r) => proc.once("exit", r));
+      proc.kill("SIGKILL");
+      await exited;
+    },
+  };
+}
+
+/** Starts a node with `flags` on 127.0.0.1:0 and resolves once it listens.
+ * With E2E_STORE=redis and no --redis-url given, the node gets a redis-server of its own. */
+export async function startNode(flags = {}, opts = {}) {
+  if (STORE === "redis" && !flags["--redis-url"]) {
+    const redis = await startRedis();
+    const node = await spawnNode({ ...flags, "--redis-url": redis.url }, opts);
+    const stop = node.stop;
+    node.redis = redis;
+    node.stop = async () => { await stop(); await redis.stop(); };
+    return node;
+  }
+  return spawnNode(flags, opts);
+}
+
+function spawnNode(flags, { timeoutMs = 20000 } = {}) {
   const args = ["--bind", "127.0.0.1:0"];
   for (const [k, v] of Object.entries(flags)) args.push(k, String(v));
   const proc = spawn(NODE_BIN, args, {

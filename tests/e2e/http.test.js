@@ -1,7 +1,7 @@
 // The HTTP API against a real node.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startNode, connect, closeAll, call, enter, getJson } from "./helpers.js";
+import { startNode, connect, closeAll, call, enter, getJson, STORE } from "./helpers.js";
 
 let node;
 before(async () => { node = await startNode({ "--emit-debounce-ms": 0 }); });
@@ -9,7 +9,7 @@ after(async () => { closeAll(); await node?.stop(); });
 
 test("health and readiness", async () => {
   assert.deepEqual(await getJson(`${node.url}/healthz`), { status: 200, body: { ok: true } });
-  assert.deepEqual(await getJson(`${node.url}/readyz`), { status: 200, body: { ok: true, store: "memory" } });
+  assert.deepEqual(await getJson(`${node.url}/readyz`), { status: 200, body: { ok: true, store: STORE } });
 });
 
 test("who's online, room presence, stats and bulk status", async () => {

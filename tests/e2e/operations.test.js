@@ -54,4 +54,5 @@ test("SIGTERM closes client connections and exits promptly", async () => {
   // a transport close, and resume their session on the next node.
   assert.equal(reason, "transport close");
   closeAll();
+  await node.stop();
 });

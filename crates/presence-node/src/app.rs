@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use presence_core::{Clock, Limits, Millis, NodeId, SystemClock, Timings};
-use presence_store::{MemoryStore, PresenceStore};
+use presence_store::{MemoryStore, PresenceStore, RedisOptions, RedisStore, StoreError};
 use socketioxide::extract::SocketRef;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
@@ -79,7 +79,7 @@ pub async fn serve(
     let node_id = config.node_id()?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store: Arc<dyn PresenceStore> = Arc::new(MemoryStore::new(clock.clone(), timings, limits));
+    let store = open_store(&config, clock.clone(), timings, limits).await?;
 
     let (layer, io) = SocketIo::builder()
         .max_payload(config.max_payload_bytes)
@@ -129,7 +129,39 @@ pub async fn serve(
     result
 }
 
-/// The reaper tick of the embedded store: re-derives sessions past a deadline.
+/// The embedded store, or Redis when `REDIS_URL` is set. Redis that is not
+/// reachable yet (the node started first) is retried for a while.
+async fn open_store(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    timings: Timings,
+    limits: Limits,
+) -> Result<Arc<dyn PresenceStore>, String> {
+    let Some(url) = &config.redis_url else {
+        return Ok(Arc::new(MemoryStore::new(clock, timings, limits)));
+    };
+    let opts = RedisOptions {
+        url: url.clone(),
+        prefix: config.key_prefix.clone(),
+        pool_size: config.redis_pool_size,
+        command_timeout: Duration::from_millis(config.redis_timeout_ms),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match RedisStore::connect(opts.clone(), clock.clone(), timings, limits).await {
+            Ok(store) => return Ok(Arc::new(store)),
+            Err(e @ StoreError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "cannot reach Redis yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(format!("cannot use Redis: {e}")),
+        }
+    }
+}
+
+/// The sweeper tick: re-derives sessions past a deadline (status changes,
+/// expiry). With Redis every node sweeps for now; the scripts make that
+/// idempotent (a session is culled once, its events published once).
 async fn sweep_loop(store: Arc<dyn PresenceStore>, every_ms: Millis) {
     let mut tick = tokio::time::interval(Duration::from_millis(every_ms.max(1) as u64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -32,6 +32,24 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_NODE_ID")]
     pub node_id: Option<String>,
 
+    /// Redis to keep presence in: redis://, rediss:// (TLS), a comma-separated
+    /// list of cluster seeds or redis-cluster://, redis-sentinel://. Unset: the
+    /// embedded in-memory store (one node).
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and channel (deployments can share one Redis).
+    #[arg(long, env = "PRESENCE_KEY_PREFIX", default_value = "presence")]
+    pub key_prefix: String,
+
+    /// Connections to Redis.
+    #[arg(long, env = "PRESENCE_REDIS_POOL_SIZE", default_value_t = 4)]
+    pub redis_pool_size: usize,
+
+    /// How long one Redis command may take before the request fails with `unavailable`.
+    #[arg(long, env = "PRESENCE_REDIS_TIMEOUT_MS", default_value_t = 2_000)]
+    pub redis_timeout_ms: u64,
+
     /// How often clients should heartbeat.
     #[arg(long, env = "PRESENCE_HEARTBEAT_INTERVAL_MS", default_value_t = 10_000)]
     pub heartbeat_interval_ms: Millis,
@@ -137,8 +155,48 @@ impl Config {
         if self.signal_rate_per_sec == 0 {
             return Err("PRESENCE_SIGNAL_RATE_PER_SEC must be > 0".into());
         }
+        if presence_core::ids::validate_id(&self.key_prefix).is_err()
+            || self.key_prefix.contains(['{', '}'])
+        {
+            return Err(
+                "PRESENCE_KEY_PREFIX must be 1..=128 bytes of A-Z a-z 0-9 _ . : @ -".into(),
+            );
+        }
+        if self.redis_pool_size == 0 || self.redis_timeout_ms == 0 {
+            return Err(
+                "PRESENCE_REDIS_POOL_SIZE and PRESENCE_REDIS_TIMEOUT_MS must be > 0".into(),
+            );
+        }
         Ok(())
     }
+
+    /// The configuration as it may be logged: passwords in REDIS_URL masked.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        if let Some(url) = &c.redis_url {
+            c.redis_url = Some(redact_url(url));
+        }
+        c
+    }
+}
+
+/// `scheme://user:secret@host` → `scheme://user:***@host` (and `?...Password=x` likewise).
+fn redact_url(url: &str) -> String {
+    let mut out = match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((auth, host)) => {
+                let user = auth.split_once(':').map_or("", |(u, _)| u);
+                format!("{scheme}://{user}:***@{host}")
+            }
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    };
+    if let Some(i) = out.find("Password=") {
+        let end = out[i..].find('&').map_or(out.len(), |e| i + e);
+        out.replace_range(i + "Password=".len()..end, "***");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -153,6 +211,22 @@ mod tests {
         assert_eq!(c.limits(), Limits::default());
         assert!(c.node_id().unwrap().as_str().starts_with("node-"));
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn secrets_are_masked_in_logs() {
+        let c = Config::parse_from([
+            "presence-node",
+            "--redis-url",
+            "redis://app:hunter2@10.0.0.1:6379/0",
+        ]);
+        let shown = format!("{:?}", c.redacted());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("redis://app:***@10.0.0.1:6379/0"));
+        assert_eq!(
+            redact_url("redis-sentinel://h:1?sentinelServiceName=m&sentinelPassword=pw&x=1"),
+            "redis-sentinel://h:1?sentinelServiceName=m&sentinelPassword=***&x=1"
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ async fn main() {
         eprintln!("presence-node: invalid configuration: {e}");
         std::process::exit(2);
     }
-    tracing::info!(config = ?config, "starting");
+    tracing::info!(config = ?config.redacted(), "starting");
     let listener = match tokio::net::TcpListener::bind(config.bind).await {
         Ok(l) => l,
         Err(e) => {

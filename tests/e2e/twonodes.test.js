@@ -1,0 +1,73 @@
+// Two nodes on one Redis: presence crosses nodes, and a session moves from
+// one node to the other without observers seeing it leave.
+import { test, before, after, afterEach } from "node:test";
+import assert from "node:assert/strict";
+import { startRedis, startNode, connect, closeAll, call, waitFor, sleep, enter, diffs } from "./helpers.js";
+
+let redis, a, b;
+before(async () => {
+  redis = await startRedis();
+  const flags = { "--redis-url": redis.url, "--emit-debounce-ms": 50, "--key-prefix": "twonodes" };
+  a = await startNode({ ...flags, "--node-id": "node-a" });
+  b = await startNode({ ...flags, "--node-id": "node-b" });
+});
+after(async () => { closeAll(); await a?.stop(); await b?.stop(); await redis?.stop(); });
+afterEach(() => closeAll());
+
+test("a join, a state change and a leave on node A reach an observer on node B", async () => {
+  const obs = await connect(b.url);
+  await enter(obs, "observer", "r-x");
+  const c = await connect(a.url);
+  const ec = await enter(c, "carol", "r-x");
+  assert.ok(ec.snapshot.users.observer, "the snapshot on A shows B's client");
+  await waitFor(obs, "presence:diff", (d) => d.users.carol?.status === "active");
+  await call(c, "presence:state", { roomId: "r-x", epoch: ec.epoch, patch: { typing: true } });
+  await waitFor(obs, "presence:diff", (d) => d.sessions[ec.sessionId]?.state?.typing === true);
+  await call(c, "presence:leave", { roomId: "r-x" });
+  await waitFor(obs, "presence:diff", (d) => d.users.carol === null);
+  const room = await fetch(`${a.url}/api/rooms/r-x/presence`).then((r) => r.json());
+  assert.deepEqual(Object.keys(room.users), ["observer"]);
+});
+
+test("a session taken over from node A by node B is resumed without flapping", async () => {
+  const obs = await connect(b.url);
+  await enter(obs, "observer", "r-move");
+  const onA = await connect(a.url);
+  const ea = await enter(onA, "dave", "r-move");
+  await waitFor(obs, "presence:diff", (d) => d.users.dave);
+  const from = obs.received.length;
+  onA.disconnect();
+  await waitFor(obs, "presence:diff", (d) => d.sessions[ea.sessionId]?.status === "stale", { from });
+  const onB = await connect(b.url);
+  const hello = await call(onB, "presence:hello", { userId: "dave", sessionId: ea.sessionId });
+  assert.equal(hello.resumed, true);
+  assert.equal(hello.epoch, ea.epoch + 1);
+  assert.equal(hello.nodeId, "node-b");
+  assert.deepEqual(hello.rooms, ["r-move"]);
+  const snap = await waitFor(onB, "presence:snapshot", (s) => s.roomId === "r-move");
+  assert.equal(snap.sessions[ea.sessionId].status, "active");
+  await waitFor(obs, "presence:diff", (d) => d.sessions[ea.sessionId]?.status === "active", { from });
+  await sleep(150);
+  for (const d of diffs(obs, "r-move")) {
+    assert.notEqual(d.users.dave, null, "dave never left");
+    assert.notEqual(d.sessions[ea.sessionId], null);
+  }
+  const online = await fetch(`${a.url}/api/whos-online`).then((r) => r.json());
+  assert.equal(online.users.dave.sessionCount, 1);
+});
+
+test("a takeover while the old connection is still open fences it", async () => {
+  const old = await connect(a.url);
+  const eo = await enter(old, "erin", "r-fence");
+  const nu = await connect(b.url);
+  const hello = await call(nu, "presence:hello", { userId: "erin", sessionId: eo.sessionId });
+  assert.equal(hello.resumed, true);
+  const hb = await call(old, "presence:heartbeat", { epoch: eo.epoch });
+  assert.equal(hb.error.code, "stale_epoch");
+  // The old connection's disconnect must not touch the session the new one owns.
+  old.disconnect();
+  await sleep(300);
+  const room = await fetch(`${b.url}/api/rooms/r-fence/presence`).then((r) => r.json());
+  assert.equal(room.sessions[eo.sessionId].status, "active");
+  assert.equal((await call(nu, "presence:heartbeat", { epoch: hello.epoch })).ok, true);
+});
