@@ -123,7 +123,15 @@ end
 -- epoch of a connected session may write: an older one lost the session to a
 -- newer connection, a higher one is forged (only claim.lua issues epochs).
 local function fence(f, epoch)
-  if f == nil or f.dead == '1' then return cjson.encode({ err = 'no_session' }) end
+  if f == nil then return cjson.encode({ err = 'no_session' }) end
+  if f.dead == '1' then
+    -- Removed. Its last owner may claim it again (no_session); an older
+    -- connection lost it before that (stale_epoch).
+    if tonumber(epoch) < tonumber(f.e) then
+      return cjson.encode({ err = 'stale_epoch', current = tonumber(f.e) })
+    end
+    return cjson.encode({ err = 'no_session' })
+  end
   if tostring(f.e) ~= tostring(epoch) or (f.d ~= nil and f.d ~= '') then
     return cjson.encode({ err = 'stale_epoch', current = tonumber(f.e) })
   end

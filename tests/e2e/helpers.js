@@ -39,30 +39,43 @@ export function freePort() {
 /** Starts a redis-server on a free loopback port (killed with `stop`, or when this process exits). */
 export async function startRedis() {
   const port = await freePort();
-  const proc = spawn("redis-server", ["--bind", "127.0.0.1", "--port", String(port), "--save", "", "--appendonly", "no"], { stdio: "ignore" });
-  proc.unref(); // never keeps a test file alive; killed when this process exits
-  process.once("exit", () => proc.kill("SIGKILL"));
-  const end = Date.now() + 10000;
-  while (Date.now() < end) {
-    const ok = await new Promise((r) => {
-      const s = net.connect(port, "127.0.0.1", () => { s.end(); r(true); });
-      s.once("error", () => r(false));
-    });
-    if (ok) break;
-    await sleep(20);
-  }
-  return {
+  const r = {
     url: `redis://127.0.0.1:${port}`,
     port,
-    proc,
+    proc: null,
+    async start() {
+      const proc = spawn("redis-server", ["--bind", "127.0.0.1", "--port", String(port), "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+      proc.unref(); // never keeps a test file alive; killed when this process exits
+      process.once("exit", () => proc.kill("SIGKILL"));
+      r.proc = proc;
+      const end = Date.now() + 10000;
+      while (Date.now() < end) {
+        const ok = await new Promise((res) => {
+          const s = net.connect(port, "127.0.0.1", () => { s.end(); res(true); });
+          s.once("error", () => res(false));
+        });
+        if (ok) return;
+        await sleep(20);
+      }
+      throw new Error(`redis-server did not start on ${port}`);
+    },
+    /** SIGKILL: the data is lost. */
     async stop() {
-      if (proc.exitCode !== null || proc.signalCode !== null) return;
+      const proc = r.proc;
+      if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
       proc.ref(); // keep the event loop alive until it is gone
-      const exited = new Promise((r) => proc.once("exit", r));
+      const exited = new Promise((res) => proc.once("exit", res));
       proc.kill("SIGKILL");
       await exited;
     },
+    /** Kills it and starts it again, empty, on the same port. */
+    async restart() {
+      await r.stop();
+      await r.start();
+    },
   };
+  await r.start();
+  return r;
 }
 
 /** Starts a node with `flags` on 127.0.0.1:0 and resolves once it listens.

@@ -71,7 +71,7 @@ test("a background tab is away and does not flap with throttled heartbeats", asy
   }
 });
 
-test("a silent connection goes stale, then is removed", async () => {
+test("a silent connection goes stale, then is removed, and its next heartbeat brings it back", async () => {
   const obs = await connect(node.url);
   const eo = await enter(obs, "observer", "r-silent");
   const stopObs = heartbeatEvery(obs, eo.epoch, 100, "active");
@@ -85,10 +85,15 @@ test("a silent connection goes stale, then is removed", async () => {
     await waitFor(obs, "presence:diff", (d) => d.users.leo === null && d.sessions[ea.sessionId] === null, { timeoutMs: 5000 });
     const gone = Date.now() - t0;
     assert.ok(gone >= 1500, `removed after timeout + grace (2.2 s), got ${gone}`);
-    const h = await call(a, "presence:heartbeat", { epoch: ea.epoch });
-    assert.equal(h.error.code, "no_session");
     const online = await fetch(`${node.url}/api/whos-online`).then((r) => r.json());
     assert.equal(online.users.leo, undefined);
+    // The connection was open all along: its next heartbeat brings the session back.
+    const from = obs.received.length;
+    const h = await call(a, "presence:heartbeat", { epoch: ea.epoch });
+    assert.equal(h.ok, true);
+    assert.equal(h.revived, true);
+    assert.ok(h.epoch > ea.epoch);
+    await waitFor(obs, "presence:diff", (d) => d.users.leo?.status === "active" && d.sessions[ea.sessionId], { from });
   } finally {
     stopObs();
   }

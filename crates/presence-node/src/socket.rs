@@ -7,12 +7,12 @@
 //! without an ack callback are processed the same way; their answer is
 //! simply not sent.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use presence_core::{RoomId, UserId};
+use presence_core::{Activity, JsonMap, RoomId, UserId};
 use presence_store::{Hello, SessionRef, StoreError};
 use serde_json::{json, Value};
 use socketioxide::extract::{AckSender, SocketRef, TryData};
@@ -33,13 +33,24 @@ struct Conn {
 struct ConnState {
     bound: Option<Bound>,
     hello_in_flight: bool,
+    /// A lost session is being re-created; other heartbeats wait for it.
+    reviving: bool,
 }
 
 #[derive(Clone)]
 struct Bound {
     session: SessionRef,
     user_id: UserId,
-    rooms: BTreeSet<RoomId>,
+    handle: Option<String>,
+    meta: Option<JsonMap>,
+    /// The rooms, with the state this connection last set in each (`None`
+    /// when it set none, or when the room came with a resumed session).
+    rooms: BTreeMap<RoomId, Option<JsonMap>>,
+    /// After the session was re-created: the epoch the client may still
+    /// send until it has read the new one from a heartbeat ack.
+    revived_from: Option<u64>,
+    /// The re-created session still has to re-join its rooms.
+    restore: bool,
 }
 
 impl Conn {
@@ -59,7 +70,7 @@ impl Conn {
     /// The bound session, after checking the epoch the client sent.
     fn bound_at(&self, epoch: u64) -> Result<Bound, WireError> {
         let b = self.bound()?;
-        if b.session.epoch != epoch {
+        if b.session.epoch != epoch && b.revived_from != Some(epoch) {
             return Err(WireError::new(
                 ErrorCode::StaleEpoch,
                 format!(
@@ -136,14 +147,31 @@ fn answer(ack: AckSender, event: &'static str, r: Result<Value, WireError>) {
     let _ = ack.send(&body);
 }
 
-/// The store says this connection no longer owns its session (a newer one
-/// claimed it, or it expired): stop sending this socket the session's rooms.
-fn on_store_error(app: &App, conn: &Conn, socket: &SocketRef, e: StoreError) -> WireError {
-    if matches!(e, StoreError::StaleEpoch { .. } | StoreError::NoSession) {
-        let bound = conn.lock().bound.take();
+/// The store says a newer connection owns this connection's session: stop
+/// sending this socket the session's rooms. `used` is the epoch the refused
+/// call carried; if this connection holds another one by now (it re-created
+/// its session meanwhile), the refusal is about the past and changes nothing.
+/// (A lost session, `no_session`, stays bound: the next heartbeat revives it.)
+fn on_store_error(
+    app: &App,
+    conn: &Conn,
+    socket: &SocketRef,
+    used: u64,
+    e: StoreError,
+) -> WireError {
+    if matches!(e, StoreError::StaleEpoch { .. }) {
+        let bound = {
+            let mut st = conn.lock();
+            let current = st.bound.as_ref().map(|b| b.session.epoch);
+            if current == Some(used) && !st.reviving {
+                st.bound.take()
+            } else {
+                None
+            }
+        };
         if let Some(b) = bound {
             app.session_unbound();
-            for room in &b.rooms {
+            for room in b.rooms.keys() {
                 socket.leave(room.as_str().to_owned());
                 app.fanout.leave(room, socket.id);
             }
@@ -170,8 +198,8 @@ async fn hello(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSend
             .hello(Hello {
                 session_id: req.session_id,
                 user_id: req.user_id.clone(),
-                handle: req.handle,
-                meta: req.meta,
+                handle: req.handle.clone(),
+                meta: req.meta.clone(),
                 activity: req.activity,
                 node_id: app.node_id.clone(),
             })
@@ -185,7 +213,11 @@ async fn hello(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSend
                 epoch: claimed.epoch,
             },
             user_id: req.user_id.clone(),
-            rooms: claimed.rooms.iter().cloned().collect(),
+            handle: req.handle,
+            meta: req.meta,
+            rooms: claimed.rooms.iter().map(|r| (r.clone(), None)).collect(),
+            revived_from: None,
+            restore: false,
         });
         drop(st);
         app.session_bound();
@@ -224,11 +256,14 @@ async fn join(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSende
         let req = wire::join(&v, &app.limits)?;
         let b = conn.bound()?;
         app.store
-            .join(&b.session, &req.room_id, req.state)
+            .join(&b.session, &req.room_id, req.state.clone())
             .await
-            .map_err(|e| on_store_error(app, conn, &socket, e))?;
+            .map_err(|e| on_store_error(app, conn, &socket, b.session.epoch, e))?;
         if let Some(bound) = conn.lock().bound.as_mut() {
-            bound.rooms.insert(req.room_id.clone());
+            let known = bound.rooms.entry(req.room_id.clone()).or_default();
+            if req.state.is_some() {
+                *known = req.state;
+            }
         }
         tracing::debug!(session_id = %b.session.session_id, room_id = %req.room_id, "join");
         Ok((req.room_id, b.session))
@@ -244,15 +279,98 @@ async fn join(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSende
     }
 }
 
+/// Re-creates a lost session with the same id, user and rooms (with the
+/// states this connection set). Returns the new epoch.
+async fn revive(
+    app: &App,
+    conn: &Conn,
+    b: Bound,
+    activity: Option<Activity>,
+) -> Result<u64, StoreError> {
+    {
+        let mut st = conn.lock();
+        if st.reviving {
+            return Err(StoreError::Unavailable(
+                "the session is being restored; retry".into(),
+            ));
+        }
+        st.reviving = true;
+    }
+    let r = revive_now(app, conn, b, activity).await;
+    conn.lock().reviving = false;
+    r
+}
+
+async fn revive_now(
+    app: &App,
+    conn: &Conn,
+    b: Bound,
+    activity: Option<Activity>,
+) -> Result<u64, StoreError> {
+    let claimed = app
+        .store
+        .hello(Hello {
+            session_id: Some(b.session.session_id.clone()),
+            user_id: b.user_id.clone(),
+            handle: b.handle.clone(),
+            meta: b.meta.clone(),
+            activity: activity.unwrap_or(Activity::Active),
+            node_id: app.node_id.clone(),
+        })
+        .await?;
+    let b = {
+        let mut st = conn.lock();
+        let Some(bound) = st.bound.as_mut() else {
+            return Err(StoreError::NoSession);
+        };
+        bound.revived_from = Some(b.session.epoch);
+        bound.session.epoch = claimed.epoch;
+        bound.restore = true;
+        bound.clone()
+    };
+    restore_rooms(app, conn, &b).await?;
+    tracing::info!(session_id = %b.session.session_id, epoch = b.session.epoch, rooms = b.rooms.len(), "session re-created after the store lost it");
+    Ok(b.session.epoch)
+}
+
+/// Re-joins the rooms of a re-created session (with the states this
+/// connection set). Until it succeeds, every heartbeat tries again.
+async fn restore_rooms(app: &App, conn: &Conn, b: &Bound) -> Result<(), StoreError> {
+    for (room, state) in &b.rooms {
+        app.store.join(&b.session, room, state.clone()).await?;
+    }
+    if let Some(bound) = conn.lock().bound.as_mut() {
+        if bound.session.epoch == b.session.epoch {
+            bound.restore = false;
+        }
+    }
+    Ok(())
+}
+
 async fn heartbeat(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSender) {
     let r = async {
         let req = wire::heartbeat(&v)?;
         let b = conn.bound_at(req.epoch)?;
-        app.store
-            .heartbeat(&b.session, req.activity)
-            .await
-            .map_err(|e| on_store_error(app, conn, &socket, e))?;
-        Ok(json!({ "ok": true, "epoch": b.session.epoch }))
+        match app.store.heartbeat(&b.session, req.activity).await {
+            Ok(()) if b.restore => {
+                restore_rooms(app, conn, &b)
+                    .await
+                    .map_err(|e| on_store_error(app, conn, &socket, b.session.epoch, e))?;
+                Ok(json!({ "ok": true, "epoch": b.session.epoch, "revived": true }))
+            }
+            Ok(()) => Ok(json!({ "ok": true, "epoch": b.session.epoch })),
+            // The store lost the session while this connection is alive (Redis
+            // restarted empty, or it was culled while the client was silent):
+            // re-create it; the ack carries the new epoch.
+            Err(StoreError::NoSession) => {
+                let used = b.session.epoch;
+                let epoch = revive(app, conn, b, req.activity)
+                    .await
+                    .map_err(|e| on_store_error(app, conn, &socket, used, e))?;
+                Ok(json!({ "ok": true, "epoch": epoch, "revived": true }))
+            }
+            Err(e) => Err(on_store_error(app, conn, &socket, b.session.epoch, e)),
+        }
     }
     .await;
     answer(ack, "presence:heartbeat", r);
@@ -263,9 +381,25 @@ async fn state(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSend
         let req = wire::state(&v, &app.limits)?;
         let b = conn.bound_at(req.epoch)?;
         app.store
-            .update_state(&b.session, &req.room_id, req.patch)
+            .update_state(&b.session, &req.room_id, req.patch.clone())
             .await
-            .map_err(|e| on_store_error(app, conn, &socket, e))?;
+            .map_err(|e| on_store_error(app, conn, &socket, b.session.epoch, e))?;
+        if let Some(Some(known)) = conn
+            .lock()
+            .bound
+            .as_mut()
+            .map(|b| b.rooms.get_mut(&req.room_id))
+        {
+            let mut merged = known.take().unwrap_or_default();
+            for (k, v) in req.patch {
+                if v.is_null() {
+                    merged.remove(&k);
+                } else {
+                    merged.insert(k, v);
+                }
+            }
+            *known = (!merged.is_empty()).then_some(merged);
+        }
         Ok(json!({ "ok": true }))
     }
     .await;
@@ -276,7 +410,7 @@ async fn signal(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSen
     let r = async {
         let req = wire::signal(&v, &app.limits)?;
         let b = conn.bound()?;
-        if !b.rooms.contains(&req.room_id) {
+        if !b.rooms.contains_key(&req.room_id) {
             return Err(WireError::new(
                 ErrorCode::NotJoined,
                 format!("session is not in room {}", req.room_id),
@@ -316,7 +450,7 @@ async fn leave(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSend
                 app.store
                     .leave(&b.session, &room)
                     .await
-                    .map_err(|e| on_store_error(app, conn, &socket, e))?;
+                    .map_err(|e| on_store_error(app, conn, &socket, b.session.epoch, e))?;
                 if let Some(bound) = conn.lock().bound.as_mut() {
                     bound.rooms.remove(&room);
                 }
@@ -329,11 +463,11 @@ async fn leave(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSend
                     .store
                     .end(&b.session)
                     .await
-                    .map_err(|e| on_store_error(app, conn, &socket, e))?;
+                    .map_err(|e| on_store_error(app, conn, &socket, b.session.epoch, e))?;
                 if conn.lock().bound.take().is_some() {
                     app.session_unbound();
                 }
-                for room in b.rooms.iter() {
+                for room in b.rooms.keys() {
                     socket.leave(room.as_str().to_owned());
                     app.fanout.leave(room, socket.id);
                 }
@@ -351,7 +485,7 @@ async fn disconnect(app: &App, conn: &Conn, socket: SocketRef) {
     let bound = conn.lock().bound.take();
     let Some(b) = bound else { return };
     app.session_unbound();
-    for room in &b.rooms {
+    for room in b.rooms.keys() {
         app.fanout.leave(room, socket.id);
     }
     // Not a leave: the session turns stale and can be resumed within the

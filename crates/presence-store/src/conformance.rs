@@ -366,10 +366,21 @@ cases! {
     async fn a_reused_session_id_never_reuses_an_epoch(store, env) {
         let first = claim(store, "alice", "s1").await;
         store.end(&first).await.unwrap();
+        assert_eq!(store.heartbeat(&first, None).await, Err(StoreError::NoSession), "its owner may claim it again");
         let second = claim(store, "alice", "s1").await;
         assert!(second.epoch > first.epoch);
         assert!(matches!(store.heartbeat(&first, None).await, Err(StoreError::StaleEpoch { .. })));
         store.heartbeat(&second, None).await.unwrap();
+    }
+
+    /// A connection that lost its session to a newer one cannot bring it back
+    /// after the newer one ended it.
+    async fn a_superseded_connection_stays_fenced_after_the_session_ends(store, env) {
+        let old = claim(store, "alice", "s1").await;
+        let new = claim(store, "alice", "s1").await;
+        store.end(&new).await.unwrap();
+        assert!(matches!(store.heartbeat(&old, None).await, Err(StoreError::StaleEpoch { .. })));
+        assert_eq!(store.heartbeat(&new, None).await, Err(StoreError::NoSession));
     }
 
     /// A client cannot raise its own epoch.

@@ -26,6 +26,9 @@ use crate::api::{
 };
 use crate::error::StoreError;
 
+/// How long a removed session's last epoch is remembered (as the Redis store's tombstones).
+const TOMBSTONE_MS: Millis = 600_000;
+
 /// How many events a slow subscriber may fall behind before it must resync.
 const EVENT_BUFFER: usize = 16_384;
 
@@ -46,9 +49,11 @@ struct Inner {
     users: BTreeMap<UserId, BTreeSet<SessionId>>,
     /// Sessions by the next instant their status may change.
     deadlines: BTreeSet<(Millis, SessionId)>,
-    /// The last epoch of removed sessions, kept while the clock has not yet
-    /// passed it, so that a session id reused at once still starts higher.
-    tombstones: HashMap<SessionId, u64>,
+    /// The last epoch of removed sessions and when they were removed, kept for
+    /// [`TOMBSTONE_MS`] (and until the clock passed the epoch), so that a reused
+    /// session id starts higher and a connection that had lost the session
+    /// stays fenced.
+    tombstones: HashMap<SessionId, (u64, Millis)>,
 }
 
 struct SessionEntry {
@@ -139,10 +144,14 @@ impl MemoryStore {
 
     /// Finds the session and checks the epoch.
     fn owned<'a>(inner: &'a mut Inner, s: &SessionRef) -> Result<&'a mut SessionEntry, StoreError> {
-        let e = inner
-            .sessions
-            .get_mut(&s.session_id)
-            .ok_or(StoreError::NoSession)?;
+        let Some(e) = inner.sessions.get_mut(&s.session_id) else {
+            // Removed: its last owner may claim it again; an older connection
+            // had lost it before that.
+            return Err(match inner.tombstones.get(&s.session_id) {
+                Some(&(last, _)) if s.epoch < last => StoreError::StaleEpoch { current: last },
+                _ => StoreError::NoSession,
+            });
+        };
         if e.facts.epoch != s.epoch || e.facts.disconnected_at.is_some() {
             return Err(StoreError::StaleEpoch {
                 current: e.facts.epoch,
@@ -218,7 +227,9 @@ impl MemoryStore {
             self.leave_room(inner, session, room, kind, now);
         }
         if let Some(e) = inner.sessions.remove(session) {
-            inner.tombstones.insert(session.clone(), e.facts.epoch);
+            inner
+                .tombstones
+                .insert(session.clone(), (e.facts.epoch, now));
             inner.deadlines.remove(&(e.deadline, session.clone()));
             if let Some(set) = inner.users.get_mut(&e.facts.user_id) {
                 set.remove(session);
@@ -304,7 +315,7 @@ impl PresenceStore for MemoryStore {
             user_id: req.user_id.clone(),
             handle: req.handle,
             node_id: req.node_id,
-            epoch: first_epoch(now).max(inner.tombstones.get(&session_id).map_or(0, |e| e + 1)),
+            epoch: first_epoch(now).max(inner.tombstones.get(&session_id).map_or(0, |t| t.0 + 1)),
             activity: req.activity,
             last_heartbeat_at: now,
             last_active_at: now,
@@ -480,7 +491,9 @@ impl PresenceStore for MemoryStore {
         let inner = &mut *inner;
         let mut report = SweepReport::default();
         let past = first_epoch(now);
-        inner.tombstones.retain(|_, epoch| *epoch >= past);
+        inner
+            .tombstones
+            .retain(|_, (epoch, at)| *epoch >= past || now - *at < TOMBSTONE_MS);
         while let Some((deadline, session)) = inner.deadlines.first().cloned() {
             if deadline > now {
                 break;

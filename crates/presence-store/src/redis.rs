@@ -375,9 +375,24 @@ impl RedisStore {
                 }
             }
         });
-        self.subscriber.manage_subscriptions();
+        // Resubscribe after every reconnect (a Redis restart or failover
+        // drops the subscription); events published meanwhile are lost, and
+        // the next event of a room makes its hubs re-read it.
+        let pattern = format!("{}:events:*", self.keys.prefix);
+        let mut reconnects = self.subscriber.reconnect_rx();
+        let sub = self.subscriber.clone();
+        let again = pattern.clone();
+        tokio::spawn(async move {
+            while reconnects.recv().await.is_ok() {
+                if let Err(e) = sub.psubscribe(again.clone()).await {
+                    tracing::warn!(error = %e, "cannot resubscribe to presence events");
+                } else {
+                    tracing::info!("resubscribed to presence events after a reconnect");
+                }
+            }
+        });
         self.subscriber
-            .psubscribe(format!("{}:events:*", self.keys.prefix))
+            .psubscribe(pattern)
             .await
             .map_err(unavailable)
     }

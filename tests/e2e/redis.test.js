@@ -1,0 +1,75 @@
+// A node on Redis when Redis goes away and comes back empty.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { startRedis, startNode, connect, closeAll, call, waitFor, sleep, enter, getJson, FAST } from "./helpers.js";
+
+let redis, node;
+before(async () => {
+  redis = await startRedis();
+  node = await startNode({ ...FAST, "--redis-url": redis.url, "--redis-timeout-ms": 500 });
+});
+after(async () => { closeAll(); await node?.stop(); await redis?.stop(); });
+
+/** Heartbeats every `ms`, adopting the epoch each ack carries. */
+function keepAlive(socket, start, ms) {
+  let epoch = start;
+  const acks = [];
+  const t = setInterval(() => {
+    socket.timeout(2000).emitWithAck("presence:heartbeat", { epoch, activity: "active" })
+      .then((a) => { acks.push(a); if (a.ok) epoch = a.epoch; })
+      .catch(() => {});
+  }, ms);
+  return { acks, stop: () => clearInterval(t) };
+}
+
+test("Redis down: not ready, calls answer unavailable, the node stays up; back empty: sessions return by themselves", async () => {
+  const a = await connect(node.url);
+  const ea = await enter(a, "alice", "r-restart", { handle: "Alice" });
+  const b = await connect(node.url);
+  const eb = await enter(b, "bob", "r-restart");
+  const ka = keepAlive(a, ea.epoch, 200);
+  const kb = keepAlive(b, eb.epoch, 200);
+  try {
+    await sleep(300);
+    await redis.stop();
+    // Not ready while Redis is away, but alive.
+    let ready;
+    for (let i = 0; i < 40; i++) {
+      ready = await getJson(`${node.url}/readyz`);
+      if (ready.status === 503) break;
+      await sleep(100);
+    }
+    assert.equal(ready.status, 503);
+    assert.equal(ready.body.error.code, "unavailable");
+    assert.equal((await getJson(`${node.url}/healthz`)).status, 200);
+    const refused = await call(a, "presence:state", { roomId: "r-restart", epoch: ea.epoch, patch: { x: 1 } });
+    assert.equal(refused.ok, false);
+    assert.equal(refused.error.code, "unavailable");
+    assert.ok(a.connected && b.connected, "clients stay connected");
+
+    await redis.restart(); // empty
+    const t0 = Date.now();
+    let room;
+    for (let i = 0; i < 100; i++) {
+      room = await getJson(`${node.url}/api/rooms/r-restart/presence`);
+      if (room.status === 200 && room.body.sessions[ea.sessionId] && room.body.sessions[eb.sessionId]) break;
+      await sleep(100);
+    }
+    const back = Date.now() - t0;
+    assert.ok(room.body.sessions[ea.sessionId], "alice's session is back under its id");
+    assert.ok(room.body.sessions[eb.sessionId], "bob's session is back under its id");
+    assert.equal(room.body.users.alice.handle, "Alice");
+    assert.ok(back < 5000, `back within a few heartbeats (${back} ms)`);
+    assert.equal((await getJson(`${node.url}/readyz`)).status, 200);
+    assert.ok(ka.acks.some((x) => x.revived), "the heartbeat ack told the client its new epoch");
+    // Diffs flow again: a change by alice reaches bob.
+    const from = b.received.length;
+    const epoch = ka.acks.filter((x) => x.ok).at(-1).epoch;
+    const st = await call(a, "presence:state", { roomId: "r-restart", epoch, patch: { back: true } });
+    assert.equal(st.ok, true, JSON.stringify(st));
+    await waitFor(b, "presence:diff", (d) => d.users.alice?.state?.back === true, { from, timeoutMs: 5000 });
+  } finally {
+    ka.stop();
+    kb.stop();
+  }
+});
