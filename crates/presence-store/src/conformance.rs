@@ -383,6 +383,55 @@ cases! {
         assert_eq!(store.heartbeat(&new, None).await, Err(StoreError::NoSession));
     }
 
+    /// 1,000 rounds in which a new connection claims a session while the old
+    /// connection sends a heartbeat, a state change and a leave at the same
+    /// time: a write of the old connection either happened before the claim
+    /// (and the new owner sees it) or is refused and changes nothing.
+    async fn racing_writes_of_an_old_connection_never_apply_after_a_takeover(store, env) {
+        let mut applied = [0u32; 3];
+        for i in 0..1000u32 {
+            let sid_s = format!("race-{i}");
+            let room = rid(&format!("race-room-{}", i % 7));
+            let old = claim(store, "racer", &sid_s).await;
+            store.join(&old, &room, Some(obj(json!({ "v": 0 })))).await.unwrap();
+            let patch = obj(json!({ "v": i + 1 }));
+            let takeover = store.hello(hello("racer", Some(&sid_s)));
+            let hb = store.heartbeat(&old, Some(Activity::Idle));
+            let st = store.update_state(&old, &room, patch);
+            let lv = store.leave(&old, &room);
+            // Vary who is sent first.
+            let (claimed, hb, st, lv) = match i % 4 {
+                0 => tokio::join!(takeover, hb, st, lv),
+                1 => { let (lv, st, hb, c) = tokio::join!(lv, st, hb, takeover); (c, hb, st, lv) }
+                2 => { let (st, c, lv, hb) = tokio::join!(st, takeover, lv, hb); (c, hb, st, lv) }
+                _ => { let (hb, lv, c, st) = tokio::join!(hb, lv, takeover, st); (c, hb, st, lv) }
+            };
+            let claimed = claimed.unwrap();
+            assert!(claimed.resumed && claimed.epoch > old.epoch);
+            for (n, r) in applied.iter_mut().zip([hb.is_ok(), st.is_ok(), lv.is_ok()]) {
+                *n += u32::from(r);
+            }
+            for r in [&hb, &st, &lv] {
+                assert!(matches!(r, Ok(()) | Err(StoreError::StaleEpoch { .. }) | Err(StoreError::NotJoined(_))), "round {i}: {r:?}");
+            }
+            let in_room_by_truth = claimed.rooms.contains(&room);
+            assert_eq!(in_room_by_truth, lv.is_err(), "round {i}: a leave applies iff it came before the claim");
+            let view = store.room_view(&room).await.unwrap();
+            let member = view.sessions.get(sid_s.as_str());
+            assert_eq!(member.is_some(), in_room_by_truth, "round {i}: the room agrees with the session");
+            if let Some(m) = member {
+                let expected = if st.is_ok() { json!({ "v": i + 1 }) } else { json!({ "v": 0 }) };
+                assert_eq!(m.state, Some(obj(expected)), "round {i}: state {st:?}");
+                assert_eq!(m.status, SessionStatus::Active, "round {i}: the new owner's hello wins");
+            }
+            // And nothing the old connection sends now applies.
+            assert!(matches!(store.heartbeat(&old, None).await, Err(StoreError::StaleEpoch { .. })));
+            let new = SessionRef { session_id: claimed.session_id, epoch: claimed.epoch };
+            store.end(&new).await.unwrap();
+        }
+        eprintln!("old connection's writes applied before the takeover, of 1000: heartbeat {}, state {}, leave {}", applied[0], applied[1], applied[2]);
+    }
+
     /// A client cannot raise its own epoch.
     async fn forged_higher_epoch_is_rejected(store, env) {
         let s = claim(store, "alice", "s1").await;
