@@ -87,6 +87,8 @@ test("a silent connection goes stale, then is removed, and its next heartbeat br
     assert.ok(gone >= 1500, `removed after timeout + grace (2.2 s), got ${gone}`);
     const online = await fetch(`${node.url}/api/whos-online`).then((r) => r.json());
     assert.equal(online.users.leo, undefined);
+    const metrics = await fetch(`${node.url}/metrics`).then((r) => r.text());
+    assert.match(metrics, /presence_expired_sessions_total [1-9]/);
     // The connection was open all along: its next heartbeat brings the session back.
     const from = obs.received.length;
     const h = await call(a, "presence:heartbeat", { epoch: ea.epoch });

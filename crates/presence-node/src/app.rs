@@ -169,6 +169,7 @@ async fn sweep_loop(store: Arc<dyn PresenceStore>, every_ms: Millis) {
         tick.tick().await;
         match store.sweep().await {
             Ok(r) if r.expired > 0 || r.status_changes > 0 => {
+                crate::metrics::sweep(r.status_changes, r.expired);
                 tracing::debug!(
                     expired = r.expired,
                     status_changes = r.status_changes,

@@ -35,6 +35,10 @@ struct ConnState {
     hello_in_flight: bool,
     /// A lost session is being re-created; other heartbeats wait for it.
     reviving: bool,
+    /// A re-creation started and has not succeeded yet. Its claim may have
+    /// been applied even though the answer was lost (a failover), so a
+    /// `stale_epoch` then means "claim again", not "another connection won".
+    revive_pending: bool,
 }
 
 #[derive(Clone)]
@@ -163,7 +167,8 @@ fn on_store_error(
         let bound = {
             let mut st = conn.lock();
             let current = st.bound.as_ref().map(|b| b.session.epoch);
-            if current == Some(used) && !st.reviving {
+            if current == Some(used) && !st.reviving && !st.revive_pending {
+                tracing::debug!(epoch = used, error = %e, "a newer connection owns the session; unbinding");
                 st.bound.take()
             } else {
                 None
@@ -295,9 +300,14 @@ async fn revive(
             ));
         }
         st.reviving = true;
+        st.revive_pending = true;
     }
     let r = revive_now(app, conn, b, activity).await;
-    conn.lock().reviving = false;
+    let mut st = conn.lock();
+    st.reviving = false;
+    if r.is_ok() {
+        st.revive_pending = false;
+    }
     r
 }
 
@@ -363,6 +373,13 @@ async fn heartbeat(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: Ack
             // restarted empty, or it was culled while the client was silent):
             // re-create it; the ack carries the new epoch.
             Err(StoreError::NoSession) => {
+                let used = b.session.epoch;
+                let epoch = revive(app, conn, b, req.activity)
+                    .await
+                    .map_err(|e| on_store_error(app, conn, &socket, used, e))?;
+                Ok(json!({ "ok": true, "epoch": epoch, "revived": true }))
+            }
+            Err(StoreError::StaleEpoch { .. }) if conn.lock().revive_pending => {
                 let used = b.session.epoch;
                 let epoch = revive(app, conn, b, req.activity)
                     .await
