@@ -14,6 +14,7 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ] || missing+=(chromium)
@@ -23,14 +24,48 @@ if [ "${#missing[@]}" -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# A Docker engine for the testcontainers path of the Redis test harness:
+# started here if none runs (no bridge, no iptables: containers use the host
+# network and loopback addresses only), stopped again at the end.
+started_dockerd=""
+cleanup() {
+  if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+    ids=$(docker ps -aq --filter label=presence-testkit)
+    [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1 || true
+  fi
+  if [ -n "$started_dockerd" ]; then
+    as_root kill "$started_dockerd" 2>/dev/null || true
+    wait "$started_dockerd" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
+if ! docker info >/dev/null 2>&1; then
+  echo "==> starting dockerd"
+  as_root dockerd --bridge=none --iptables=false --ip-forward=false --ip6tables=false >/tmp/presence-dockerd.log 2>&1 &
+  started_dockerd=$!
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+fi
+backend=local
+if docker info >/dev/null 2>&1 && ./scripts/redis-image.sh; then
+  backend=docker
+elif [ "${CI:-}" = "true" ]; then
+  echo "CI needs a Docker engine for the testcontainers path; see /tmp/presence-dockerd.log" >&2
+  exit 1
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "==> cargo test"
-cargo test --workspace --locked
+echo "==> cargo test (Redis servers: $backend$( [ "$backend" = docker ] && echo ', through testcontainers'))"
+PRESENCE_TEST_BACKEND=$backend cargo test --workspace --locked
+
+if [ "$backend" = docker ]; then
+  echo "==> the Redis conformance suite again, on local redis-server processes"
+  PRESENCE_TEST_BACKEND=local cargo test -p presence-store -p presence-testkit --locked
+fi
 
 echo "==> end-to-end tests (socket.io-client from npm)"
 cargo build -p presence-node --locked

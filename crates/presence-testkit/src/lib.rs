@@ -8,16 +8,68 @@
 //! - [`RedisCluster`]: a Redis Cluster of N masters, created with
 //!   `redis-cli --cluster create`.
 //!
-//! The harness needs `redis-server` and `redis-cli` on the `PATH` (the test
-//! command installs them from Debian's packages).
+//! Servers run in Docker containers through testcontainers when a Docker
+//! engine answers and the image [`IMAGE`] exists (the test command builds it
+//! from the installed `redis-server`, as no image registry is reachable);
+//! otherwise as local `redis-server` processes. [`Backend::current`] says
+//! which, and `PRESENCE_TEST_BACKEND=local|docker` forces one. Containers use
+//! the host network and listen on loopback only. `redis-cli` must be on the
+//! `PATH` either way.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use testcontainers::core::WaitFor;
+use testcontainers::runners::SyncRunner;
+use testcontainers::{Container, GenericImage, ImageExt};
+
+/// The local image the Docker backend runs (`name:tag`).
+pub const IMAGE: (&str, &str) = ("presence-redis", "local");
+
+/// Where servers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Docker containers, through testcontainers.
+    Docker,
+    /// Local `redis-server` processes.
+    Local,
+}
+
+impl Backend {
+    /// The backend of this process: forced by `PRESENCE_TEST_BACKEND`, else
+    /// Docker when the engine answers and has the image, else local processes.
+    pub fn current() -> Backend {
+        static CURRENT: OnceLock<Backend> = OnceLock::new();
+        *CURRENT.get_or_init(|| {
+            let b = match std::env::var("PRESENCE_TEST_BACKEND").as_deref() {
+                Ok("docker") => Backend::Docker,
+                Ok("local") => Backend::Local,
+                _ => {
+                    let image = format!("{}:{}", IMAGE.0, IMAGE.1);
+                    let docker = Command::new("docker")
+                        .args(["image", "inspect", &image])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .map(|s| s.success())
+                        .unwrap_or(false);
+                    if docker {
+                        Backend::Docker
+                    } else {
+                        Backend::Local
+                    }
+                }
+            };
+            eprintln!("presence-testkit: Redis servers run as {b:?} (testcontainers when Docker)");
+            b
+        })
+    }
+}
 /// How long a server may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -77,12 +129,14 @@ pub fn redis_cli(port: u16, args: &[&str]) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// One `redis-server` process on a free loopback port.
+/// One `redis-server` on a free loopback port (a process or a container).
 pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    backend: Backend,
     child: Option<Child>,
+    container: Option<Container<GenericImage>>,
 }
 
 impl RedisServer {
@@ -102,7 +156,9 @@ impl RedisServer {
                 port,
                 dir: tempfile::tempdir()?,
                 extra: extra.iter().map(|s| s.to_string()).collect(),
+                backend: Backend::current(),
                 child: None,
+                container: None,
             };
             match s.spawn() {
                 Ok(()) => return Ok(s),
@@ -113,6 +169,54 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> io::Result<()> {
+        match self.backend {
+            Backend::Local => self.spawn_local(),
+            Backend::Docker => self.spawn_container(),
+        }
+    }
+
+    fn spawn_container(&mut self) -> io::Result<()> {
+        let mut cmd = vec![
+            "--bind".to_owned(),
+            "127.0.0.1".to_owned(),
+            "--port".to_owned(),
+            self.port.to_string(),
+            "--save".to_owned(),
+            String::new(),
+            "--appendonly".to_owned(),
+            "no".to_owned(),
+            "--protected-mode".to_owned(),
+            "no".to_owned(),
+        ];
+        cmd.extend(self.extra.iter().cloned());
+        let request = GenericImage::new(IMAGE.0, IMAGE.1)
+            .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
+            .with_network("host")
+            .with_label("presence-testkit", "1")
+            .with_cmd(cmd);
+        // The blocking runner owns a runtime: start it off any async runtime thread.
+        let container = std::thread::spawn(move || request.start())
+            .join()
+            .map_err(|_| io::Error::other("the container start panicked"))?
+            .map_err(|e| io::Error::other(format!("cannot start the Redis container: {e}")))?;
+        self.container = Some(container);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if redis_cli(self.port, &["PING"])
+                .map(|o| o.trim() == "PONG")
+                .unwrap_or(false)
+            {
+                return Ok(());
+            }
+            sleep(Duration::from_millis(20));
+        }
+        Err(io::Error::other(format!(
+            "the Redis container on port {} does not answer",
+            self.port
+        )))
+    }
+
+    fn spawn_local(&mut self) -> io::Result<()> {
         // redis-server runs under a small shell that holds our end of a pipe:
         // when this process exits (even by a panic or a kill), the pipe closes
         // and the shell kills the server, so no test leaves a server behind.
@@ -153,12 +257,21 @@ impl RedisServer {
         self.dir.path().to_path_buf()
     }
 
-    /// Kills the server at once (SIGKILL): its data is lost.
+    /// Kills the server at once: its data is lost.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             drop(c.stdin.take());
             let _ = c.wait();
         }
+        if let Some(c) = self.container.take() {
+            // Removing a container needs the runner's runtime: off this thread.
+            let _ = std::thread::spawn(move || c.rm()).join();
+        }
+    }
+
+    /// Where it runs.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Starts it again on the same port, empty.
@@ -167,9 +280,11 @@ impl RedisServer {
         self.spawn()
     }
 
-    /// True while the process runs.
+    /// True while it answers PING.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+        redis_cli(self.port, &["PING"])
+            .map(|o| o.trim() == "PONG")
+            .unwrap_or(false)
     }
 }
 
