@@ -1078,6 +1078,68 @@ mod tests {
         }
 
         conformance_suite!(make);
+
+        /// The hot path costs one EVALSHA per heartbeat and nothing else.
+        #[tokio::test]
+        async fn a_heartbeat_is_one_evalsha() {
+            use presence_core::{ManualClock, NodeId};
+            let own = RedisServer::start().unwrap();
+            let store = RedisStore::connect(
+                RedisOptions::new(&own.url()),
+                Arc::new(ManualClock::new(crate::conformance::T0)),
+                Timings::default(),
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            let c = store
+                .hello(Hello {
+                    session_id: None,
+                    user_id: UserId::new("hb").unwrap(),
+                    handle: None,
+                    meta: None,
+                    activity: Activity::Active,
+                    node_id: NodeId::new("n").unwrap(),
+                })
+                .await
+                .unwrap();
+            let me = SessionRef {
+                session_id: c.session_id,
+                epoch: c.epoch,
+            };
+            store
+                .join(&me, &RoomId::new("big").unwrap(), None)
+                .await
+                .unwrap();
+            presence_testkit::redis_cli(own.port(), &["CONFIG", "RESETSTAT"]).unwrap();
+            for _ in 0..100 {
+                store.heartbeat(&me, Some(Activity::Active)).await.unwrap();
+            }
+            let stats = presence_testkit::redis_cli(own.port(), &["INFO", "commandstats"]).unwrap();
+            let calls: Vec<(String, u64)> = stats
+                .lines()
+                .filter_map(|l| {
+                    let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                    let n = rest
+                        .split(',')
+                        .next()?
+                        .strip_prefix("calls=")?
+                        .parse()
+                        .ok()?;
+                    Some((name.to_owned(), n))
+                })
+                .filter(|(name, _)| !matches!(name.as_str(), "config|resetstat" | "info"))
+                .collect();
+            // One EVALSHA each; inside it one read and two writes of the
+            // session hash, and nothing per room.
+            let mut calls = calls;
+            calls.sort();
+            let expected: Vec<(String, u64)> = ["evalsha", "hgetall", "hset", "pexpire"]
+                .iter()
+                .map(|c| (c.to_string(), 100))
+                .collect();
+            assert_eq!(calls, expected, "{stats}");
+        }
     }
 
     mod cluster {
