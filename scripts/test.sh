@@ -34,6 +34,7 @@ cleanup() {
     [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1 || true
   fi
   if [ -n "$started_dockerd" ]; then
+    echo "==> stopping dockerd"
     as_root kill "$started_dockerd" 2>/dev/null || true
     wait "$started_dockerd" 2>/dev/null || true
   fi
@@ -41,7 +42,12 @@ cleanup() {
 trap cleanup EXIT
 if ! docker info >/dev/null 2>&1; then
   echo "==> starting dockerd"
-  as_root dockerd --bridge=none --iptables=false --ip-forward=false --ip6tables=false >/tmp/presence-dockerd.log 2>&1 &
+  flags=(--bridge=none --iptables=false --ip-forward=false --ip6tables=false)
+  if [ "$(id -u)" -eq 0 ]; then
+    dockerd "${flags[@]}" >/tmp/presence-dockerd.log 2>&1 &
+  else
+    sudo dockerd "${flags[@]}" >/tmp/presence-dockerd.log 2>&1 &
+  fi
   started_dockerd=$!
   for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
 fi
