@@ -25,10 +25,7 @@ local f = load_session(key)
 local reply = { ok = true, puts = {} }
 
 if f ~= nil and f.dead ~= '1' and liveness(f, now, T) == 'expired' then
-  local dels = {}
-  for _, room in ipairs(session_rooms(f)) do
-    dels[#dels + 1] = { room = room, ev = event_json(f, room, 'expire', 'offline', now) }
-  end
+  local dels = room_dels(f, 'expire', now)
   f.v = tonumber(f.v) + 1
   reply.expired = { uid = f.uid, v = f.v, dels = dels }
   bury(key, f)

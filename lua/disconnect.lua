@@ -19,9 +19,5 @@ if changed then f.v = tonumber(f.v) + 1 end
 redis.call('HSET', key, 'd', now, 'st', st, 'v', f.v)
 local ix = index_update(key, f, now, T)
 local puts = {}
-if changed then
-  for _, room in ipairs(session_rooms(f)) do
-    puts[#puts + 1] = { room = room, ev = event_json(f, room, 'status', st, now), visible = true }
-  end
-end
+if changed then puts = status_puts(f, st, now) end
 return cjson.encode({ ok = true, changed = changed, v = tonumber(f.v), uid = f.uid, ix = ix, puts = puts })

@@ -16,10 +16,7 @@ local f = load_session(key)
 if f == nil or f.dead == '1' then return '{"gone":true}' end
 
 if liveness(f, now, T) == 'expired' then
-  local dels = {}
-  for _, room in ipairs(session_rooms(f)) do
-    dels[#dels + 1] = { room = room, ev = event_json(f, room, 'expire', 'offline', now) }
-  end
+  local dels = room_dels(f, 'expire', now)
   f.v = tonumber(f.v) + 1
   bury(key, f)
   return cjson.encode({ ok = true, expired = true, v = f.v, uid = f.uid, dels = dels })
@@ -30,9 +27,5 @@ if changed then f.v = tonumber(f.v) + 1 end
 local nd = next_deadline(f, now, T)
 redis.call('HSET', key, 'st', st, 'v', f.v, 'ix', nd)
 local puts = {}
-if changed then
-  for _, room in ipairs(session_rooms(f)) do
-    puts[#puts + 1] = { room = room, ev = event_json(f, room, 'status', st, now), visible = true }
-  end
-end
+if changed then puts = status_puts(f, st, now) end
 return cjson.encode({ ok = true, expired = false, changed = changed, v = tonumber(f.v), uid = f.uid, next = nd, puts = puts })

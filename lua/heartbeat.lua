@@ -26,9 +26,5 @@ redis.call('HSET', key, 'hb', f.hb, 'a', f.a or 'active', 'la', f.la, 'st', st, 
 local ix = index_update(key, f, now, T)
 if not changed and ix == nil then return '{"ok":true}' end
 local puts = {}
-if changed then
-  for _, room in ipairs(session_rooms(f)) do
-    puts[#puts + 1] = { room = room, ev = event_json(f, room, 'status', st, now), visible = true }
-  end
-end
+if changed then puts = status_puts(f, st, now) end
 return cjson.encode({ ok = true, changed = changed, v = tonumber(f.v), uid = f.uid, ix = ix, puts = puts })

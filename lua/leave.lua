@@ -23,10 +23,7 @@ if room ~= '' then
   return cjson.encode({ ok = true, v = f.v, uid = f.uid, ended = false, dels = { { room = room, ev = ev } } })
 end
 
-local dels = {}
-for _, r in ipairs(session_rooms(f)) do
-  dels[#dels + 1] = { room = r, ev = event_json(f, r, 'leave', 'offline', now) }
-end
+local dels = room_dels(f, 'leave', now)
 f.v = tonumber(f.v) + 1
 bury(key, f)
 return cjson.encode({ ok = true, v = f.v, uid = f.uid, ended = true, dels = dels })

@@ -86,6 +86,24 @@ local function event_json(f, room, kind, status, now)
   return e
 end
 
+-- The projections of a status change into every room of the session.
+local function status_puts(f, st, now)
+  local puts = {}
+  for _, room in ipairs(session_rooms(f)) do
+    puts[#puts + 1] = { room = room, ev = event_json(f, room, 'status', st, now), visible = true }
+  end
+  return puts
+end
+
+-- The removals of the session from every room, as `kind` ('leave' | 'expire').
+local function room_dels(f, kind, now)
+  local dels = {}
+  for _, room in ipairs(session_rooms(f)) do
+    dels[#dels + 1] = { room = room, ev = event_json(f, room, kind, 'offline', now) }
+  end
+  return dels
+end
+
 -- Re-derives the recorded status and the session key's TTL after a change.
 -- Returns the new status and whether it changed.
 local function rederive(key, f, now, T)

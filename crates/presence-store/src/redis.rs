@@ -590,6 +590,22 @@ impl RedisStore {
         join_all(reads).await.into_iter().collect()
     }
 
+    /// The live sessions of a user (entries whose session is gone are skipped).
+    async fn user_members(&self, uid: &str) -> Result<Vec<Member>, StoreError> {
+        let sids: BTreeMap<String, String> = self
+            .pool
+            .hgetall(self.keys.user(uid))
+            .await
+            .map_err(unavailable)?;
+        let ids: Vec<String> = sids.into_keys().collect();
+        let facts = self.sessions(&ids).await?;
+        Ok(ids
+            .iter()
+            .zip(facts)
+            .filter_map(|(sid, f)| f.and_then(|f| member_of(sid, None, &f)))
+            .collect())
+    }
+
     async fn expire_one(
         &self,
         sid: &str,
@@ -963,18 +979,7 @@ impl PresenceStore for RedisStore {
         let users = &users[..users.len().min(page.limit)];
         let mut members = Vec::new();
         for uid in users {
-            let sids: BTreeMap<String, String> = self
-                .pool
-                .hgetall(self.keys.user(uid))
-                .await
-                .map_err(unavailable)?;
-            let ids: Vec<String> = sids.into_keys().collect();
-            let facts = self.sessions(&ids).await?;
-            members.extend(
-                ids.iter()
-                    .zip(facts)
-                    .filter_map(|(sid, f)| f.and_then(|f| member_of(sid, None, &f))),
-            );
+            members.extend(self.user_members(uid).await?);
         }
         Ok(Online {
             generated_at: now,
@@ -993,22 +998,15 @@ impl PresenceStore for RedisStore {
     ) -> Result<BTreeMap<UserId, UserSummary>, StoreError> {
         let mut out = BTreeMap::new();
         for uid in users {
-            let sids: BTreeMap<String, String> = self
-                .pool
-                .hgetall(self.keys.user(uid.as_str()))
-                .await
-                .map_err(unavailable)?;
-            let ids: Vec<String> = sids.into_keys().collect();
-            let facts = self.sessions(&ids).await?;
-            let signals = ids
-                .iter()
-                .zip(facts)
-                .filter_map(|(sid, f)| f.and_then(|f| member_of(sid, None, &f)))
-                .map(|m| SessionSignal {
-                    status: m.status,
-                    last_heartbeat_at: m.last_heartbeat_at,
-                    last_active_at: m.last_active_at,
-                });
+            let signals =
+                self.user_members(uid.as_str())
+                    .await?
+                    .into_iter()
+                    .map(|m| SessionSignal {
+                        status: m.status,
+                        last_heartbeat_at: m.last_heartbeat_at,
+                        last_active_at: m.last_active_at,
+                    });
             out.insert(uid.clone(), derive_user(signals));
         }
         Ok(out)
