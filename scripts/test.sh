@@ -37,6 +37,7 @@ cleanup() {
     echo "==> stopping dockerd"
     as_root kill "$started_dockerd" 2>/dev/null || true
     wait "$started_dockerd" 2>/dev/null || true
+    started_dockerd=""
   fi
 }
 trap cleanup EXIT
@@ -72,6 +73,9 @@ if [ "$backend" = docker ]; then
   echo "==> the Redis conformance suite again, on local redis-server processes"
   PRESENCE_TEST_BACKEND=local cargo test -p presence-store -p presence-testkit --locked
 fi
+
+# Docker is only for the Rust harness: stop what was started before the end-to-end tests.
+cleanup
 
 echo "==> end-to-end tests (socket.io-client from npm)"
 cargo build -p presence-node --locked
