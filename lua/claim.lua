@@ -7,7 +7,7 @@
 -- ARGV[6]  meta JSON ('' = keep/none)               ARGV[7] activity
 -- ARGV[8]  nodeId          ARGV[9] first epoch of a new session (now in ms)
 --
--- Reply (JSON): { ok, e, v, resumed, uid, st, changed, ix, puts: [{room, ev}],
+-- Reply (JSON): { ok, e, v, resumed, uid, st, changed, ix, puts: [{room, ev, m, visible}],
 --   expired?: { uid, v, dels: [{room, ev}] } }, or { err = 'forbidden' }.
 --
 -- Epochs are issued here only. A session past its removal deadline that the
@@ -50,9 +50,7 @@ if f ~= nil and f.dead ~= '1' then
   reply.resumed = true
   reply.changed = changed
   -- Every room hears of the new epoch; observers see a change only if the status changed.
-  for _, room in ipairs(session_rooms(f)) do
-    reply.puts[#reply.puts + 1] = { room = room, ev = event_json(f, room, 'status', st, now), visible = changed }
-  end
+  reply.puts = status_puts(f, changed, now)
 else
   local floor_e, floor_v = 0, 0
   if f ~= nil then

@@ -5,7 +5,7 @@
 -- KEYS[1]  session hash
 -- ARGV[1]  now   ARGV[2] timings JSON   ARGV[3] epoch
 --
--- Reply: { ok, changed, v, uid, ix, puts: [{room, ev}] } or an error.
+-- Reply: { ok, changed, v, uid, ix, puts: [{room, ev, m, visible}] } or an error.
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
 local T = cjson.decode(ARGV[2])
@@ -19,5 +19,5 @@ if changed then f.v = tonumber(f.v) + 1 end
 redis.call('HSET', key, 'd', now, 'st', st, 'v', f.v)
 local ix = index_update(key, f, now, T)
 local puts = {}
-if changed then puts = status_puts(f, st, now) end
+if changed then puts = status_puts(f, true, now) end
 return cjson.encode({ ok = true, changed = changed, v = tonumber(f.v), uid = f.uid, ix = ix, puts = puts })

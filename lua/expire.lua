@@ -7,7 +7,7 @@
 -- ARGV[1]  now   ARGV[2] timings JSON
 --
 -- Reply: { gone = true } (nothing left to watch), or
--- { ok, expired, changed, v, uid, next, puts: [{room, ev}], dels: [{room, ev}] }.
+-- { ok, expired, changed, v, uid, next, puts: [{room, ev, m, visible}], dels: [{room, ev}] }.
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
 local T = cjson.decode(ARGV[2])
@@ -27,5 +27,5 @@ if changed then f.v = tonumber(f.v) + 1 end
 local nd = next_deadline(f, now, T)
 redis.call('HSET', key, 'st', st, 'v', f.v, 'ix', nd)
 local puts = {}
-if changed then puts = status_puts(f, st, now) end
+if changed then puts = status_puts(f, true, now) end
 return cjson.encode({ ok = true, expired = false, changed = changed, v = tonumber(f.v), uid = f.uid, next = nd, puts = puts })

@@ -5,7 +5,7 @@
 -- ARGV[1]  now   ARGV[2] timings JSON   ARGV[3] epoch   ARGV[4] activity ('' = not reported)
 --
 -- Reply: '{"ok":true}' when nothing observers see changed (the common case),
--- else { ok, changed, v, uid, ix, puts: [{room, ev}] }; or an error.
+-- else { ok, changed, v, uid, ix, puts: [{room, ev, m, visible}] }; or an error.
 -- Only a heartbeat that reports 'active' counts as activity; one that reports
 -- nothing proves liveness only.
 local key = KEYS[1]
@@ -26,5 +26,5 @@ redis.call('HSET', key, 'hb', f.hb, 'a', f.a or 'active', 'la', f.la, 'st', st, 
 local ix = index_update(key, f, now, T)
 if not changed and ix == nil then return '{"ok":true}' end
 local puts = {}
-if changed then puts = status_puts(f, st, now) end
+if changed then puts = status_puts(f, true, now) end
 return cjson.encode({ ok = true, changed = changed, v = tonumber(f.v), uid = f.uid, ix = ix, puts = puts })

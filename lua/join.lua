@@ -1,5 +1,5 @@
 -- join.lua: presence:join, the session side. The caller then runs
--- room_put.lua with the returned event (session first: a failure between
+-- room_put.lua with the returned projection (session first: a failure between
 -- the two leaves the room short of a member, which the next join or the
 -- sweeper repairs, never a member the session does not know).
 --
@@ -8,7 +8,7 @@
 -- ARGV[5]  '1' when a state is given    ARGV[6] state JSON
 -- ARGV[7]  max rooms per session
 --
--- Reply: { ok, already, changed, v, uid, ev } or { err = 'no_session' | 'stale_epoch' | 'too_many_rooms' }.
+-- Reply: { ok, already, changed, v, uid, put: {room, ev, m, visible} } or { err = 'no_session' | 'stale_epoch' | 'too_many_rooms' }.
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
 local T = cjson.decode(ARGV[2])
@@ -25,10 +25,10 @@ if f[field] ~= nil then
     f.v = tonumber(f.v) + 1
     redis.call('HSET', key, field, state, 'su:' .. room, now, 'v', f.v)
     return cjson.encode({ ok = true, already = true, changed = true, v = f.v, uid = f.uid,
-      ev = event_json(f, room, 'update', f.st, now) })
+      put = room_put(f, room, 'update', now, true) })
   end
   return cjson.encode({ ok = true, already = true, changed = false, v = tonumber(f.v), uid = f.uid,
-    ev = event_json(f, room, 'join', f.st, now) })
+    put = room_put(f, room, 'join', now, false) })
 end
 
 if #session_rooms(f) >= max_rooms then
@@ -39,4 +39,4 @@ f[field] = state
 f.v = tonumber(f.v) + 1
 redis.call('HSET', key, field, state, 'su:' .. room, now, 'v', f.v)
 return cjson.encode({ ok = true, already = false, changed = true, v = f.v, uid = f.uid,
-  ev = event_json(f, room, 'join', f.st, now) })
+  put = room_put(f, room, 'join', now, true) })

@@ -17,7 +17,7 @@ local left = tonumber(redis.call('HGET', gone, sid) or '0')
 if version > left then redis.call('HSET', gone, sid, version) end
 redis.call('PEXPIRE', gone, 600000)
 if not cur then return 0 end
-local v, uid = string.match(cur, '^(%d+)|(.*)$')
+local v, uid = string.match(cur, '^(%d+)|([^|]*)')
 if tonumber(v) >= version then return 0 end
 redis.call('HDEL', members, sid)
 if redis.call('HINCRBY', users, uid, -1) <= 0 then redis.call('HDEL', users, uid) end

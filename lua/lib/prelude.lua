@@ -86,11 +86,32 @@ local function event_json(f, room, kind, status, now)
   return e
 end
 
+-- What a room keeps of a member (room_put.lua stores it, room_read.lua
+-- returns it): enough to build the room's view without reading the session.
+-- Timestamps are as of the member's last projection; the state is spliced in
+-- as stored.
+local function member_json(f, room)
+  local m = cjson.encode({
+    h = f.h or '', st = f.st, hb = num(f.hb, 0), la = num(f.la, 0), su = num(f['su:' .. room], 0),
+  })
+  local state = f['r:' .. room]
+  if state ~= nil and state ~= '' then
+    m = string.sub(m, 1, -2) .. ',"s":' .. state .. '}'
+  end
+  return m
+end
+
+-- One projection of the session into `room`: the event observers get (when
+-- `visible`) and the member the room keeps.
+local function room_put(f, room, kind, now, visible)
+  return { room = room, ev = event_json(f, room, kind, f.st, now), m = member_json(f, room), visible = visible }
+end
+
 -- The projections of a status change into every room of the session.
-local function status_puts(f, st, now)
+local function status_puts(f, visible, now)
   local puts = {}
   for _, room in ipairs(session_rooms(f)) do
-    puts[#puts + 1] = { room = room, ev = event_json(f, room, 'status', st, now), visible = true }
+    puts[#puts + 1] = room_put(f, room, 'status', now, visible)
   end
   return puts
 end

@@ -1,7 +1,9 @@
 // Test helpers: start the real presence-node binary on a free loopback port,
 // connect the official socket.io-client, and wait for acks and events.
-import { spawn } from "node:child_process";
+import { spawn, execFileSync } from "node:child_process";
+import fs from "node:fs";
 import net from "node:net";
+import os from "node:os";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 import { io } from "socket.io-client";
@@ -36,28 +38,43 @@ export function freePort() {
   });
 }
 
+/** Resolves once something accepts connections on 127.0.0.1:`port` (10 s at most). */
+export async function waitPort(port) {
+  const end = Date.now() + 10000;
+  while (Date.now() < end) {
+    const ok = await new Promise((r) => {
+      const s = net.connect(port, "127.0.0.1", () => { s.end(); r(true); });
+      s.once("error", () => r(false));
+    });
+    if (ok) return;
+    await sleep(20);
+  }
+  throw new Error(`nothing listens on ${port}`);
+}
+
 /** Starts a redis-server on a free loopback port (killed with `stop`, or when this process exits). */
-export async function startRedis() {
+export async function startRedis({ tls = false } = {}) {
   const port = await freePort();
+  const listen = ["--port", String(port)];
+  let caFile = null;
+  if (tls) {
+    const dir = certificates();
+    caFile = path.join(dir, "ca.crt");
+    listen.splice(0, 2, "--port", "0", "--tls-port", String(port),
+      "--tls-cert-file", path.join(dir, "server.crt"), "--tls-key-file", path.join(dir, "server.key"),
+      "--tls-ca-cert-file", caFile, "--tls-auth-clients", "no");
+  }
   const r = {
-    url: `redis://127.0.0.1:${port}`,
+    url: `${tls ? "rediss" : "redis"}://127.0.0.1:${port}`,
     port,
+    caFile,
     proc: null,
     async start() {
-      const proc = spawn("redis-server", ["--bind", "127.0.0.1", "--port", String(port), "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+      const proc = spawn("redis-server", ["--bind", "127.0.0.1", ...listen, "--save", "", "--appendonly", "no"], { stdio: "ignore" });
       proc.unref(); // never keeps a test file alive; killed when this process exits
       process.once("exit", () => proc.kill("SIGKILL"));
       r.proc = proc;
-      const end = Date.now() + 10000;
-      while (Date.now() < end) {
-        const ok = await new Promise((res) => {
-          const s = net.connect(port, "127.0.0.1", () => { s.end(); res(true); });
-          s.once("error", () => res(false));
-        });
-        if (ok) return;
-        await sleep(20);
-      }
-      throw new Error(`redis-server did not start on ${port}`);
+      await waitPort(port);
     },
     /** SIGKILL: the data is lost. */
     async stop() {
@@ -76,6 +93,23 @@ export async function startRedis() {
   };
   await r.start();
   return r;
+}
+
+/** A CA of its own and a certificate for 127.0.0.1 signed by it, made with openssl
+ * in a new temporary directory (ca.crt, server.crt, server.key). */
+function certificates() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "presence-tls-"));
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+  const run = (args) => execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
+  run(["req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=presence e2e CA",
+    "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+  run(["req", ...ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
+  fs.writeFileSync(path.join(dir, "server.ext"),
+    "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n");
+  run(["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+    "-out", "server.crt", "-days", "2", "-extfile", "server.ext"]);
+  process.once("exit", () => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
 }
 
 /** Starts a node with `flags` on 127.0.0.1:0 and resolves once it listens.
@@ -182,7 +216,8 @@ export function waitFor(socket, event, pred = () => true, { timeoutMs = 5000, fr
     };
     const timer = setTimeout(() => {
       socket.waiters = socket.waiters.filter((w) => w !== check);
-      reject(new Error(`no ${event} matching ${pred} within ${timeoutMs} ms; got ${JSON.stringify(socket.received.map((r) => r.event))}`));
+      const got = socket.received.slice(from).filter((r) => r.event === event).map((r) => r.payload);
+      reject(new Error(`no ${event} matching ${pred} within ${timeoutMs} ms; got ${JSON.stringify(got)}`));
     }, timeoutMs);
     socket.waiters.push(check);
     check();

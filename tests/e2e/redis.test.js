@@ -60,16 +60,55 @@ test("Redis down: not ready, calls answer unavailable, the node stays up; back e
     assert.ok(room.body.sessions[eb.sessionId], "bob's session is back under its id");
     assert.equal(room.body.users.alice.handle, "Alice");
     assert.ok(back < 5000, `back within a few heartbeats (${back} ms)`);
-    assert.equal((await getJson(`${node.url}/readyz`)).status, 200);
     assert.ok(ka.acks.some((x) => x.revived), "the heartbeat ack told the client its new epoch");
     // Diffs flow again: a change by alice reaches bob.
     const from = b.received.length;
     const epoch = ka.acks.filter((x) => x.ok).at(-1).epoch;
     const st = await call(a, "presence:state", { roomId: "r-restart", epoch, patch: { back: true } });
     assert.equal(st.ok, true, JSON.stringify(st));
+    // The node's event subscription may still be reconnecting: the change
+    // reaches bob anyway, through the re-read that follows the resubscription.
     await waitFor(b, "presence:diff", (d) => d.users.alice?.state?.back === true, { from, timeoutMs: 5000 });
+    // Ready once the pool and the event subscription are both back.
+    for (let i = 0; i < 50; i++) {
+      ready = await getJson(`${node.url}/readyz`);
+      if (ready.status === 200) break;
+      await sleep(100);
+    }
+    assert.equal(ready.status, 200, JSON.stringify(ready.body));
   } finally {
     ka.stop();
     kb.stop();
+  }
+});
+
+test("rediss://: a node reaches a TLS Redis whose certificate comes from a private CA", async () => {
+  const tls = await startRedis({ tls: true });
+  const n = await startNode({ ...FAST, "--redis-url": tls.url, "--redis-ca-file": tls.caFile });
+  try {
+    assert.equal((await getJson(`${n.url}/readyz`)).status, 200);
+    const a = await connect(n.url);
+    const hello = await call(a, "presence:hello", { userId: "alice" });
+    assert.equal(hello.ok, true);
+    const join = await call(a, "presence:join", { roomId: "r-tls", state: { x: 1 } });
+    assert.equal(join.snapshot.sessions[hello.sessionId].userId, "alice");
+    const room = await getJson(`${n.url}/api/rooms/r-tls/presence`);
+    assert.deepEqual(room.body.users.alice.state, { x: 1 });
+    a.close();
+  } finally {
+    await n.stop();
+    await tls.stop();
+  }
+});
+
+test("rediss:// without the CA: the node refuses the certificate and says so", async () => {
+  const tls = await startRedis({ tls: true });
+  try {
+    await assert.rejects(
+      startNode({ ...FAST, "--redis-url": tls.url }),
+      /TLS certificate is not trusted/,
+    );
+  } finally {
+    await tls.stop();
   }
 });

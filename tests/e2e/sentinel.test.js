@@ -5,8 +5,7 @@ import { spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import net from "node:net";
-import { startNode, connect, closeAll, call, sleep, enter, getJson, freePort, FAST } from "./helpers.js";
+import { startNode, connect, closeAll, sleep, enter, getJson, freePort, waitPort, FAST } from "./helpers.js";
 
 const procs = [];
 
@@ -16,19 +15,6 @@ function run(cmd, args) {
   process.once("exit", () => p.kill("SIGKILL"));
   procs.push(p);
   return p;
-}
-
-async function waitPort(port) {
-  const end = Date.now() + 10000;
-  while (Date.now() < end) {
-    const ok = await new Promise((r) => {
-      const s = net.connect(port, "127.0.0.1", () => { s.end(); r(true); });
-      s.once("error", () => r(false));
-    });
-    if (ok) return;
-    await sleep(20);
-  }
-  throw new Error(`nothing listens on ${port}`);
 }
 
 function redisCmd(port, ...args) {

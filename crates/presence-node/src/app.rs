@@ -145,6 +145,7 @@ async fn open_store(
         prefix: config.key_prefix.clone(),
         pool_size: config.redis_pool_size,
         command_timeout: Duration::from_millis(config.redis_timeout_ms),
+        ca_file: config.redis_ca_file.clone(),
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {

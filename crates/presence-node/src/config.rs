@@ -50,6 +50,11 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_REDIS_TIMEOUT_MS", default_value_t = 2_000)]
     pub redis_timeout_ms: u64,
 
+    /// A PEM file of the CAs to trust for `rediss://` instead of the system's
+    /// (a Redis with a certificate from a private CA).
+    #[arg(long, env = "PRESENCE_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+
     /// How often clients should heartbeat.
     #[arg(long, env = "PRESENCE_HEARTBEAT_INTERVAL_MS", default_value_t = 10_000)]
     pub heartbeat_interval_ms: Millis,
@@ -162,6 +167,14 @@ impl Config {
                 "PRESENCE_KEY_PREFIX must be 1..=128 bytes of A-Z a-z 0-9 _ . : @ -".into(),
             );
         }
+        if self.redis_ca_file.is_some()
+            && !self
+                .redis_url
+                .as_deref()
+                .is_some_and(|u| u.trim_start().starts_with("rediss"))
+        {
+            return Err("PRESENCE_REDIS_CA_FILE needs a TLS REDIS_URL (rediss://...)".into());
+        }
         if self.redis_pool_size == 0 || self.redis_timeout_ms == 0 {
             return Err(
                 "PRESENCE_REDIS_POOL_SIZE and PRESENCE_REDIS_TIMEOUT_MS must be > 0".into(),
@@ -236,5 +249,23 @@ mod tests {
         let c = Config::parse_from(["presence-node", "--node-id", "bad id"]);
         assert!(c.validate().unwrap_err().contains("PRESENCE_NODE_ID"));
         assert!(Config::try_parse_from(["presence-node", "--bind", "nope"]).is_err());
+        let c = Config::parse_from(["presence-node", "--redis-ca-file", "/ca.pem"]);
+        assert!(c.validate().unwrap_err().contains("rediss://"));
+        let c = Config::parse_from([
+            "presence-node",
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+            "--redis-ca-file",
+            "/ca.pem",
+        ]);
+        assert!(c.validate().unwrap_err().contains("PRESENCE_REDIS_CA_FILE"));
+        let c = Config::parse_from([
+            "presence-node",
+            "--redis-url",
+            "rediss://127.0.0.1:6380",
+            "--redis-ca-file",
+            "/ca.pem",
+        ]);
+        c.validate().unwrap();
     }
 }

@@ -70,28 +70,40 @@ impl Fanout {
     }
 
     /// Follows the store's events and wakes the hubs of the rooms they touch.
-    /// A lagging receiver wakes every hub, which then re-reads its room.
+    /// When events may have been lost (a lagging receiver, a store that
+    /// resubscribed after Redis came back) every hub wakes and re-reads its room.
     pub fn spawn_dispatcher(&self) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         let mut rx = self.inner.store.events();
+        let mut resyncs = self.inner.store.resyncs();
         tokio::spawn(async move {
             loop {
-                match rx.recv().await {
-                    Ok(ev) => {
-                        crate::metrics::event(ev.kind.as_str());
-                        this.send_existing(&ev.room_id, HubMsg::Changed)
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "event stream lagged; re-reading every room");
-                        let hubs = this.inner.lock();
-                        for tx in hubs.values() {
-                            let _ = tx.send(HubMsg::Changed);
+                tokio::select! {
+                    ev = rx.recv() => match ev {
+                        Ok(ev) => {
+                            crate::metrics::event(ev.kind.as_str());
+                            this.send_existing(&ev.room_id, HubMsg::Changed)
                         }
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(missed = n, "event stream lagged; re-reading every room");
+                            this.wake_all();
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    // A store that never resyncs may drop its sender: stop watching then.
+                    Ok(()) = resyncs.changed() => {
+                        tracing::info!("events may have been lost; re-reading every room");
+                        this.wake_all();
                     }
-                    Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
         })
+    }
+
+    fn wake_all(&self) {
+        for tx in self.inner.lock().values() {
+            let _ = tx.send(HubMsg::Changed);
+        }
     }
 
     /// Adds `socket` to `room` after sending it a snapshot (see [`Reply`]).

@@ -63,17 +63,15 @@ impl Conn {
     }
 
     fn bound(&self) -> Result<Bound, WireError> {
-        self.lock().bound.clone().ok_or_else(|| {
-            WireError::new(
-                ErrorCode::NoSession,
-                "no session on this connection: send presence:hello first",
-            )
-        })
+        self.lock().bound.clone().ok_or_else(no_session)
     }
 
-    /// The bound session, after checking the epoch the client sent.
-    fn bound_at(&self, epoch: u64) -> Result<Bound, WireError> {
-        let b = self.bound()?;
+    /// The session this connection writes with, after checking the epoch the
+    /// client sent, and whether it still has rooms to restore. It copies no
+    /// rooms or states: this is the heartbeat path.
+    fn session_at(&self, epoch: u64) -> Result<(SessionRef, bool), WireError> {
+        let st = self.lock();
+        let b = st.bound.as_ref().ok_or_else(no_session)?;
         if b.session.epoch != epoch && b.revived_from != Some(epoch) {
             return Err(WireError::new(
                 ErrorCode::StaleEpoch,
@@ -83,8 +81,21 @@ impl Conn {
                 ),
             ));
         }
-        Ok(b)
+        Ok((b.session.clone(), b.restore))
     }
+
+    /// The bound session, after checking the epoch the client sent.
+    fn bound_at(&self, epoch: u64) -> Result<Bound, WireError> {
+        self.session_at(epoch)?;
+        self.bound()
+    }
+}
+
+fn no_session() -> WireError {
+    WireError::new(
+        ErrorCode::NoSession,
+        "no session on this connection: send presence:hello first",
+    )
 }
 
 /// Registers the presence handlers on a new connection.
@@ -360,34 +371,24 @@ async fn restore_rooms(app: &App, conn: &Conn, b: &Bound) -> Result<(), StoreErr
 async fn heartbeat(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSender) {
     let r = async {
         let req = wire::heartbeat(&v)?;
-        let b = conn.bound_at(req.epoch)?;
-        match app.store.heartbeat(&b.session, req.activity).await {
-            Ok(()) if b.restore => {
-                restore_rooms(app, conn, &b)
-                    .await
-                    .map_err(|e| on_store_error(app, conn, &socket, b.session.epoch, e))?;
-                Ok(json!({ "ok": true, "epoch": b.session.epoch, "revived": true }))
+        let (me, restore) = conn.session_at(req.epoch)?;
+        let revived = match app.store.heartbeat(&me, req.activity).await {
+            Ok(()) if !restore => return Ok(json!({ "ok": true, "epoch": me.epoch })),
+            Ok(()) => {
+                let b = conn.bound()?;
+                restore_rooms(app, conn, &b).await.map(|()| b.session.epoch)
             }
-            Ok(()) => Ok(json!({ "ok": true, "epoch": b.session.epoch })),
             // The store lost the session while this connection is alive (Redis
-            // restarted empty, or it was culled while the client was silent):
-            // re-create it; the ack carries the new epoch.
-            Err(StoreError::NoSession) => {
-                let used = b.session.epoch;
-                let epoch = revive(app, conn, b, req.activity)
-                    .await
-                    .map_err(|e| on_store_error(app, conn, &socket, used, e))?;
-                Ok(json!({ "ok": true, "epoch": epoch, "revived": true }))
-            }
+            // restarted empty, or it was culled while the client was silent),
+            // or a re-creation's answer was lost: (re-)create it.
+            Err(StoreError::NoSession) => revive(app, conn, conn.bound()?, req.activity).await,
             Err(StoreError::StaleEpoch { .. }) if conn.lock().revive_pending => {
-                let used = b.session.epoch;
-                let epoch = revive(app, conn, b, req.activity)
-                    .await
-                    .map_err(|e| on_store_error(app, conn, &socket, used, e))?;
-                Ok(json!({ "ok": true, "epoch": epoch, "revived": true }))
+                revive(app, conn, conn.bound()?, req.activity).await
             }
-            Err(e) => Err(on_store_error(app, conn, &socket, b.session.epoch, e)),
-        }
+            Err(e) => Err(e),
+        };
+        let epoch = revived.map_err(|e| on_store_error(app, conn, &socket, me.epoch, e))?;
+        Ok(json!({ "ok": true, "epoch": epoch, "revived": true }))
     }
     .await;
     answer(ack, "presence:heartbeat", r);

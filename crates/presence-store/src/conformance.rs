@@ -253,9 +253,19 @@ cases! {
             store.heartbeat(&s, None).await.unwrap();
         }
         assert!(drain(&mut rx).await.is_empty());
+        let last = T0 + 5 * env.timings.heartbeat_interval_ms;
         let v = store.room_view(&rid("doc")).await.unwrap();
         assert_eq!(v.seq, seq);
-        assert_eq!(v.sessions["s1"].last_heartbeat_at, T0 + 5 * env.timings.heartbeat_interval_ms);
+        // A room's copy of a member moves with what observers see, not with
+        // every heartbeat; who's-online has the live times.
+        assert_eq!(v.sessions["s1"].last_heartbeat_at, T0);
+        let online = store.whos_online(Page { limit: 10, after: None }).await.unwrap();
+        assert_eq!(online.entries.sessions["s1"].last_heartbeat_at, last);
+        // The next visible change brings the room's copy up to date.
+        store.update_state(&s, &rid("doc"), obj(json!({ "typing": true }))).await.unwrap();
+        let v = store.room_view(&rid("doc")).await.unwrap();
+        assert_eq!(v.sessions["s1"].last_heartbeat_at, last);
+        assert_eq!(v.users["alice"].last_seen_at, last);
     }
 
     /// State patches merge shallowly, `null` deletes a field, and a no-op patch publishes nothing.

@@ -18,7 +18,7 @@ use presence_core::{
     Clock, EventKind, JsonMap, Limits, Millis, PresenceEvent, RoomId, RoomView, SessionFacts,
     SessionId, SessionStatus, Timings, UserId, UserSummary,
 };
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::api::{
     first_epoch, new_session_id, Claimed, Hello, Joined, Online, Page, PresenceStore, RoomStats,
@@ -39,6 +39,8 @@ pub struct MemoryStore {
     timings: Timings,
     limits: Limits,
     events: broadcast::Sender<PresenceEvent>,
+    /// Never changes: events are handed over in memory and cannot be lost.
+    resyncs: watch::Sender<u64>,
 }
 
 #[derive(Default)]
@@ -67,6 +69,17 @@ struct SessionEntry {
 struct Membership {
     state: Option<JsonMap>,
     state_updated_at: Millis,
+    /// The session's heartbeat and activity times as the room last saw them:
+    /// a room's view is refreshed by what observers see (join, state, status,
+    /// resume), not by every heartbeat (the Redis store keeps the same copy in
+    /// the room, so that a view is one read).
+    seen: (Millis, Millis),
+}
+
+impl Membership {
+    fn refresh(&mut self, facts: &SessionFacts) {
+        self.seen = (facts.last_heartbeat_at, facts.last_active_at);
+    }
 }
 
 #[derive(Default)]
@@ -91,6 +104,7 @@ impl MemoryStore {
             timings,
             limits,
             events,
+            resyncs: watch::Sender::new(0),
         }
     }
 
@@ -114,17 +128,21 @@ impl MemoryStore {
         };
         r.seq += 1;
         let seq = r.seq;
-        let (facts, status, state) = match inner.sessions.get(session) {
-            Some(e) => (
-                &e.facts,
-                match kind {
-                    EventKind::Leave | EventKind::Expire => EventStatus::Offline,
-                    _ => e.status.into(),
-                },
-                e.rooms.get(room).and_then(|m| m.state.clone()),
-            ),
-            None => return,
+        let Some(e) = inner.sessions.get_mut(session) else {
+            return;
         };
+        let gone = matches!(kind, EventKind::Leave | EventKind::Expire);
+        // What observers see of a member that stays is what the room keeps.
+        if let Some(m) = e.rooms.get_mut(room).filter(|_| !gone) {
+            m.refresh(&e.facts);
+        }
+        let status = if gone {
+            EventStatus::Offline
+        } else {
+            e.status.into()
+        };
+        let state = e.rooms.get(room).and_then(|m| m.state.clone());
+        let facts = &e.facts;
         let ev = PresenceEvent {
             v: 1,
             kind,
@@ -242,13 +260,16 @@ impl MemoryStore {
 
     fn member(e: &SessionEntry, room: Option<&RoomId>) -> Member {
         let m = room.and_then(|r| e.rooms.get(r));
+        let (hb, la) = m.map_or((e.facts.last_heartbeat_at, e.facts.last_active_at), |m| {
+            m.seen
+        });
         Member {
             session_id: e.facts.session_id.clone(),
             user_id: e.facts.user_id.clone(),
             handle: e.facts.handle.clone(),
             status: e.status,
-            last_heartbeat_at: e.facts.last_heartbeat_at,
-            last_active_at: e.facts.last_active_at,
+            last_heartbeat_at: hb,
+            last_active_at: la,
             state: m.and_then(|m| m.state.clone()),
             state_updated_at: m.map_or(0, |m| m.state_updated_at),
         }
@@ -299,6 +320,9 @@ impl PresenceStore for MemoryStore {
                     e.facts.meta = req.meta;
                 }
                 e.facts.record_heartbeat(now, Some(req.activity));
+                for m in e.rooms.values_mut() {
+                    m.refresh(&e.facts);
+                }
                 let claimed = Claimed {
                     session_id: id.clone(),
                     epoch: e.facts.epoch,
@@ -367,6 +391,7 @@ impl PresenceStore for MemoryStore {
         let inner = &mut *inner;
         let e = Self::owned(inner, s)?;
         if let Some(m) = e.rooms.get_mut(room) {
+            m.refresh(&e.facts);
             if let Some(st) = state {
                 if m.state.as_ref() != Some(&st) {
                     m.state = Some(st);
@@ -387,6 +412,7 @@ impl PresenceStore for MemoryStore {
             Membership {
                 state,
                 state_updated_at: now,
+                seen: (e.facts.last_heartbeat_at, e.facts.last_active_at),
             },
         );
         let user = e.facts.user_id.clone();
@@ -592,6 +618,10 @@ impl PresenceStore for MemoryStore {
 
     fn events(&self) -> broadcast::Receiver<PresenceEvent> {
         self.events.subscribe()
+    }
+
+    fn resyncs(&self) -> watch::Receiver<u64> {
+        self.resyncs.subscribe()
     }
 }
 

@@ -5,7 +5,7 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `P:s:{<sessionId>}` | hash | the session's facts, rooms (`r:<roomId>` = state) and version; a TTL past its removal deadline; a short-lived tombstone after it ends |
-//! | `P:r:{<roomId>}:m` | hash | members: sessionId → `<version>\|<userId>` |
+//! | `P:r:{<roomId>}:m` | hash | members: sessionId → `<version>\|<userId>\|<member JSON>` (status, handle, state, times: the room's view in one read) |
 //! | `P:r:{<roomId>}:u` | hash | userId → sessions in the room (O(1) user count) |
 //! | `P:r:{<roomId>}:seq` | string | the room's version |
 //! | `P:r:{<roomId>}:g` | hash | sessionId → version it left at (late joins cannot resurrect it) |
@@ -38,7 +38,7 @@ use presence_core::{
 };
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::api::{
     first_epoch, new_session_id, Claimed, Hello, Joined, Online, Page, PresenceStore, RoomStats,
@@ -52,6 +52,8 @@ const SHARDS: u32 = 16;
 const SWEEP_BATCH: i64 = 512;
 /// How often a state update is retried when the session changed under it.
 const STATE_RETRIES: usize = 8;
+/// Events buffered between Redis and the node's dispatcher.
+const EVENT_BUFFER: usize = 16_384;
 
 macro_rules! script {
     ($name:literal) => {
@@ -162,6 +164,9 @@ impl Keys {
 struct RoomEv {
     room: String,
     ev: String,
+    /// The member as the room keeps it (puts only).
+    #[serde(default)]
+    m: String,
     #[serde(default)]
     visible: Option<bool>,
 }
@@ -216,7 +221,7 @@ struct Reply {
     #[serde(default)]
     next: Option<i64>,
     #[serde(default)]
-    ev: Option<String>,
+    put: Option<RoomEv>,
     #[serde(default, deserialize_with = "list")]
     puts: Vec<RoomEv>,
     #[serde(default, deserialize_with = "list")]
@@ -236,6 +241,19 @@ fn unavailable(e: fred::error::Error) -> StoreError {
         }
         _ => StoreError::Internal(e.to_string()),
     }
+}
+
+/// An error of the first connection. An untrusted TLS certificate will not
+/// fix itself by retrying: it is a configuration error, said plainly.
+fn connect_error(e: fred::error::Error) -> StoreError {
+    let details = e.details();
+    if details.contains("InvalidCertificate") || details.contains("certificate") {
+        return StoreError::Internal(format!(
+            "the Redis server's TLS certificate is not trusted ({details}); \
+             trust its CA with a CA file (PRESENCE_REDIS_CA_FILE for the node)"
+        ));
+    }
+    unavailable(e)
 }
 
 /// Turns the documented URL forms into fred's: a comma-separated list of
@@ -265,6 +283,30 @@ pub fn normalize_url(url: &str) -> String {
     }
 }
 
+/// A TLS connector that trusts the CAs of a PEM file (and no others).
+fn tls_trusting(path: &std::path::Path) -> Result<fred::types::config::TlsConnector, StoreError> {
+    use fred::rustls::pki_types::{pem::PemObject, CertificateDer};
+    use fred::rustls::{ClientConfig, RootCertStore};
+    let bad = |e: String| StoreError::Internal(format!("CA file {}: {e}", path.display()));
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+        roots
+            .add(cert.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    Ok(ClientConfig::builder_with_provider(
+        Arc::new(fred::rustls::crypto::ring::default_provider()),
+    )
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+    .into())
+}
+
 /// The Redis-backed [`PresenceStore`].
 pub struct RedisStore {
     pool: Pool,
@@ -274,6 +316,8 @@ pub struct RedisStore {
     timings_json: String,
     limits: Limits,
     events: broadcast::Sender<PresenceEvent>,
+    /// Bumped after each resubscription (see [`PresenceStore::resyncs`]).
+    resyncs: watch::Sender<u64>,
     subscriber: SubscriberClient,
 }
 
@@ -288,6 +332,9 @@ pub struct RedisOptions {
     pub pool_size: usize,
     /// How long a command may take before it fails with `unavailable`.
     pub command_timeout: Duration,
+    /// A PEM file of the CAs to trust for `rediss://` instead of the system's
+    /// (a private CA, as self-hosted Redis with TLS usually has).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl RedisOptions {
@@ -298,6 +345,7 @@ impl RedisOptions {
             prefix: "presence".into(),
             pool_size: 4,
             command_timeout: Duration::from_secs(2),
+            ca_file: None,
         }
     }
 }
@@ -310,8 +358,16 @@ impl RedisStore {
         timings: Timings,
         limits: Limits,
     ) -> Result<Self, StoreError> {
-        let config = Config::from_url(&normalize_url(&opts.url))
+        let mut config = Config::from_url(&normalize_url(&opts.url))
             .map_err(|e| StoreError::Internal(format!("REDIS_URL: {e}")))?;
+        if let Some(path) = &opts.ca_file {
+            if !config.uses_tls() {
+                return Err(StoreError::Internal(
+                    "a CA file is set but REDIS_URL is not a TLS URL (rediss://)".into(),
+                ));
+            }
+            config.tls = Some(tls_trusting(path)?.into());
+        }
         let mut builder = FredBuilder::from_config(config);
         builder
             .with_connection_config(|c| {
@@ -321,13 +377,15 @@ impl RedisStore {
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = opts.command_timeout;
+                // fred's default (32) drops events of a burst of joins.
+                p.broadcast_channel_capacity = EVENT_BUFFER;
             })
             // Without a policy a client stays dead after Redis restarts.
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
         let pool = builder
             .build_pool(opts.pool_size.max(1))
             .map_err(unavailable)?;
-        pool.init().await.map_err(unavailable)?;
+        pool.init().await.map_err(connect_error)?;
         let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
         subscriber.init().await.map_err(unavailable)?;
         let scripts = Scripts::new();
@@ -337,7 +395,7 @@ impl RedisStore {
         let keys = Keys {
             prefix: opts.prefix,
         };
-        let (events, _) = broadcast::channel(16_384);
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
         let store = Self {
             pool,
             scripts,
@@ -353,6 +411,7 @@ impl RedisStore {
             .to_string(),
             limits,
             events,
+            resyncs: watch::Sender::new(0),
             subscriber,
         };
         store.follow_events().await?;
@@ -363,7 +422,17 @@ impl RedisStore {
         let mut rx = self.subscriber.message_rx();
         let tx = self.events.clone();
         tokio::spawn(async move {
-            while let Ok(msg) = rx.recv().await {
+            loop {
+                let msg = match rx.recv().await {
+                    Ok(msg) => msg,
+                    // A burst outran this loop: some events are gone, but the
+                    // stream goes on (the next event of a room re-reads it).
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "presence events lagged behind Redis");
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
                 let Some(text) = msg.value.as_string() else {
                     continue;
                 };
@@ -376,18 +445,22 @@ impl RedisStore {
             }
         });
         // Resubscribe after every reconnect (a Redis restart or failover
-        // drops the subscription); events published meanwhile are lost, and
-        // the next event of a room makes its hubs re-read it.
+        // drops the subscription). Events published while it was down are
+        // lost: once the new subscription is live, `resyncs` tells whoever
+        // mirrors rooms to re-read them.
         let pattern = format!("{}:events:*", self.keys.prefix);
         let mut reconnects = self.subscriber.reconnect_rx();
         let sub = self.subscriber.clone();
         let again = pattern.clone();
+        let resyncs = self.resyncs.clone();
         tokio::spawn(async move {
             while reconnects.recv().await.is_ok() {
                 if let Err(e) = sub.psubscribe(again.clone()).await {
+                    // The failed reconnect is followed by another one.
                     tracing::warn!(error = %e, "cannot resubscribe to presence events");
                 } else {
                     tracing::info!("resubscribed to presence events after a reconnect");
+                    resyncs.send_modify(|n| *n += 1);
                 }
             }
         });
@@ -468,6 +541,7 @@ impl RedisStore {
             p.ev.clone(),
             self.keys.channel(&p.room),
             visible.to_owned(),
+            p.m.clone(),
         ];
         let seq = self.eval(&self.scripts.room_put, keys, args).await?;
         Ok(seq.as_u64().unwrap_or(0))
@@ -590,6 +664,16 @@ impl RedisStore {
         join_all(reads).await.into_iter().collect()
     }
 
+    fn check_state_len(&self, size: usize) -> Result<(), StoreError> {
+        if size > self.limits.max_state_bytes {
+            return Err(StoreError::StateTooLarge {
+                size,
+                limit: self.limits.max_state_bytes,
+            });
+        }
+        Ok(())
+    }
+
     /// The live sessions of a user (entries whose session is gone are skipped).
     async fn user_members(&self, uid: &str) -> Result<Vec<Member>, StoreError> {
         let sids: BTreeMap<String, String> = self
@@ -602,7 +686,7 @@ impl RedisStore {
         Ok(ids
             .iter()
             .zip(facts)
-            .filter_map(|(sid, f)| f.and_then(|f| member_of(sid, None, &f)))
+            .filter_map(|(sid, f)| f.and_then(|f| member_of(sid, &f)))
             .collect())
     }
 
@@ -635,19 +719,42 @@ impl RedisStore {
     }
 }
 
-fn member_of(sid: &str, room: Option<&str>, f: &BTreeMap<String, String>) -> Option<Member> {
+/// What a room keeps of a member (see `member_json` in lua/lib/prelude.lua).
+#[derive(Deserialize)]
+struct Projection {
+    #[serde(default)]
+    h: String,
+    st: String,
+    #[serde(default)]
+    hb: i64,
+    #[serde(default)]
+    la: i64,
+    #[serde(default)]
+    su: i64,
+    #[serde(default)]
+    s: Option<JsonMap>,
+}
+
+/// A member from its entry in a room's members hash: `<version>|<userId>|<JSON>`.
+fn projected_member(sid: &str, entry: &str) -> Option<Member> {
+    let mut parts = entry.splitn(3, '|');
+    let (_version, uid, json) = (parts.next()?, parts.next()?, parts.next()?);
+    let p: Projection = serde_json::from_str(json).ok()?;
+    Some(Member {
+        session_id: SessionId::new(sid).ok()?,
+        user_id: UserId::new(uid).ok()?,
+        handle: (!p.h.is_empty()).then_some(p.h),
+        status: SessionStatus::parse(&p.st)?,
+        last_heartbeat_at: p.hb,
+        last_active_at: p.la,
+        state: p.s,
+        state_updated_at: p.su,
+    })
+}
+
+/// A member from the session's own hash (who's-online: no room, no state).
+fn member_of(sid: &str, f: &BTreeMap<String, String>) -> Option<Member> {
     let num = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-    let state = match room {
-        Some(r) => {
-            let raw = f.get(&format!("r:{r}"))?;
-            if raw.is_empty() {
-                None
-            } else {
-                serde_json::from_str::<JsonMap>(raw).ok()
-            }
-        }
-        None => None,
-    };
     Some(Member {
         session_id: SessionId::new(sid).ok()?,
         user_id: UserId::new(f.get("uid")?).ok()?,
@@ -655,8 +762,8 @@ fn member_of(sid: &str, room: Option<&str>, f: &BTreeMap<String, String>) -> Opt
         status: SessionStatus::parse(f.get("st")?)?,
         last_heartbeat_at: num("hb"),
         last_active_at: num("la"),
-        state,
-        state_updated_at: room.map_or(0, |r| num(&format!("su:{r}"))),
+        state: None,
+        state_updated_at: 0,
     })
 }
 
@@ -720,12 +827,7 @@ impl PresenceStore for RedisStore {
             .as_ref()
             .map(|m| serde_json::Value::Object(m.clone()).to_string());
         if let Some(j) = &state_json {
-            if j.len() > self.limits.max_state_bytes {
-                return Err(StoreError::StateTooLarge {
-                    size: j.len(),
-                    limit: self.limits.max_state_bytes,
-                });
-            }
+            self.check_state_len(j.len())?;
         }
         let mut args = self.base_args(self.now());
         args.extend([
@@ -743,13 +845,12 @@ impl PresenceStore for RedisStore {
         } else {
             "join"
         };
-        let put = RoomEv {
-            room: room.to_string(),
-            ev: r.ev.clone().unwrap_or_default(),
-            visible: Some(r.changed || !r.already),
-        };
+        let put = r
+            .put
+            .as_ref()
+            .ok_or_else(|| StoreError::Internal("join.lua returned no projection".into()))?;
         let mut seq = self
-            .room_put(s.session_id.as_str(), &r.uid, r.v, kind, &put)
+            .room_put(s.session_id.as_str(), &r.uid, r.v, kind, put)
             .await?;
         if seq == 0 {
             let [_, _, seq_key, _] = self.keys.room(room.as_str());
@@ -812,14 +913,9 @@ impl PresenceStore for RedisStore {
             } else {
                 serde_json::Value::Object(next).to_string()
             };
-            if merged.len() > self.limits.max_state_bytes {
-                // Refused only if the caller may write at all.
-                if cur.is_some() {
-                    return Err(StoreError::StateTooLarge {
-                        size: merged.len(),
-                        limit: self.limits.max_state_bytes,
-                    });
-                }
+            // Refused only if the caller may write at all (else the script says why not).
+            if cur.is_some() {
+                self.check_state_len(merged.len())?;
             }
             let mut args = self.base_args(self.now());
             args.extend([
@@ -836,13 +932,8 @@ impl PresenceStore for RedisStore {
                 Some(_) => return Err(StoreError::NotJoined(room.clone())),
                 None => {}
             }
-            if r.changed {
-                let put = RoomEv {
-                    room: room.to_string(),
-                    ev: r.ev.unwrap_or_default(),
-                    visible: Some(true),
-                };
-                self.room_put(s.session_id.as_str(), &r.uid, r.v, "update", &put)
+            if let Some(put) = r.put.as_ref().filter(|_| r.changed) {
+                self.room_put(s.session_id.as_str(), &r.uid, r.v, "update", put)
                     .await?;
             }
             return Ok(());
@@ -930,17 +1021,18 @@ impl PresenceStore for RedisStore {
         let items: Vec<fred::types::Value> = raw.into_array();
         let mut it = items.into_iter();
         let seq = it.next().and_then(|v| v.as_u64()).unwrap_or(0);
-        let mut ids = Vec::new();
-        while let (Some(sid), Some(_)) = (it.next(), it.next()) {
-            if let Some(s) = sid.as_string() {
-                ids.push(s);
+        let mut members = Vec::new();
+        while let (Some(sid), Some(val)) = (it.next(), it.next()) {
+            let (Some(sid), Some(val)) = (sid.as_string(), val.as_string()) else {
+                continue;
+            };
+            match projected_member(&sid, &val) {
+                Some(m) => members.push(m),
+                None => {
+                    tracing::warn!(room_id = %room, session_id = %sid, "unreadable member projection")
+                }
             }
         }
-        let facts = self.sessions(&ids).await?;
-        let members = ids
-            .iter()
-            .zip(facts)
-            .filter_map(|(sid, f)| f.and_then(|f| member_of(sid, Some(room.as_str()), &f)));
         Ok(RoomView::build(room.clone(), seq, now, members))
     }
 
@@ -1014,11 +1106,21 @@ impl PresenceStore for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let _: String = self.pool.ping(None).await.map_err(unavailable)?;
+        // Without its subscription a node would serve calls but send no diffs.
+        if !self.subscriber.is_connected() {
+            return Err(StoreError::Unavailable(
+                "the subscription to presence events is reconnecting".into(),
+            ));
+        }
         Ok(())
     }
 
     fn events(&self) -> broadcast::Receiver<PresenceEvent> {
         self.events.subscribe()
+    }
+
+    fn resyncs(&self) -> watch::Receiver<u64> {
+        self.resyncs.subscribe()
     }
 }
 
@@ -1078,9 +1180,10 @@ mod tests {
         conformance_suite!(make);
 
         /// The hot path costs one EVALSHA per heartbeat and nothing else.
-        #[tokio::test]
-        async fn a_heartbeat_is_one_evalsha() {
-            use presence_core::{ManualClock, NodeId};
+        /// A store on its own server (the command counts are the server's),
+        /// and a connected session of user `uid`.
+        async fn own_store(uid: &str) -> (RedisServer, RedisStore, SessionRef) {
+            use presence_core::ManualClock;
             let own = RedisServer::start().unwrap();
             let store = RedisStore::connect(
                 RedisOptions::new(&own.url()),
@@ -1090,31 +1193,33 @@ mod tests {
             )
             .await
             .unwrap();
+            let me = hello(&store, uid).await;
+            (own, store, me)
+        }
+
+        async fn hello(store: &RedisStore, uid: &str) -> SessionRef {
             let c = store
                 .hello(Hello {
                     session_id: None,
-                    user_id: UserId::new("hb").unwrap(),
+                    user_id: UserId::new(uid).unwrap(),
                     handle: None,
                     meta: None,
                     activity: Activity::Active,
-                    node_id: NodeId::new("n").unwrap(),
+                    node_id: presence_core::NodeId::new("n").unwrap(),
                 })
                 .await
                 .unwrap();
-            let me = SessionRef {
+            SessionRef {
                 session_id: c.session_id,
                 epoch: c.epoch,
-            };
-            store
-                .join(&me, &RoomId::new("big").unwrap(), None)
-                .await
-                .unwrap();
-            presence_testkit::redis_cli(own.port(), &["CONFIG", "RESETSTAT"]).unwrap();
-            for _ in 0..100 {
-                store.heartbeat(&me, Some(Activity::Active)).await.unwrap();
             }
-            let stats = presence_testkit::redis_cli(own.port(), &["INFO", "commandstats"]).unwrap();
-            let calls: Vec<(String, u64)> = stats
+        }
+
+        /// The server's command counts since the last `CONFIG RESETSTAT`,
+        /// sorted (commands run inside scripts count too).
+        fn calls(port: u16) -> Vec<(String, u64)> {
+            let stats = presence_testkit::redis_cli(port, &["INFO", "commandstats"]).unwrap();
+            let mut calls: Vec<(String, u64)> = stats
                 .lines()
                 .filter_map(|l| {
                     let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
@@ -1128,15 +1233,125 @@ mod tests {
                 })
                 .filter(|(name, _)| !matches!(name.as_str(), "config|resetstat" | "info"))
                 .collect();
+            calls.sort();
+            calls
+        }
+
+        fn counts(list: &[(&str, u64)]) -> Vec<(String, u64)> {
+            list.iter().map(|(c, n)| (c.to_string(), *n)).collect()
+        }
+
+        #[tokio::test]
+        async fn a_heartbeat_is_one_evalsha() {
+            let (own, store, me) = own_store("hb").await;
+            store
+                .join(&me, &RoomId::new("big").unwrap(), None)
+                .await
+                .unwrap();
+            presence_testkit::redis_cli(own.port(), &["CONFIG", "RESETSTAT"]).unwrap();
+            for _ in 0..100 {
+                store.heartbeat(&me, Some(Activity::Active)).await.unwrap();
+            }
             // One EVALSHA each; inside it one read and two writes of the
             // session hash, and nothing per room.
-            let mut calls = calls;
-            calls.sort();
-            let expected: Vec<(String, u64)> = ["evalsha", "hgetall", "hset", "pexpire"]
+            assert_eq!(
+                calls(own.port()),
+                counts(&[
+                    ("evalsha", 100),
+                    ("hgetall", 100),
+                    ("hset", 100),
+                    ("pexpire", 100)
+                ])
+            );
+        }
+
+        #[tokio::test]
+        async fn a_burst_of_events_reaches_subscribers_whole() {
+            let (_own, store, _) = own_store("burst").await;
+            let mut rx = store.events();
+            let mut sessions = Vec::new();
+            for i in 0..10 {
+                sessions.push(hello(&store, &format!("b{i}")).await);
+            }
+            let pairs: Vec<(&SessionRef, RoomId)> = sessions
                 .iter()
-                .map(|c| (c.to_string(), 100))
+                .flat_map(|s| {
+                    (0..30).map(move |r| (s, RoomId::new(&format!("burst-{r}")).unwrap()))
+                })
                 .collect();
-            assert_eq!(calls, expected, "{stats}");
+            let joins = pairs.iter().map(|(s, room)| store.join(s, room, None));
+            for r in join_all(joins).await {
+                r.unwrap();
+            }
+            let mut got = 0;
+            while got < 300 {
+                match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                    Ok(Ok(_)) => got += 1,
+                    other => panic!("after {got} events: {other:?}"),
+                }
+            }
+            // And the stream still flows afterwards.
+            store
+                .leave(&sessions[0], &RoomId::new("burst-0").unwrap())
+                .await
+                .unwrap();
+            let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+            assert!(matches!(ev, Ok(Ok(_))), "{ev:?}");
+        }
+
+        #[tokio::test]
+        async fn a_lost_subscription_comes_back_and_asks_for_a_resync() {
+            let (own, store, me) = own_store("resub").await;
+            let room = RoomId::new("resub").unwrap();
+            let mut rx = store.events();
+            let mut resyncs = store.resyncs();
+            assert_eq!(*resyncs.borrow_and_update(), 0);
+            // Only the subscriber's connection goes: the pool stays up.
+            let killed =
+                presence_testkit::redis_cli(own.port(), &["CLIENT", "KILL", "TYPE", "pubsub"])
+                    .unwrap();
+            assert_eq!(killed.trim(), "1", "one subscriber connection");
+            tokio::time::timeout(Duration::from_secs(10), resyncs.changed())
+                .await
+                .expect("a resync is signalled")
+                .unwrap();
+            assert_eq!(*resyncs.borrow(), 1);
+            store.ping().await.expect("ready again");
+            // The new subscription delivers events.
+            store.join(&me, &room, None).await.unwrap();
+            let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("an event after the resubscription")
+                .unwrap();
+            assert_eq!(ev.room_id, room);
+        }
+
+        #[tokio::test]
+        async fn a_join_and_its_snapshot_are_three_evalsha_whatever_the_room_size() {
+            let (own, store, me) = own_store("joiner").await;
+            let room = RoomId::new("big").unwrap();
+            for i in 0..50 {
+                let other = hello(&store, &format!("u{i}")).await;
+                store.join(&other, &room, None).await.unwrap();
+            }
+            presence_testkit::redis_cli(own.port(), &["CONFIG", "RESETSTAT"]).unwrap();
+            store.join(&me, &room, None).await.unwrap();
+            let view = store.room_view(&room).await.unwrap();
+            assert_eq!(view.sessions.len(), 51);
+            assert_eq!(view.seq, 51);
+            // join.lua (the session), room_put.lua (the room, with the
+            // event), room_read.lua (the whole view): no read per member.
+            let c = calls(own.port());
+            assert_eq!(
+                c.iter().find(|(n, _)| n == "evalsha").map(|x| x.1),
+                Some(3),
+                "{c:?}"
+            );
+            assert_eq!(
+                c.iter().find(|(n, _)| n == "hgetall").map(|x| x.1),
+                Some(2),
+                "{c:?}"
+            );
         }
     }
 
@@ -1163,5 +1378,65 @@ mod tests {
         }
 
         conformance_suite!(make);
+    }
+
+    /// The whole suite again over TLS (`rediss://`, a private CA).
+    mod tls {
+        use std::sync::{Arc, OnceLock};
+
+        use presence_testkit::RedisServer;
+
+        use super::*;
+        use crate::conformance::Env;
+
+        fn server() -> &'static RedisServer {
+            static SERVER: OnceLock<RedisServer> = OnceLock::new();
+            SERVER.get_or_init(|| RedisServer::start_tls().expect("a TLS redis-server starts"))
+        }
+
+        fn options() -> RedisOptions {
+            let mut opts = RedisOptions::new(&server().tls_url().unwrap());
+            opts.ca_file = server().ca_file();
+            opts.prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            opts
+        }
+
+        async fn make(env: Env) -> Arc<dyn PresenceStore> {
+            let store =
+                RedisStore::connect(options(), Arc::new(env.clock), env.timings, env.limits)
+                    .await
+                    .expect("connects over TLS");
+            Arc::new(store)
+        }
+
+        conformance_suite!(make);
+
+        async fn connect(opts: RedisOptions) -> Result<RedisStore, StoreError> {
+            let clock = Arc::new(presence_core::ManualClock::new(crate::conformance::T0));
+            RedisStore::connect(opts, clock, Timings::default(), Limits::default()).await
+        }
+
+        /// Without the CA the server's certificate is not trusted: no silent
+        /// fallback to plain TCP or to no verification.
+        #[tokio::test]
+        async fn an_untrusted_certificate_is_refused() {
+            let mut opts = options();
+            opts.ca_file = None;
+            opts.command_timeout = Duration::from_millis(500);
+            let r = connect(opts).await;
+            let Err(e) = r else { panic!("connected") };
+            // Said at once, not retried as if Redis were away.
+            assert!(matches!(e, StoreError::Internal(_)), "{e:?}");
+            assert!(e.to_string().contains("certificate"), "{e}");
+        }
+
+        #[tokio::test]
+        async fn a_ca_file_needs_a_tls_url() {
+            let mut opts = RedisOptions::new(&server().url());
+            opts.ca_file = server().ca_file();
+            let r = connect(opts).await;
+            let Err(e) = r else { panic!("connected") };
+            assert!(e.to_string().contains("rediss://"), "{e}");
+        }
     }
 }

@@ -4,7 +4,9 @@
 //! temporary directory of its own, and is killed when its handle drops, so
 //! tests never depend on a server they did not start nor on a fixed port.
 //!
-//! - [`RedisServer`]: one standalone `redis-server`.
+//! - [`RedisServer`]: one standalone `redis-server`; [`RedisServer::start_tls`]
+//!   also serves TLS (`rediss://`) with a certificate from a CA made for it
+//!   (`openssl` must be on the `PATH`).
 //! - [`RedisCluster`]: a Redis Cluster of N masters, created with
 //!   `redis-cli --cluster create`.
 //!
@@ -24,7 +26,7 @@ use std::sync::OnceLock;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use testcontainers::core::WaitFor;
+use testcontainers::core::{Mount, WaitFor};
 use testcontainers::runners::SyncRunner;
 use testcontainers::{Container, GenericImage, ImageExt};
 
@@ -90,6 +92,66 @@ pub fn free_port(bus: bool) -> io::Result<u16> {
     Err(io::Error::other("no free port pair found"))
 }
 
+/// Makes `ca.crt` (a CA of its own) and `server.crt`/`server.key` (for
+/// `127.0.0.1` and `localhost`, signed by that CA) in `dir`, with `openssl`.
+fn make_certificates(dir: &std::path::Path) -> io::Result<()> {
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )?;
+    // P-256 keys: quick to make, and every TLS stack takes them.
+    const EC: &str = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    let steps = [
+        format!(
+            "req -x509 {EC} -keyout ca.key -out ca.crt -days 2 -subj /CN=presence-testkit-CA \
+             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign"
+        ),
+        format!("req {EC} -keyout server.key -out server.csr -subj /CN=localhost"),
+        "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt \
+         -days 2 -extfile server.ext"
+            .to_owned(),
+    ];
+    for step in &steps {
+        let args: Vec<&str> = step.split_whitespace().collect();
+        let out = Command::new("openssl")
+            .args(&args)
+            .current_dir(dir)
+            .output()
+            .map_err(|e| io::Error::new(e.kind(), format!("openssl: {e}")))?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "openssl {}: {}",
+                args[0],
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+    }
+    // The server (maybe in a container, as another user) must read its key.
+    for f in ["server.key", "server.crt", "ca.crt"] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(())
+}
+
+/// Fails with a clear message when the Redis binaries are not installed (the
+/// shell wrapper would otherwise only time out).
+fn require_local_tools() -> io::Result<()> {
+    for tool in ["redis-server", "redis-cli"] {
+        if let Err(e) = Command::new(tool).arg("--version").output() {
+            return Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "{tool} is not installed ({e}); install Debian's redis-server and \
+                     redis-tools, or run scripts/test.sh, which does"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn wait_until_accepting(port: u16, child: &mut Child) -> io::Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {
@@ -132,6 +194,7 @@ pub fn redis_cli(port: u16, args: &[&str]) -> io::Result<String> {
 /// One `redis-server` on a free loopback port (a process or a container).
 pub struct RedisServer {
     port: u16,
+    tls_port: Option<u16>,
     dir: tempfile::TempDir,
     extra: Vec<String>,
     backend: Backend,
@@ -147,15 +210,50 @@ impl RedisServer {
 
     /// Starts a server with extra `--option value` arguments.
     pub fn start_with(extra: &[&str]) -> io::Result<Self> {
+        Self::start_inner(extra, false)
+    }
+
+    /// Starts a server that serves TLS on [`RedisServer::tls_url`] besides
+    /// plain TCP on [`RedisServer::url`], with a certificate for `127.0.0.1`
+    /// and `localhost` signed by a CA made for this server alone
+    /// ([`RedisServer::ca_file`]). Clients need no certificate of their own.
+    pub fn start_tls() -> io::Result<Self> {
+        Self::start_inner(&[], true)
+    }
+
+    fn start_inner(extra: &[&str], tls: bool) -> io::Result<Self> {
         let bus = extra.contains(&"--cluster-enabled");
         let mut last = None;
         // A port can be taken between the check and the start: retry.
         for _ in 0..5 {
-            let port = free_port(bus)?;
+            // The TLS port is the free `+10000` one next to the plain port.
+            let port = free_port(bus || tls)?;
+            let dir = tempfile::tempdir()?;
+            let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+            let tls_port = if tls {
+                make_certificates(dir.path())?;
+                let file = |name: &str| dir.path().join(name).display().to_string();
+                extra.extend([
+                    "--tls-port".to_owned(),
+                    (port + 10_000).to_string(),
+                    "--tls-cert-file".to_owned(),
+                    file("server.crt"),
+                    "--tls-key-file".to_owned(),
+                    file("server.key"),
+                    "--tls-ca-cert-file".to_owned(),
+                    file("ca.crt"),
+                    "--tls-auth-clients".to_owned(),
+                    "no".to_owned(),
+                ]);
+                Some(port + 10_000)
+            } else {
+                None
+            };
             let mut s = Self {
                 port,
-                dir: tempfile::tempdir()?,
-                extra: extra.iter().map(|s| s.to_string()).collect(),
+                tls_port,
+                dir,
+                extra,
                 backend: Backend::current(),
                 child: None,
                 container: None,
@@ -189,10 +287,13 @@ impl RedisServer {
             "no".to_owned(),
         ];
         cmd.extend(self.extra.iter().cloned());
+        // The working directory (certificates) at the same path inside.
+        let dir = self.dir.path().display().to_string();
         let request = GenericImage::new(IMAGE.0, IMAGE.1)
             .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
             .with_network("host")
             .with_label("presence-testkit", "1")
+            .with_mount(Mount::bind_mount(dir.clone(), dir))
             .with_cmd(cmd);
         // The blocking runner owns a runtime: start it off any async runtime thread.
         let container = std::thread::spawn(move || request.start())
@@ -217,6 +318,7 @@ impl RedisServer {
     }
 
     fn spawn_local(&mut self) -> io::Result<()> {
+        require_local_tools()?;
         // redis-server runs under a small shell that holds our end of a pipe:
         // when this process exits (even by a panic or a kill), the pipe closes
         // and the shell kills the server, so no test leaves a server behind.
@@ -250,6 +352,16 @@ impl RedisServer {
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT` of a server started with [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("rediss://127.0.0.1:{p}"))
+    }
+
+    /// The PEM file of the CA that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls_port.map(|_| self.dir.path().join("ca.crt"))
     }
 
     /// Its working directory.
