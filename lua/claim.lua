@@ -50,7 +50,7 @@ if f ~= nil and f.dead ~= '1' then
   reply.resumed = true
   reply.changed = changed
   -- Every room hears of the new epoch; observers see a change only if the status changed.
-  reply.puts = status_puts(f, changed, now)
+  reply.puts = status_puts(f, changed, now, T)
 else
   local floor_e, floor_v = 0, 0
   if f ~= nil then
@@ -65,7 +65,7 @@ else
   local st = rederive(key, f, now, T)
   redis.call('HSET', key, 'sid', sid, 'uid', uid, 'h', handle, 'm', meta, 'n', node, 'a', activity,
     'e', f.e, 'v', f.v, 'hb', now, 'la', now, 'c', now, 'st', st)
-  redis.call('PEXPIRE', key, math.max(1, removal_deadline(f, T) - now) + 60000)
+  redis.call('PEXPIRE', key, math.max(1, removal_deadline(f, T) - now) + KEEP)
   reply.resumed = false
   reply.changed = false
 end

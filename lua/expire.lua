@@ -3,14 +3,20 @@
 -- deadline since the entry was made): publishes a status change, buries the
 -- session once it is past its removal deadline, and says when to look again.
 --
+-- Also the sweeper's step for a member found due in a room's expiry index
+-- (room_due.lua): then ARGV[3] names the room, and the reply says whether
+-- the session still holds it (`inroom`) and when the room should check again
+-- (`x`).
+--
 -- KEYS[1]  session hash
--- ARGV[1]  now   ARGV[2] timings JSON
+-- ARGV[1]  now   ARGV[2] timings JSON   ARGV[3] roomId (optional)
 --
 -- Reply: { gone = true } (nothing left to watch), or
--- { ok, expired, changed, v, uid, next, puts: [{room, ev, m, visible}], dels: [{room, ev}] }.
+-- { ok, expired, changed, v, uid, next, inroom, x, puts: [{room, ev, m, visible, x}], dels: [{room, ev}] }.
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
 local T = cjson.decode(ARGV[2])
+local room = ARGV[3]
 
 local f = load_session(key)
 if f == nil or f.dead == '1' then return '{"gone":true}' end
@@ -19,7 +25,7 @@ if liveness(f, now, T) == 'expired' then
   local dels = room_dels(f, 'expire', now)
   f.v = tonumber(f.v) + 1
   bury(key, f)
-  return cjson.encode({ ok = true, expired = true, v = f.v, uid = f.uid, dels = dels })
+  return cjson.encode({ ok = true, expired = true, v = f.v, uid = f.uid, dels = dels, inroom = false })
 end
 
 local st, changed = rederive(key, f, now, T)
@@ -27,5 +33,9 @@ if changed then f.v = tonumber(f.v) + 1 end
 local nd = next_deadline(f, now, T)
 redis.call('HSET', key, 'st', st, 'v', f.v, 'ix', nd)
 local puts = {}
-if changed then puts = status_puts(f, true, now) end
-return cjson.encode({ ok = true, expired = false, changed = changed, v = tonumber(f.v), uid = f.uid, next = nd, puts = puts })
+if changed then puts = status_puts(f, true, now, T) end
+local inroom = room ~= nil and room ~= '' and f['r:' .. room] ~= nil
+return cjson.encode({
+  ok = true, expired = false, changed = changed, v = tonumber(f.v), uid = f.uid, next = nd, puts = puts,
+  inroom = inroom, x = removal_deadline(f, T) + KEEP,
+})

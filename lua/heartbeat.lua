@@ -26,5 +26,5 @@ redis.call('HSET', key, 'hb', f.hb, 'a', f.a or 'active', 'la', f.la, 'st', st, 
 local ix = index_update(key, f, now, T)
 if not changed and ix == nil then return '{"ok":true}' end
 local puts = {}
-if changed then puts = status_puts(f, true, now) end
+if changed then puts = status_puts(f, true, now, T) end
 return cjson.encode({ ok = true, changed = changed, v = tonumber(f.v), uid = f.uid, ix = ix, puts = puts })

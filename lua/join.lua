@@ -25,10 +25,10 @@ if f[field] ~= nil then
     f.v = tonumber(f.v) + 1
     redis.call('HSET', key, field, state, 'su:' .. room, now, 'v', f.v)
     return cjson.encode({ ok = true, already = true, changed = true, v = f.v, uid = f.uid,
-      put = room_put(f, room, 'update', now, true) })
+      put = room_put(f, room, 'update', now, true, T) })
   end
   return cjson.encode({ ok = true, already = true, changed = false, v = tonumber(f.v), uid = f.uid,
-    put = room_put(f, room, 'join', now, false) })
+    put = room_put(f, room, 'join', now, false, T) })
 end
 
 if #session_rooms(f) >= max_rooms then
@@ -39,4 +39,4 @@ f[field] = state
 f.v = tonumber(f.v) + 1
 redis.call('HSET', key, field, state, 'su:' .. room, now, 'v', f.v)
 return cjson.encode({ ok = true, already = false, changed = true, v = f.v, uid = f.uid,
-  put = room_put(f, room, 'join', now, true) })
+  put = room_put(f, room, 'join', now, true, T) })

@@ -3,12 +3,15 @@
 -- KEYS: as room_put.lua.
 -- ARGV[1]  sessionId   ARGV[2] version   ARGV[3] event JSON with %SEQ%   ARGV[4] channel
 --
+-- The sweeper also removes, through this script, a member whose session no
+-- longer holds it (see room_due.lua): it passes the version it saw plus one.
+--
 -- Reply: the room's seq after the removal, or 0 when nothing was removed.
 -- A removal older than the member's projection (the session left and joined
 -- again since) is ignored. The version it left at is kept in `gone`, so that
 -- a join projection still in flight cannot bring the member back; `gone` is
 -- bounded and expires with the room's quiet.
-local members, users, seqkey, gone = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local members, users, seqkey, gone, expiry = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local sid, version, ev, channel = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 
 local cur = redis.call('HGET', members, sid)
@@ -20,11 +23,12 @@ if not cur then return 0 end
 local v, uid = string.match(cur, '^(%d+)|([^|]*)')
 if tonumber(v) >= version then return 0 end
 redis.call('HDEL', members, sid)
+redis.call('ZREM', expiry, sid)
 if redis.call('HINCRBY', users, uid, -1) <= 0 then redis.call('HDEL', users, uid) end
 local seq = redis.call('INCR', seqkey)
 redis.call('PUBLISH', channel, (string.gsub(ev, '%%SEQ%%', seq)))
 if redis.call('HLEN', members) == 0 then
   -- An empty room is forgotten; its seq starts again from 1.
-  redis.call('DEL', seqkey, users)
+  redis.call('DEL', seqkey, users, expiry)
 end
 return seq

@@ -7,9 +7,10 @@
 -- ARGV[1]  now   ARGV[2] timings JSON   ARGV[3] epoch   ARGV[4] roomId
 -- ARGV[5]  the version the merge was based on   ARGV[6] merged state JSON ('' = none)
 --
--- Reply: { ok, changed, v, uid, put: {room, ev, m, visible} } or { err = 'no_session' | 'stale_epoch' | 'not_joined' | 'retry' }.
+-- Reply: { ok, changed, v, uid, put: {room, ev, m, visible, x} } or { err = 'no_session' | 'stale_epoch' | 'not_joined' | 'retry' }.
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
+local T = cjson.decode(ARGV[2])
 local room, based_on, state = ARGV[4], ARGV[5], ARGV[6]
 
 local f = load_session(key)
@@ -24,4 +25,4 @@ end
 f[field] = state
 f.v = tonumber(f.v) + 1
 redis.call('HSET', key, field, state, 'su:' .. room, now, 'v', f.v)
-return cjson.encode({ ok = true, changed = true, v = f.v, uid = f.uid, put = room_put(f, room, 'update', now, true) })
+return cjson.encode({ ok = true, changed = true, v = f.v, uid = f.uid, put = room_put(f, room, 'update', now, true, T) })

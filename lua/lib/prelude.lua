@@ -93,6 +93,7 @@ end
 local function member_json(f, room)
   local m = cjson.encode({
     h = f.h or '', st = f.st, hb = num(f.hb, 0), la = num(f.la, 0), su = num(f['su:' .. room], 0),
+    e = tonumber(f.e), n = f.n,
   })
   local state = f['r:' .. room]
   if state ~= nil and state ~= '' then
@@ -101,17 +102,26 @@ local function member_json(f, room)
   return m
 end
 
+-- How long a session's hash outlives its removal deadline (its TTL margin).
+-- Until then the sweeper finds the session through the deadline index; a room
+-- checks its member's session only after it (`x` below).
+local KEEP = 60000
+
 -- One projection of the session into `room`: the event observers get (when
--- `visible`) and the member the room keeps.
-local function room_put(f, room, kind, now, visible)
-  return { room = room, ev = event_json(f, room, kind, f.st, now), m = member_json(f, room), visible = visible }
+-- `visible`), the member the room keeps, and `x`, when the room's expiry
+-- index should next check that the session still holds its membership.
+local function room_put(f, room, kind, now, visible, T)
+  return {
+    room = room, ev = event_json(f, room, kind, f.st, now), m = member_json(f, room), visible = visible,
+    x = removal_deadline(f, T) + KEEP,
+  }
 end
 
 -- The projections of a status change into every room of the session.
-local function status_puts(f, visible, now)
+local function status_puts(f, visible, now, T)
   local puts = {}
   for _, room in ipairs(session_rooms(f)) do
-    puts[#puts + 1] = room_put(f, room, 'status', now, visible)
+    puts[#puts + 1] = room_put(f, room, 'status', now, visible, T)
   end
   return puts
 end
@@ -132,7 +142,7 @@ local function rederive(key, f, now, T)
   if st == 'expired' then st = 'stale' end
   local changed = st ~= f.st
   f.st = st
-  redis.call('PEXPIRE', key, math.max(1, removal_deadline(f, T) - now) + 60000)
+  redis.call('PEXPIRE', key, math.max(1, removal_deadline(f, T) - now) + KEEP)
   return st, changed
 end
 

@@ -169,8 +169,14 @@ async fn sweep_loop(store: Arc<dyn PresenceStore>, every_ms: Millis) {
     loop {
         tick.tick().await;
         match store.sweep().await {
-            Ok(r) if r.expired > 0 || r.status_changes > 0 => {
-                crate::metrics::sweep(r.status_changes, r.expired);
+            Ok(r) if r.expired > 0 || r.status_changes > 0 || r.orphans > 0 => {
+                crate::metrics::sweep(&r);
+                if r.orphans > 0 {
+                    tracing::warn!(
+                        orphans = r.orphans,
+                        "removed room members whose session no longer held them"
+                    );
+                }
                 tracing::debug!(
                     expired = r.expired,
                     status_changes = r.status_changes,

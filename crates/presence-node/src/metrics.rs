@@ -52,9 +52,10 @@ pub fn snapshot_sent() {
 }
 
 /// What one sweep did.
-pub fn sweep(status_changes: u64, expired: u64) {
-    metrics::counter!("presence_status_changes_total").increment(status_changes);
-    metrics::counter!("presence_expired_sessions_total").increment(expired);
+pub fn sweep(r: &presence_store::SweepReport) {
+    metrics::counter!("presence_status_changes_total").increment(r.status_changes);
+    metrics::counter!("presence_expired_sessions_total").increment(r.expired);
+    metrics::counter!("presence_orphan_members_removed_total").increment(r.orphans);
 }
 
 /// Renders every metric, after setting the gauges read at scrape time.

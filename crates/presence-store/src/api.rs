@@ -96,6 +96,9 @@ pub struct SweepReport {
     pub status_changes: u64,
     /// Sessions removed after their deadline.
     pub expired: u64,
+    /// Room members removed because their session no longer held them
+    /// (its record was lost, or its removal never reached the room).
+    pub orphans: u64,
 }
 
 /// The authoritative presence state.

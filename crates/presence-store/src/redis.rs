@@ -9,10 +9,21 @@
 //! | `P:r:{<roomId>}:u` | hash | userId → sessions in the room (O(1) user count) |
 //! | `P:r:{<roomId>}:seq` | string | the room's version |
 //! | `P:r:{<roomId>}:g` | hash | sessionId → version it left at (late joins cannot resurrect it) |
+//! | `P:r:{<roomId>}:x` | sorted set | the room's expiry index: sessionId → when to check that the session still holds the membership |
 //! | `P:u:{<userId>}` | hash | the user's sessions: sessionId → version |
 //! | `P:on:{<0..16>}` | sorted set | online users, sharded by user id, ordered for paging |
 //! | `P:dl:{<0..16>}` | sorted set | sessions by a deadline no later than their next status change, sharded |
+//! | `P:rx:{<0..16>}` | sorted set | rooms by a time no later than their earliest expiry entry, sharded by room id |
 //! | `P:events:{<roomId>}` | channel | v1 events of the room |
+//!
+//! Expiry is found through two indexes, never by scanning keys. The deadline
+//! index drives every session's status changes and its removal (which takes
+//! it out of each room its hash lists). The rooms' expiry indexes are the
+//! backstop for what the session's hash can no longer tell: a member whose
+//! session hash vanished (its TTL ran out while no node swept, say) or whose
+//! removal never reached the room (its node died between the two writes).
+//! Each entry comes due a while after the member's removal deadline; the
+//! sweeper then checks the session and removes the member or files it again.
 //!
 //! Every script touches the keys of one hash slot, so the store runs unchanged
 //! on Redis Cluster. An operation that spans slots runs the session's script
@@ -50,6 +61,8 @@ use crate::error::StoreError;
 const SHARDS: u32 = 16;
 /// Sessions looked at per shard and sweep.
 const SWEEP_BATCH: i64 = 512;
+/// Rooms looked at per shard and sweep, and members per room.
+const ROOM_BATCH: i64 = 128;
 /// How often a state update is retried when the session changed under it.
 const STATE_RETRIES: usize = 8;
 /// Events buffered between Redis and the node's dispatcher.
@@ -78,6 +91,8 @@ struct Scripts {
     room_read: Script,
     user_put: Script,
     user_del: Script,
+    room_due: Script,
+    rooms_settle: Script,
 }
 
 impl Scripts {
@@ -95,10 +110,12 @@ impl Scripts {
             room_read: Script::from_lua(include_str!("../../../lua/room_read.lua")),
             user_put: Script::from_lua(include_str!("../../../lua/user_put.lua")),
             user_del: Script::from_lua(include_str!("../../../lua/user_del.lua")),
+            room_due: Script::from_lua(include_str!("../../../lua/room_due.lua")),
+            rooms_settle: Script::from_lua(include_str!("../../../lua/rooms_settle.lua")),
         }
     }
 
-    fn all(&self) -> [&Script; 12] {
+    fn all(&self) -> [&Script; 14] {
         [
             &self.claim,
             &self.join,
@@ -112,6 +129,8 @@ impl Scripts {
             &self.room_read,
             &self.user_put,
             &self.user_del,
+            &self.room_due,
+            &self.rooms_settle,
         ]
     }
 }
@@ -136,14 +155,19 @@ impl Keys {
     fn session(&self, sid: &str) -> String {
         format!("{}:s:{{{sid}}}", self.prefix)
     }
-    fn room(&self, rid: &str) -> [String; 4] {
+    /// A room's members, users, seq, gone and expiry keys.
+    fn room(&self, rid: &str) -> [String; 5] {
         let p = &self.prefix;
         [
             format!("{p}:r:{{{rid}}}:m"),
             format!("{p}:r:{{{rid}}}:u"),
             format!("{p}:r:{{{rid}}}:seq"),
             format!("{p}:r:{{{rid}}}:g"),
+            format!("{p}:r:{{{rid}}}:x"),
         ]
+    }
+    fn rooms_due(&self, shard: u32) -> String {
+        format!("{}:rx:{{{shard}}}", self.prefix)
     }
     fn channel(&self, rid: &str) -> String {
         format!("{}:events:{{{rid}}}", self.prefix)
@@ -169,6 +193,9 @@ struct RoomEv {
     m: String,
     #[serde(default)]
     visible: Option<bool>,
+    /// When the room should check the member's session (puts only).
+    #[serde(default)]
+    x: Option<i64>,
 }
 
 /// Lua's cjson encodes an empty table as `{}`: accept it as an empty list.
@@ -228,6 +255,12 @@ struct Reply {
     dels: Vec<RoomEv>,
     #[serde(default)]
     expired: Option<serde_json::Value>,
+    /// expire.lua, asked about a room: the session still holds it.
+    #[serde(default)]
+    inroom: bool,
+    /// expire.lua: when a room should check this session again.
+    #[serde(default)]
+    x: Option<i64>,
 }
 
 fn unavailable(e: fred::error::Error) -> StoreError {
@@ -542,9 +575,34 @@ impl RedisStore {
             self.keys.channel(&p.room),
             visible.to_owned(),
             p.m.clone(),
+            // Missing only from a script of an older build: check soon.
+            p.x.unwrap_or(0).to_string(),
         ];
-        let seq = self.eval(&self.scripts.room_put, keys, args).await?;
-        Ok(seq.as_u64().unwrap_or(0))
+        let reply = self.eval(&self.scripts.room_put, keys, args).await?;
+        let reply: Vec<i64> = reply.convert().map_err(unavailable)?;
+        let (seq, list, fresh) = match reply[..] {
+            [seq, list, fresh] => (seq, list, fresh == 1),
+            _ => return Err(StoreError::Internal("room_put.lua: bad reply".into())),
+        };
+        if list > 0 {
+            self.list_room(&p.room, list, fresh).await?;
+        }
+        Ok(seq.max(0) as u64)
+    }
+
+    /// Files a room in the rooms-by-deadline index at `at`, after a write
+    /// filed one of its members there (see room_put.lua and rooms_settle.lua).
+    async fn list_room(&self, room: &str, at: i64, outright: bool) -> Result<(), StoreError> {
+        let ordering = (!outright).then_some(fred::types::sorted_sets::Ordering::LessThan);
+        self.zadd_one(
+            self.keys.rooms_due(shard_of(room)),
+            None,
+            ordering,
+            at,
+            room,
+        )
+        .await?;
+        Ok(())
     }
 
     async fn room_puts(
@@ -585,18 +643,8 @@ impl RedisStore {
             vec![sid.to_owned(), v.to_string()],
         )
         .await?;
-        let _: () = self
-            .pool
-            .zadd(
-                self.keys.online(shard_of(uid)),
-                None,
-                None,
-                false,
-                false,
-                (0.0, uid),
-            )
-            .await
-            .map_err(unavailable)?;
+        self.zadd_one(self.keys.online(shard_of(uid)), None, None, 0, uid)
+            .await?;
         Ok(())
     }
 
@@ -630,19 +678,26 @@ impl RedisStore {
 
     async fn index(&self, sid: &str, at: Option<i64>) -> Result<(), StoreError> {
         if let Some(at) = at {
-            let _: () = self
-                .pool
-                .zadd(
-                    self.keys.deadlines(shard_of(sid)),
-                    None,
-                    None,
-                    false,
-                    false,
-                    (at as f64, sid),
-                )
-                .await
-                .map_err(unavailable)?;
+            self.zadd_one(self.keys.deadlines(shard_of(sid)), None, None, at, sid)
+                .await?;
         }
+        Ok(())
+    }
+
+    /// ZADD of one member, as every index here files one entry at a time.
+    async fn zadd_one(
+        &self,
+        key: String,
+        options: Option<SetOptions>,
+        ordering: Option<fred::types::sorted_sets::Ordering>,
+        score: i64,
+        member: &str,
+    ) -> Result<(), StoreError> {
+        let _: () = self
+            .pool
+            .zadd(key, options, ordering, false, false, (score as f64, member))
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -690,32 +745,167 @@ impl RedisStore {
             .collect())
     }
 
+    /// Re-derives one session found due (in the deadline index, or as a
+    /// member of `room` in its expiry index) and applies what follows:
+    /// status changes, removal, the next entry in the deadline index.
+    /// Returns when `room` should check the session again, or `None` when
+    /// the session no longer holds `room` (gone, removed, or never told the
+    /// room that it left).
     async fn expire_one(
         &self,
         sid: &str,
+        room: Option<&str>,
         now: Millis,
         report: &mut SweepReport,
-    ) -> Result<(), StoreError> {
-        let r = self
-            .session_script(&self.scripts.expire, sid, self.base_args(now))
-            .await?;
+    ) -> Result<Option<i64>, StoreError> {
+        let mut args = self.base_args(now);
+        args.push(room.unwrap_or_default().to_owned());
+        let r = self.session_script(&self.scripts.expire, sid, args).await?;
         let shard = self.keys.deadlines(shard_of(sid));
         if r.gone {
             let _: () = self.pool.zrem(&shard, sid).await.map_err(unavailable)?;
-            return Ok(());
+            return Ok(None);
         }
         if r.expired.as_ref().and_then(|e| e.as_bool()) == Some(true) {
             self.room_dels(sid, r.v, &r.dels).await?;
             self.user_del(&r.uid, sid, r.v).await?;
             let _: () = self.pool.zrem(&shard, sid).await.map_err(unavailable)?;
             report.expired += 1;
-            return Ok(());
+            return Ok(None);
         }
         if r.changed {
             self.room_puts(sid, &r.uid, r.v, "status", &r.puts).await?;
             report.status_changes += 1;
         }
-        self.index(sid, r.next).await
+        self.index(sid, r.next).await?;
+        Ok(if r.inroom { r.x } else { None })
+    }
+
+    /// Checks the due members of one room (see room_due.lua) and moves the
+    /// room's entry in the rooms-by-deadline index (see rooms_settle.lua).
+    async fn sweep_room(
+        &self,
+        shard: u32,
+        room: &str,
+        seen: &str,
+        now: Millis,
+        report: &mut SweepReport,
+    ) -> Result<(), StoreError> {
+        let keys = self.keys.room(room);
+        let due: Vec<String> = self
+            .eval(
+                &self.scripts.room_due,
+                vec![keys[0].clone(), keys[4].clone()],
+                vec![now.to_string(), ROOM_BATCH.to_string()],
+            )
+            .await?
+            .convert()
+            .map_err(unavailable)?;
+        for pair in due.chunks_exact(2) {
+            let (sid, entry) = (&pair[0], &pair[1]);
+            match self.expire_one(sid, Some(room), now, report).await? {
+                Some(at) => self.refile_member(room, sid, at).await?,
+                None => {
+                    if self.drop_member(room, sid, entry, now).await? {
+                        report.orphans += 1;
+                    }
+                }
+            }
+        }
+        // Move the room's entry to its earliest member, then look again: a
+        // member filed meanwhile lowers it back (rooms_settle.lua says why).
+        let earliest = self.earliest_in_room(&keys[4]).await?;
+        self.eval(
+            &self.scripts.rooms_settle,
+            vec![self.keys.rooms_due(shard)],
+            vec![
+                room.to_owned(),
+                seen.to_owned(),
+                earliest.map(|e| e.to_string()).unwrap_or_default(),
+            ],
+        )
+        .await?;
+        if let Some(again) = self.earliest_in_room(&keys[4]).await? {
+            if earliest.is_none_or(|e| again < e) {
+                self.list_room(room, again, false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn earliest_in_room(&self, expiry: &str) -> Result<Option<i64>, StoreError> {
+        let first: Vec<(String, f64)> = self
+            .pool
+            .zrange(expiry, 0, 0, None, false, None, true)
+            .await
+            .map_err(unavailable)?;
+        Ok(first.first().map(|(_, score)| *score as i64))
+    }
+
+    /// Files a live member again in its room's expiry index (only later, and
+    /// only while it is a member).
+    async fn refile_member(&self, room: &str, sid: &str, at: i64) -> Result<(), StoreError> {
+        self.zadd_one(
+            self.keys.room(room)[4].clone(),
+            Some(SetOptions::XX),
+            Some(fred::types::sorted_sets::Ordering::GreaterThan),
+            at,
+            sid,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a member its session no longer holds, unless the room has
+    /// heard from the session since `entry` was read (room_del.lua applies a
+    /// removal only over an older projection). Observers get an `expire`.
+    async fn drop_member(
+        &self,
+        room: &str,
+        sid: &str,
+        entry: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let mut parts = entry.splitn(3, '|');
+        let (Some(version), Some(uid), Some(json)) = (
+            parts.next().and_then(|v| v.parse::<u64>().ok()),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(StoreError::Internal(format!(
+                "unreadable member of room {room}: {entry}"
+            )));
+        };
+        #[derive(Deserialize)]
+        struct Owner {
+            #[serde(default)]
+            e: u64,
+            #[serde(default)]
+            n: String,
+        }
+        let owner: Owner = serde_json::from_str(json).unwrap_or(Owner {
+            e: 0,
+            n: String::new(),
+        });
+        let ev = json!({
+            "v": 1, "type": "expire", "roomId": room, "seq": "%SEQ%", "userId": uid,
+            "sessionId": sid, "nodeId": owner.n, "epoch": owner.e, "status": "offline", "ts": now,
+        })
+        .to_string()
+        .replace("\"%SEQ%\"", "%SEQ%");
+        let seq = self
+            .eval(
+                &self.scripts.room_del,
+                self.keys.room(room).to_vec(),
+                vec![
+                    sid.to_owned(),
+                    (version + 1).to_string(),
+                    ev,
+                    self.keys.channel(room),
+                ],
+            )
+            .await?;
+        Ok(seq.as_u64().unwrap_or(0) > 0)
     }
 }
 
@@ -853,7 +1043,7 @@ impl PresenceStore for RedisStore {
             .room_put(s.session_id.as_str(), &r.uid, r.v, kind, put)
             .await?;
         if seq == 0 {
-            let [_, _, seq_key, _] = self.keys.room(room.as_str());
+            let [_, _, seq_key, _, _] = self.keys.room(room.as_str());
             let cur: Option<u64> = self.pool.get(seq_key).await.map_err(unavailable)?;
             seq = cur.unwrap_or(0);
         }
@@ -1006,7 +1196,25 @@ impl PresenceStore for RedisStore {
                 .await
                 .map_err(unavailable)?;
             for sid in due {
-                self.expire_one(&sid, now, &mut report).await?;
+                self.expire_one(&sid, None, now, &mut report).await?;
+            }
+        }
+        for shard in 0..SHARDS {
+            let due: Vec<(String, f64)> = self
+                .pool
+                .zrangebyscore(
+                    self.keys.rooms_due(shard),
+                    "-inf",
+                    now as f64,
+                    true,
+                    Some((0, ROOM_BATCH)),
+                )
+                .await
+                .map_err(unavailable)?;
+            for (room, seen) in due {
+                let seen = (seen as i64).to_string();
+                self.sweep_room(shard, &room, &seen, now, &mut report)
+                    .await?;
             }
         }
         Ok(report)
@@ -1014,7 +1222,7 @@ impl PresenceStore for RedisStore {
 
     async fn room_view(&self, room: &RoomId) -> Result<RoomView, StoreError> {
         let now = self.now();
-        let [m, _, seq, _] = self.keys.room(room.as_str());
+        let [m, _, seq, _, _] = self.keys.room(room.as_str());
         let raw = self
             .eval(&self.scripts.room_read, vec![m, seq], vec![])
             .await?;
@@ -1037,7 +1245,7 @@ impl PresenceStore for RedisStore {
     }
 
     async fn room_stats(&self, room: &RoomId) -> Result<RoomStats, StoreError> {
-        let [m, u, _, _] = self.keys.room(room.as_str());
+        let [m, u, _, _, _] = self.keys.room(room.as_str());
         let (sessions, users): (u64, u64) =
             tokio::try_join!(async { self.pool.hlen::<u64, _>(m).await }, async {
                 self.pool.hlen::<u64, _>(u).await
@@ -1179,22 +1387,157 @@ mod tests {
 
         conformance_suite!(make);
 
-        /// The hot path costs one EVALSHA per heartbeat and nothing else.
         /// A store on its own server (the command counts are the server's),
         /// and a connected session of user `uid`.
         async fn own_store(uid: &str) -> (RedisServer, RedisStore, SessionRef) {
-            use presence_core::ManualClock;
+            let (own, store, me, _) = own_store_clocked(uid).await;
+            (own, store, me)
+        }
+
+        /// [`own_store`], with the clock the store reads.
+        async fn own_store_clocked(
+            uid: &str,
+        ) -> (
+            RedisServer,
+            RedisStore,
+            SessionRef,
+            Arc<presence_core::ManualClock>,
+        ) {
             let own = RedisServer::start().unwrap();
+            let clock = Arc::new(presence_core::ManualClock::new(crate::conformance::T0));
             let store = RedisStore::connect(
                 RedisOptions::new(&own.url()),
-                Arc::new(ManualClock::new(crate::conformance::T0)),
+                clock.clone(),
                 Timings::default(),
                 Limits::default(),
             )
             .await
             .unwrap();
             let me = hello(&store, uid).await;
-            (own, store, me)
+            (own, store, me, clock)
+        }
+
+        /// Lets `ms` pass in steps of 5 s, `alive` heartbeating and the
+        /// store sweeping at each step; returns the sweeps' sums.
+        async fn live_through(
+            store: &RedisStore,
+            clock: &presence_core::ManualClock,
+            alive: &[&SessionRef],
+            ms: i64,
+        ) -> SweepReport {
+            let mut sum = SweepReport::default();
+            for _ in 0..ms / 5_000 {
+                clock.advance(5_000);
+                for s in alive {
+                    store.heartbeat(s, Some(Activity::Active)).await.unwrap();
+                }
+                let r = store.sweep().await.unwrap();
+                sum.expired += r.expired;
+                sum.status_changes += r.status_changes;
+                sum.orphans += r.orphans;
+            }
+            sum
+        }
+
+        fn zcard_all(port: u16, key: impl Fn(u32) -> String) -> u64 {
+            (0..SHARDS)
+                .map(|k| {
+                    presence_testkit::redis_cli(port, &["ZCARD", &key(k)])
+                        .unwrap()
+                        .trim()
+                        .parse::<u64>()
+                        .unwrap()
+                })
+                .sum()
+        }
+
+        #[tokio::test]
+        async fn a_member_whose_session_vanished_leaves_its_room() {
+            let (own, store, alice, clock) = own_store_clocked("alice").await;
+            let bob = hello(&store, "bob").await;
+            let room = RoomId::new("orphans").unwrap();
+            store.join(&alice, &room, None).await.unwrap();
+            store.join(&bob, &room, None).await.unwrap();
+            assert_eq!(zcard_all(own.port(), |k| store.keys.rooms_due(k)), 1);
+            let mut rx = store.events();
+            // Alice's session hash is lost (its TTL ran out while no node
+            // swept, say): the deadline index alone cannot tell her rooms.
+            let key = store.keys.session(alice.session_id.as_str());
+            presence_testkit::redis_cli(own.port(), &["DEL", &key]).unwrap();
+            presence_testkit::redis_cli(own.port(), &["CONFIG", "RESETSTAT"]).unwrap();
+            // Past her entry in the room's expiry index (removal deadline
+            // + 60 s = 95 s); bob stays alive all along.
+            let sum = live_through(&store, &clock, &[&bob], 100_000).await;
+            assert_eq!(sum.orphans, 1);
+            assert_eq!(sum.expired, 0);
+            let view = store.room_view(&room).await.unwrap();
+            let left: Vec<_> = view.sessions.keys().cloned().collect();
+            assert_eq!(left, vec![bob.session_id.clone()], "bob stays, alice goes");
+            assert_eq!(store.room_stats(&room).await.unwrap().sessions, 1);
+            let ev = loop {
+                let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                    .await
+                    .expect("alice's expire event")
+                    .unwrap();
+                if ev.session_id == alice.session_id {
+                    break ev;
+                }
+            };
+            assert_eq!(ev.kind, presence_core::EventKind::Expire);
+            assert_eq!(ev.epoch, alice.epoch);
+            assert_eq!(ev.node_id.as_str(), "n");
+            // Found through the indexes: no key was ever listed.
+            let c = calls(own.port());
+            assert!(!c.iter().any(|(n, _)| n == "keys" || n == "scan"), "{c:?}");
+            // Bob's entry was filed again while he lived; once he is gone
+            // and the room is empty, its index entries go too.
+            store.end(&bob).await.unwrap();
+            live_through(&store, &clock, &[], 100_000).await;
+            assert_eq!(zcard_all(own.port(), |k| store.keys.rooms_due(k)), 0);
+            let x = &store.keys.room(room.as_str())[4];
+            let exists = presence_testkit::redis_cli(own.port(), &["EXISTS", x]).unwrap();
+            assert_eq!(exists.trim(), "0");
+        }
+
+        #[tokio::test]
+        async fn a_removal_that_never_reached_the_room_is_repaired() {
+            let (own, store, alice, clock) = own_store_clocked("alice").await;
+            let room = RoomId::new("lost-leave").unwrap();
+            store.join(&alice, &room, None).await.unwrap();
+            // The session side of a leave ran, then its node died before
+            // telling the room.
+            let key = store.keys.session(alice.session_id.as_str());
+            presence_testkit::redis_cli(own.port(), &["HDEL", &key, "r:lost-leave"]).unwrap();
+            assert_eq!(store.room_stats(&room).await.unwrap().sessions, 1);
+            let sum = live_through(&store, &clock, &[&alice], 100_000).await;
+            assert_eq!(sum.orphans, 1);
+            assert_eq!(store.room_stats(&room).await.unwrap().sessions, 0);
+            // Alice herself is alive and online.
+            let online = store
+                .whos_online(Page {
+                    limit: 10,
+                    after: None,
+                })
+                .await
+                .unwrap();
+            assert_eq!(online.entries.users.len(), 1);
+        }
+
+        #[tokio::test]
+        async fn members_that_live_on_are_never_dropped() {
+            let (_own, store, alice, clock) = own_store_clocked("alice").await;
+            let rooms: Vec<RoomId> = (0..3)
+                .map(|i| RoomId::new(&format!("long-{i}")).unwrap())
+                .collect();
+            for r in &rooms {
+                store.join(&alice, r, None).await.unwrap();
+            }
+            // Ten minutes: each room checks her session several times.
+            let sum = live_through(&store, &clock, &[&alice], 600_000).await;
+            assert_eq!((sum.orphans, sum.expired), (0, 0));
+            for r in &rooms {
+                assert_eq!(store.room_stats(r).await.unwrap().sessions, 1);
+            }
         }
 
         async fn hello(store: &RedisStore, uid: &str) -> SessionRef {
