@@ -27,26 +27,26 @@ local reply = { ok = true, puts = {} }
 if f ~= nil and f.dead ~= '1' and liveness(f, now, T) == 'expired' then
   local dels = room_dels(f, 'expire', now)
   f.v = tonumber(f.v) + 1
-  reply.expired = { uid = f.uid, v = f.v, dels = dels }
+  reply.expired = { uid = f.userId, v = f.v, dels = dels }
   bury(key, f)
   f = load_session(key)
 end
 
 if f ~= nil and f.dead ~= '1' then
-  if f.uid ~= uid then return cjson.encode({ err = 'forbidden' }) end
-  f.e = tonumber(f.e) + 1
+  if f.userId ~= uid then return cjson.encode({ err = 'forbidden' }) end
+  f.epoch = tonumber(f.epoch) + 1
   f.v = tonumber(f.v) + 1
   f.n = node
   f.d = nil
   redis.call('HDEL', key, 'd')
   if handle ~= '' then f.h = handle end
   if meta ~= '' then f.m = meta end
-  f.hb = math.max(now, num(f.hb, 0))
+  f.lastHeartbeatAt = math.max(now, num(f.lastHeartbeatAt, 0))
   f.a = activity
   if activity == 'active' then f.la = math.max(now, num(f.la, 0)) end
   local st, changed = rederive(key, f, now, T)
-  redis.call('HSET', key, 'e', f.e, 'v', f.v, 'n', f.n, 'h', f.h or '', 'm', f.m or '',
-    'hb', f.hb, 'a', f.a, 'la', f.la, 'st', st)
+  redis.call('HSET', key, 'epoch', f.epoch, 'v', f.v, 'n', f.n, 'h', f.h or '', 'm', f.m or '',
+    'lastHeartbeatAt', f.lastHeartbeatAt, 'a', f.a, 'la', f.la, 'st', st)
   reply.resumed = true
   reply.changed = changed
   -- Every room hears of the new epoch; observers see a change only if the status changed.
@@ -54,25 +54,25 @@ if f ~= nil and f.dead ~= '1' then
 else
   local floor_e, floor_v = 0, 0
   if f ~= nil then
-    floor_e, floor_v = tonumber(f.e), tonumber(f.v)
+    floor_e, floor_v = tonumber(f.epoch), tonumber(f.v)
   end
   f = {
-    sid = sid, uid = uid, h = handle, m = meta, n = node, a = activity,
-    e = math.max(first_epoch, floor_e + 1), v = floor_v + 1,
-    hb = now, la = now, c = now, st = 'active',
+    sid = sid, userId = uid, h = handle, m = meta, n = node, a = activity,
+    epoch = math.max(first_epoch, floor_e + 1), v = floor_v + 1,
+    lastHeartbeatAt = now, la = now, c = now, st = 'active',
   }
   redis.call('DEL', key)
   local st = rederive(key, f, now, T)
-  redis.call('HSET', key, 'sid', sid, 'uid', uid, 'h', handle, 'm', meta, 'n', node, 'a', activity,
-    'e', f.e, 'v', f.v, 'hb', now, 'la', now, 'c', now, 'st', st)
+  redis.call('HSET', key, 'sid', sid, 'userId', uid, 'h', handle, 'm', meta, 'n', node, 'a', activity,
+    'epoch', f.epoch, 'v', f.v, 'lastHeartbeatAt', now, 'la', now, 'c', now, 'st', st)
   redis.call('PEXPIRE', key, math.max(1, removal_deadline(f, T) - now) + KEEP)
   reply.resumed = false
   reply.changed = false
 end
 
-reply.e = tonumber(f.e)
+reply.e = tonumber(f.epoch)
 reply.v = tonumber(f.v)
-reply.uid = f.uid
+reply.uid = f.userId
 reply.st = f.st
 reply.ix = index_update(key, f, now, T)
 return cjson.encode(reply)

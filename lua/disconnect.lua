@@ -20,4 +20,4 @@ redis.call('HSET', key, 'd', now, 'st', st, 'v', f.v)
 local ix = index_update(key, f, now, T)
 local puts = {}
 if changed then puts = status_puts(f, true, now, T) end
-return cjson.encode({ ok = true, changed = changed, v = tonumber(f.v), uid = f.uid, ix = ix, puts = puts })
+return cjson.encode({ ok = true, changed = changed, v = tonumber(f.v), uid = f.userId, ix = ix, puts = puts })

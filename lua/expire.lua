@@ -25,7 +25,7 @@ if liveness(f, now, T) == 'expired' then
   local dels = room_dels(f, 'expire', now)
   f.v = tonumber(f.v) + 1
   bury(key, f)
-  return cjson.encode({ ok = true, expired = true, v = f.v, uid = f.uid, dels = dels, inroom = false })
+  return cjson.encode({ ok = true, expired = true, v = f.v, uid = f.userId, dels = dels, inroom = false })
 end
 
 local st, changed = rederive(key, f, now, T)
@@ -36,6 +36,6 @@ local puts = {}
 if changed then puts = status_puts(f, true, now, T) end
 local inroom = room ~= nil and room ~= '' and f['r:' .. room] ~= nil
 return cjson.encode({
-  ok = true, expired = false, changed = changed, v = tonumber(f.v), uid = f.uid, next = nd, puts = puts,
+  ok = true, expired = false, changed = changed, v = tonumber(f.v), uid = f.userId, next = nd, puts = puts,
   inroom = inroom, x = removal_deadline(f, T) + KEEP,
 })

@@ -17,14 +17,14 @@ local f = load_session(key)
 local err = fence(f, ARGV[3])
 if err then return err end
 
-f.hb = math.max(now, num(f.hb, 0))
+f.lastHeartbeatAt = math.max(now, num(f.lastHeartbeatAt, 0))
 if activity ~= '' then f.a = activity end
 if activity == 'active' then f.la = math.max(now, num(f.la, 0)) end
 local st, changed = rederive(key, f, now, T)
 if changed then f.v = tonumber(f.v) + 1 end
-redis.call('HSET', key, 'hb', f.hb, 'a', f.a or 'active', 'la', f.la, 'st', st, 'v', f.v)
+redis.call('HSET', key, 'lastHeartbeatAt', f.lastHeartbeatAt, 'a', f.a or 'active', 'la', f.la, 'st', st, 'v', f.v)
 local ix = index_update(key, f, now, T)
 if not changed and ix == nil then return '{"ok":true}' end
 local puts = {}
 if changed then puts = status_puts(f, true, now, T) end
-return cjson.encode({ ok = true, changed = changed, v = tonumber(f.v), uid = f.uid, ix = ix, puts = puts })
+return cjson.encode({ ok = true, changed = changed, v = tonumber(f.v), uid = f.userId, ix = ix, puts = puts })

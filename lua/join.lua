@@ -24,10 +24,10 @@ if f[field] ~= nil then
     f[field] = state
     f.v = tonumber(f.v) + 1
     redis.call('HSET', key, field, state, 'su:' .. room, now, 'v', f.v)
-    return cjson.encode({ ok = true, already = true, changed = true, v = f.v, uid = f.uid,
+    return cjson.encode({ ok = true, already = true, changed = true, v = f.v, uid = f.userId,
       put = room_put(f, room, 'update', now, true, T) })
   end
-  return cjson.encode({ ok = true, already = true, changed = false, v = tonumber(f.v), uid = f.uid,
+  return cjson.encode({ ok = true, already = true, changed = false, v = tonumber(f.v), uid = f.userId,
     put = room_put(f, room, 'join', now, false, T) })
 end
 
@@ -38,5 +38,5 @@ if not has_state then state = '' end
 f[field] = state
 f.v = tonumber(f.v) + 1
 redis.call('HSET', key, field, state, 'su:' .. room, now, 'v', f.v)
-return cjson.encode({ ok = true, already = false, changed = true, v = f.v, uid = f.uid,
+return cjson.encode({ ok = true, already = false, changed = true, v = f.v, uid = f.userId,
   put = room_put(f, room, 'join', now, true, T) })

@@ -20,10 +20,10 @@ if room ~= '' then
   f.v = tonumber(f.v) + 1
   redis.call('HDEL', key, 'r:' .. room, 'su:' .. room)
   redis.call('HSET', key, 'v', f.v)
-  return cjson.encode({ ok = true, v = f.v, uid = f.uid, ended = false, dels = { { room = room, ev = ev } } })
+  return cjson.encode({ ok = true, v = f.v, uid = f.userId, ended = false, dels = { { room = room, ev = ev } } })
 end
 
 local dels = room_dels(f, 'leave', now)
 f.v = tonumber(f.v) + 1
 bury(key, f)
-return cjson.encode({ ok = true, v = f.v, uid = f.uid, ended = true, dels = dels })
+return cjson.encode({ ok = true, v = f.v, uid = f.userId, ended = true, dels = dels })

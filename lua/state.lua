@@ -20,9 +20,9 @@ local field = 'r:' .. room
 if f[field] == nil then return cjson.encode({ err = 'not_joined' }) end
 if tostring(f.v) ~= based_on then return cjson.encode({ err = 'retry' }) end
 if f[field] == state then
-  return cjson.encode({ ok = true, changed = false, v = tonumber(f.v), uid = f.uid })
+  return cjson.encode({ ok = true, changed = false, v = tonumber(f.v), uid = f.userId })
 end
 f[field] = state
 f.v = tonumber(f.v) + 1
 redis.call('HSET', key, field, state, 'su:' .. room, now, 'v', f.v)
-return cjson.encode({ ok = true, changed = true, v = f.v, uid = f.uid, put = room_put(f, room, 'update', now, true, T) })
+return cjson.encode({ ok = true, changed = true, v = f.v, uid = f.userId, put = room_put(f, room, 'update', now, true, T) })

@@ -27,7 +27,7 @@ local function hb_timeout(f, T)
 end
 
 local function removal_deadline(f, T)
-  local silent = num(f.hb, 0) + hb_timeout(f, T) + T.grace
+  local silent = num(f.lastHeartbeatAt, 0) + hb_timeout(f, T) + T.grace
   local d = num(f.d, nil)
   if d ~= nil then
     local g = d + T.grace
@@ -39,7 +39,7 @@ end
 -- 'active' | 'idle' | 'away' | 'stale' | 'expired'
 local function liveness(f, now, T)
   if now >= removal_deadline(f, T) then return 'expired' end
-  local hb = num(f.hb, 0)
+  local hb = num(f.lastHeartbeatAt, 0)
   if num(f.d, nil) ~= nil or now >= hb + hb_timeout(f, T) then return 'stale' end
   if f.a == 'background' then return 'away' end
   local inactive = now - num(f.la, 0)
@@ -54,7 +54,7 @@ local function next_deadline(f, now, T)
   if now >= removal then return now end
   local la = num(f.la, 0)
   local best = removal
-  for _, c in ipairs({ la + T.idle, la + T.away, num(f.hb, 0) + hb_timeout(f, T) }) do
+  for _, c in ipairs({ la + T.idle, la + T.away, num(f.lastHeartbeatAt, 0) + hb_timeout(f, T) }) do
     if c > now and c < best then best = c end
   end
   return best
@@ -75,8 +75,8 @@ end
 -- The state is spliced in as stored, never decoded and re-encoded.
 local function event_json(f, room, kind, status, now)
   local e = cjson.encode({
-    v = 1, type = kind, roomId = room, seq = '%SEQ%', userId = f.uid,
-    sessionId = f.sid, nodeId = f.n, epoch = tonumber(f.e), status = status, ts = now,
+    v = 1, type = kind, roomId = room, seq = '%SEQ%', userId = f.userId,
+    sessionId = f.sid, nodeId = f.n, epoch = tonumber(f.epoch), status = status, ts = now,
   })
   e = string.gsub(e, '"%%SEQ%%"', '%%SEQ%%')
   local state = f['r:' .. room]
@@ -92,8 +92,8 @@ end
 -- as stored.
 local function member_json(f, room)
   local m = cjson.encode({
-    h = f.h or '', st = f.st, hb = num(f.hb, 0), la = num(f.la, 0), su = num(f['su:' .. room], 0),
-    e = tonumber(f.e), n = f.n,
+    h = f.h or '', st = f.st, hb = num(f.lastHeartbeatAt, 0), la = num(f.la, 0), su = num(f['su:' .. room], 0),
+    e = tonumber(f.epoch), n = f.n,
   })
   local state = f['r:' .. room]
   if state ~= nil and state ~= '' then
@@ -163,7 +163,7 @@ end
 -- that a session id used again starts above them.
 local function bury(key, f)
   redis.call('DEL', key)
-  redis.call('HSET', key, 'dead', '1', 'e', f.e, 'v', f.v, 'uid', f.uid)
+  redis.call('HSET', key, 'dead', '1', 'epoch', f.epoch, 'v', f.v, 'userId', f.userId)
   redis.call('PEXPIRE', key, 600000)
 end
 
@@ -176,13 +176,13 @@ local function fence(f, epoch)
   if f.dead == '1' then
     -- Removed. Its last owner may claim it again (no_session); an older
     -- connection lost it before that (stale_epoch).
-    if tonumber(epoch) < tonumber(f.e) then
-      return cjson.encode({ err = 'stale_epoch', current = tonumber(f.e) })
+    if tonumber(epoch) < tonumber(f.epoch) then
+      return cjson.encode({ err = 'stale_epoch', current = tonumber(f.epoch) })
     end
     return cjson.encode({ err = 'no_session' })
   end
-  if tostring(f.e) ~= tostring(epoch) or (f.d ~= nil and f.d ~= '') then
-    return cjson.encode({ err = 'stale_epoch', current = tonumber(f.e) })
+  if tostring(f.epoch) ~= tostring(epoch) or (f.d ~= nil and f.d ~= '') then
+    return cjson.encode({ err = 'stale_epoch', current = tonumber(f.epoch) })
   end
   return nil
 end

@@ -4,7 +4,7 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `P:s:{<sessionId>}` | hash | the session's facts, rooms (`r:<roomId>` = state) and version; a TTL past its removal deadline; a short-lived tombstone after it ends |
+//! | `P:s:{<sessionId>}` | hash | the session: `userId`, `epoch`, `lastHeartbeatAt`, other facts in short fields (`la` last activity, `a` activity, `st` status, `d` disconnected at, `n` node, `h` handle, `m` meta, `v` version, `ix` filed deadline, `sid`, `c` created at), rooms (`r:<roomId>` = state, `su:<roomId>` = when it changed); `dead` on a tombstone; a TTL past its removal deadline; a short-lived tombstone after it ends |
 //! | `P:r:{<roomId>}:m` | hash | members: sessionId → `<version>\|<userId>\|<member JSON>` (status, handle, state, times: the room's view in one read) |
 //! | `P:r:{<roomId>}:u` | hash | userId → sessions in the room (O(1) user count) |
 //! | `P:r:{<roomId>}:seq` | string | the room's version |
@@ -947,10 +947,10 @@ fn member_of(sid: &str, f: &BTreeMap<String, String>) -> Option<Member> {
     let num = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
     Some(Member {
         session_id: SessionId::new(sid).ok()?,
-        user_id: UserId::new(f.get("uid")?).ok()?,
+        user_id: UserId::new(f.get("userId")?).ok()?,
         handle: f.get("h").filter(|h| !h.is_empty()).cloned(),
         status: SessionStatus::parse(f.get("st")?)?,
-        last_heartbeat_at: num("hb"),
+        last_heartbeat_at: num("lastHeartbeatAt"),
         last_active_at: num("la"),
         state: None,
         state_updated_at: 0,
@@ -1449,6 +1449,68 @@ mod tests {
                         .unwrap()
                 })
                 .sum()
+        }
+
+        #[tokio::test]
+        async fn a_session_is_a_hash_with_a_ttl_that_heartbeats_push_back() {
+            let (own, store, me, clock) = own_store_clocked("alice").await;
+            let key = store.keys.session(me.session_id.as_str());
+            let field = |f: &str| {
+                presence_testkit::redis_cli(own.port(), &["HGET", &key, f])
+                    .unwrap()
+                    .trim()
+                    .to_owned()
+            };
+            let pttl = || -> i64 {
+                presence_testkit::redis_cli(own.port(), &["PTTL", &key])
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap()
+            };
+            assert_eq!(field("userId"), "alice");
+            assert_eq!(field("epoch"), me.epoch.to_string());
+            assert_eq!(field("lastHeartbeatAt"), crate::conformance::T0.to_string());
+            // Removal deadline (heartbeat timeout + grace) plus a minute.
+            let t = Timings::default();
+            let full = t.heartbeat_timeout_ms + t.reconnect_grace_ms + 60_000;
+            let first = pttl();
+            assert!(first > full - 5_000 && first <= full, "{first}");
+            clock.advance(10_000);
+            store.heartbeat(&me, Some(Activity::Active)).await.unwrap();
+            assert_eq!(
+                field("lastHeartbeatAt"),
+                (crate::conformance::T0 + 10_000).to_string()
+            );
+            let pushed = pttl();
+            assert!(pushed > full - 5_000 && pushed <= full, "{pushed}");
+        }
+
+        #[tokio::test]
+        async fn scripts_are_loaded_again_after_a_script_flush() {
+            let (own, store, me) = own_store("flush").await;
+            let room = RoomId::new("flush").unwrap();
+            store.join(&me, &room, None).await.unwrap();
+            // What a restarted or failed-over Redis looks like to the scripts.
+            presence_testkit::redis_cli(own.port(), &["SCRIPT", "FLUSH"]).unwrap();
+            presence_testkit::redis_cli(own.port(), &["CONFIG", "RESETSTAT"]).unwrap();
+            store.heartbeat(&me, Some(Activity::Idle)).await.unwrap();
+            store
+                .update_state(&me, &room, serde_json::from_str(r#"{"a":1}"#).unwrap())
+                .await
+                .unwrap();
+            let view = store.room_view(&room).await.unwrap();
+            assert_eq!(view.sessions.len(), 1);
+            let c = calls(own.port());
+            let loads = c
+                .iter()
+                .find(|(n, _)| n == "script|load")
+                .map(|x| x.1)
+                .unwrap_or(0);
+            assert!(
+                loads >= 3,
+                "each script is loaded again on its NOSCRIPT: {c:?}"
+            );
         }
 
         #[tokio::test]
