@@ -2,6 +2,7 @@
 --
 -- KEYS: as room_put.lua.
 -- ARGV[1]  sessionId   ARGV[2] version   ARGV[3] event JSON with %SEQ%   ARGV[4] channel
+-- ARGV[5]  'SPUBLISH' (sharded Pub/Sub, Redis 7+) or 'PUBLISH'
 --
 -- The sweeper also removes, through this script, a member whose session no
 -- longer holds it (see room_due.lua): it passes the version it saw plus one.
@@ -13,6 +14,7 @@
 -- bounded and expires with the room's quiet.
 local members, users, seqkey, gone, expiry = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local sid, version, ev, channel = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local publish = ARGV[5] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH'
 
 local cur = redis.call('HGET', members, sid)
 if redis.call('HLEN', gone) > 1000 then redis.call('DEL', gone) end
@@ -26,7 +28,7 @@ redis.call('HDEL', members, sid)
 redis.call('ZREM', expiry, sid)
 if redis.call('HINCRBY', users, uid, -1) <= 0 then redis.call('HDEL', users, uid) end
 local seq = redis.call('INCR', seqkey)
-redis.call('PUBLISH', channel, (string.gsub(ev, '%%SEQ%%', seq)))
+redis.call(publish, channel, (string.gsub(ev, '%%SEQ%%', seq)))
 if redis.call('HLEN', members) == 0 then
   -- An empty room is forgotten; its seq starts again from 1.
   redis.call('DEL', seqkey, users, expiry)

@@ -10,6 +10,7 @@
 -- ARGV[7]  '1' when observers see a change (else the member is updated quietly)
 -- ARGV[8]  the member as the room keeps it (JSON: h, st, hb, la, su, e, n, s?)
 -- ARGV[9]  when the room's expiry index should check the member's session
+-- ARGV[10] 'SPUBLISH' (sharded Pub/Sub, Redis 7+) or 'PUBLISH'
 --
 -- Reply: [seq, list, fresh]: the room's seq after the call (0 when nothing was
 -- applied or nothing visible changed); `list` > 0 when the room's entry in
@@ -29,6 +30,7 @@
 local members, users, seqkey, gone = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local sid, uid, version, kind, ev, channel, visible = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6], ARGV[7] == '1'
 local member, expiry, check = ARGV[8], KEYS[5], tonumber(ARGV[9])
+local publish = ARGV[10] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH'
 
 local cur = redis.call('HGET', members, sid)
 if cur then
@@ -53,5 +55,5 @@ elseif check < tonumber(first[2]) then
 end
 if not visible then return { 0, list, fresh } end
 local seq = redis.call('INCR', seqkey)
-redis.call('PUBLISH', channel, (string.gsub(ev, '%%SEQ%%', seq)))
+redis.call(publish, channel, (string.gsub(ev, '%%SEQ%%', seq)))
 return { seq, list, fresh }

@@ -102,7 +102,15 @@ test("SIGKILL of the master: the node keeps serving through the failover and no 
       await sleep(200);
     }
     for (const c of clients) assert.ok(room.body.sessions[c.e.sessionId], `session of ${c.e.hello.userId} is present`);
-    assert.equal((await getJson(`${node.url}/readyz`)).status, 200);
+    // Ready again once its connections, the event subscription included,
+    // have found the new master.
+    let ready;
+    for (let i = 0; i < 50; i++) {
+      ready = await getJson(`${node.url}/readyz`);
+      if (ready.status === 200) break;
+      await sleep(200);
+    }
+    assert.equal(ready.status, 200, JSON.stringify(ready.body));
     assert.equal(node.proc.exitCode, null, "the node never restarted");
     assert.ok(pid > 0);
     // And it keeps serving new work.

@@ -71,3 +71,29 @@ test("a takeover while the old connection is still open fences it", async () => 
   assert.equal(room.sessions[eo.sessionId].status, "active");
   assert.equal((await call(nu, "presence:heartbeat", { epoch: hello.epoch })).ok, true);
 });
+
+test("presence:signal crosses nodes, once, and never echoes", async () => {
+  const onB = await connect(b.url);
+  await enter(onB, "bob", "r-sig");
+  const alsoA = await connect(a.url);
+  await enter(alsoA, "carl", "r-sig");
+  const onA = await connect(a.url);
+  const ea = await enter(onA, "alice", "r-sig");
+  const r = await call(onA, "presence:signal", { roomId: "r-sig", data: { cursor: [1, 2] } });
+  assert.deepEqual(r, { ok: true });
+  const want = { roomId: "r-sig", sessionId: ea.sessionId, userId: "alice", data: { cursor: [1, 2] } };
+  assert.deepEqual(await waitFor(onB, "presence:signal"), want, "to the other node");
+  assert.deepEqual(await waitFor(alsoA, "presence:signal"), want, "and on its own node");
+  await sleep(200);
+  const count = (s) => s.received.filter((x) => x.event === "presence:signal").length;
+  assert.deepEqual([count(onB), count(alsoA), count(onA)], [1, 1, 0]);
+});
+
+test("both nodes register: /api/cluster on either lists both", async () => {
+  for (const n of [a, b]) {
+    const cl = await fetch(`${n.url}/api/cluster`).then((r) => r.json());
+    assert.deepEqual(cl.nodes.map((x) => x.nodeId), ["node-a", "node-b"]);
+    assert.deepEqual(cl.nodes.map((x) => x.addr), [new URL(a.url).host, new URL(b.url).host]);
+    for (const x of cl.nodes) assert.ok(x.startedAt > 0 && x.lastSeenAt >= x.startedAt);
+  }
+});

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use presence_core::{Clock, Limits, Millis, NodeId, SystemClock, Timings};
-use presence_store::{MemoryStore, PresenceStore, RedisOptions, RedisStore, StoreError};
+use presence_store::{MemoryStore, NodeInfo, PresenceStore, RedisOptions, RedisStore, StoreError};
 use socketioxide::extract::SocketRef;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
@@ -85,7 +85,12 @@ pub async fn serve(
         .max_payload(config.max_payload_bytes)
         .ws_max_message_size(config.max_payload_bytes as usize)
         .build_layer();
-    let fanout = Fanout::new(io.clone(), store.clone(), config.emit_debounce());
+    let fanout = Fanout::new(
+        io.clone(),
+        node_id.clone(),
+        store.clone(),
+        config.emit_debounce(),
+    );
     let app = App(Arc::new(AppInner {
         timings,
         limits,
@@ -108,6 +113,7 @@ pub async fn serve(
     }
     let dispatcher = fanout.spawn_dispatcher();
     let sweeper = tokio::spawn(sweep_loop(store.clone(), timings.prune_interval_ms));
+    let registry = tokio::spawn(register_loop(app.clone()));
 
     let router = crate::http::router(app.clone()).layer(layer);
     tracing::info!(%addr, node_id = %node_id, store = store.kind(), "listening on http://{addr}");
@@ -126,7 +132,39 @@ pub async fn serve(
         .map_err(|e| e.to_string());
     dispatcher.abort();
     sweeper.abort();
+    registry.abort();
+    if let Err(e) = store.deregister_node(&node_id).await {
+        tracing::warn!(error = %e, "cannot remove this node from the registry");
+    }
     result
+}
+
+impl App {
+    /// This node as the registry shows it, now.
+    pub fn node_info(&self) -> NodeInfo {
+        NodeInfo {
+            node_id: self.node_id.clone(),
+            addr: self.addr.to_string(),
+            started_at: self.started_at,
+            last_seen_at: self.clock.now_ms(),
+            sessions: self.local_sessions() as u64,
+            rooms: self.fanout.rooms() as u64,
+        }
+    }
+}
+
+/// Keeps this node registered (`/api/cluster`), refreshing every third of
+/// its TTL, so that a node that dies drops out within the TTL.
+async fn register_loop(app: App) {
+    let ttl = app.config.node_ttl_ms.max(300);
+    let mut tick = tokio::time::interval(Duration::from_millis((ttl / 3) as u64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = app.store.register_node(&app.node_info(), ttl).await {
+            tracing::warn!(error = %e, "cannot refresh this node's registration");
+        }
+    }
 }
 
 /// The embedded store, or Redis when `REDIS_URL` is set. Redis that is not

@@ -83,6 +83,10 @@ pub struct Config {
     /// Shortest gap between two diffs of one room.
     #[arg(long, env = "PRESENCE_EMIT_DEBOUNCE_MS", default_value_t = 250)]
     pub emit_debounce_ms: Millis,
+    /// How long a node's registration (`/api/cluster`) outlives its last
+    /// refresh; nodes refresh every third of it.
+    #[arg(long, env = "PRESENCE_NODE_TTL_MS", default_value_t = 15_000)]
+    pub node_ttl_ms: Millis,
 
     /// Largest per-room state, in bytes of compact JSON.
     #[arg(long, env = "PRESENCE_MAX_STATE_BYTES", default_value_t = 4096)]

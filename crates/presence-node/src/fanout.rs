@@ -1,7 +1,10 @@
 //! Fan-out: turning store events into per-room diffs for this node's sockets.
 //!
 //! Each room with local sockets has a *hub*, a small task that keeps the last
-//! view it sent. When the room changes it reads the room's view, sends the
+//! view it sent. A hub follows its room's events (on Redis: subscribes to
+//! the room's channel) for as long as it lives, so a node receives the
+//! events of exactly the rooms it has sockets in, and emits to its own
+//! sockets only: each client gets each change once, however many nodes run. When the room changes it reads the room's view, sends the
 //! diff against the last one to the room's sockets, and keeps the new view.
 //! Diffs are throttled per room: at most one every `emitDebounceMs`; a change
 //! after a quiet spell goes out at once, later ones in the window are
@@ -18,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use presence_core::diff::diff;
-use presence_core::{RoomId, RoomView};
-use presence_store::{PresenceStore, SessionRef};
+use presence_core::{NodeId, RoomId, RoomView};
+use presence_store::{PresenceStore, SessionRef, Signal};
 use serde_json::json;
 use socketioxide::extract::{AckSender, SocketRef};
 use socketioxide::socket::Sid;
@@ -51,17 +54,24 @@ pub struct Fanout {
 
 struct Inner {
     io: SocketIo,
+    node_id: NodeId,
     store: Arc<dyn PresenceStore>,
     debounce: Duration,
     hubs: Mutex<HashMap<RoomId, mpsc::UnboundedSender<HubMsg>>>,
 }
 
 impl Fanout {
-    /// Hubs that emit through `io` and read views from `store`.
-    pub fn new(io: SocketIo, store: Arc<dyn PresenceStore>, debounce: Duration) -> Self {
+    /// Hubs that emit through `io` and read views from `store`, on node `node_id`.
+    pub fn new(
+        io: SocketIo,
+        node_id: NodeId,
+        store: Arc<dyn PresenceStore>,
+        debounce: Duration,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 io,
+                node_id,
                 store,
                 debounce,
                 hubs: Mutex::new(HashMap::new()),
@@ -76,9 +86,17 @@ impl Fanout {
         let this = self.clone();
         let mut rx = self.inner.store.events();
         let mut resyncs = self.inner.store.resyncs();
+        let mut signals = self.inner.store.signals();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
+                    // Another node's signal to a room this node has sockets
+                    // in (this node's own went out when it was sent).
+                    Ok(s) = signals.recv() => {
+                        if s.node_id != this.inner.node_id {
+                            this.relay_signal(s).await;
+                        }
+                    }
                     ev = rx.recv() => match ev {
                         Ok(ev) => {
                             crate::metrics::event(ev.kind.as_str());
@@ -98,6 +116,24 @@ impl Fanout {
                 }
             }
         })
+    }
+
+    async fn relay_signal(&self, s: Signal) {
+        let msg = json!({
+            "roomId": s.room_id,
+            "sessionId": s.session_id,
+            "userId": s.user_id,
+            "data": s.data,
+        });
+        if let Err(e) = self
+            .inner
+            .io
+            .to(s.room_id.as_str().to_owned())
+            .emit("presence:signal", &msg)
+            .await
+        {
+            tracing::debug!(error = %e, "signal relay failed");
+        }
     }
 
     fn wake_all(&self) {
@@ -167,6 +203,22 @@ struct Hub {
 }
 
 async fn run_hub(inner: Arc<Inner>, room: RoomId, mut rx: mpsc::UnboundedReceiver<HubMsg>) {
+    // Receive the room's events before reading its first view, so that no
+    // change falls between the two.
+    if let Err(e) = inner.store.follow_room(&room).await {
+        tracing::warn!(room_id = %room, error = %e, "cannot follow room events");
+        let err = WireError::from(e).body();
+        loop {
+            while let Ok(msg) = rx.try_recv() {
+                if let HubMsg::Join(socket, reply) = msg {
+                    answer_error(socket, reply, &err);
+                }
+            }
+            if inner.retire(&room, &rx) {
+                return;
+            }
+        }
+    }
     let mut hub = Hub {
         inner: inner.clone(),
         room: room.clone(),
@@ -189,6 +241,9 @@ async fn run_hub(inner: Arc<Inner>, room: RoomId, mut rx: mpsc::UnboundedReceive
             }
         }
         if hub.members.is_empty() && hub.pending.is_empty() && inner.retire(&room, &rx) {
+            if let Err(e) = inner.store.unfollow_room(&room).await {
+                tracing::debug!(room_id = %room, error = %e, "cannot unfollow room events");
+            }
             return;
         }
     }
@@ -216,14 +271,7 @@ impl Hub {
                 tracing::warn!(room_id = %self.room, error = %e, "cannot read room view");
                 let err = WireError::from(e).body();
                 for (socket, reply) in self.pending.drain(..) {
-                    match reply {
-                        Reply::JoinAck(ack, _) => {
-                            let _ = ack.send(&err);
-                        }
-                        Reply::Snapshot => {
-                            let _ = socket.emit("presence:error", &err);
-                        }
-                    }
+                    answer_error(socket, reply, &err);
                 }
                 return;
             }
@@ -272,5 +320,17 @@ impl Hub {
         }
         self.last = Some(view);
         self.dirty = false;
+    }
+}
+
+/// Tells a joiner that its snapshot could not be read.
+fn answer_error(socket: SocketRef, reply: Reply, err: &serde_json::Value) {
+    match reply {
+        Reply::JoinAck(ack, _) => {
+            let _ = ack.send(err);
+        }
+        Reply::Snapshot => {
+            let _ = socket.emit("presence:error", err);
+        }
     }
 }

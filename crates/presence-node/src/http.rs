@@ -223,19 +223,23 @@ async fn users_status(State(app): State<App>, body: Result<Bytes, BytesRejection
 }
 
 async fn cluster(State(app): State<App>) -> ApiResult {
-    // Embedded mode: this node is the whole cluster and runs the sweeper itself.
-    let now = app.clock.now_ms();
+    let mut nodes = app.store.nodes().await?;
+    // This node answers, so it is live: show it as of now even before its
+    // first registration lands (or while a refresh is failing).
+    nodes.retain(|n| n.node_id != app.node_id);
+    nodes.push(app.node_info());
+    nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    // Embedded, this node is the whole cluster and sweeps by itself. On
+    // Redis every node sweeps for now (the scripts make that idempotent);
+    // there is no leader to show yet.
+    let leader = match app.store.kind() {
+        "memory" => json!({ "nodeId": app.node_id, "term": 1, "leaseUntil": null }),
+        _ => serde_json::Value::Null,
+    };
     Ok(Json(json!({
         "ok": true,
         "store": app.store.kind(),
-        "nodes": [{
-            "nodeId": app.node_id,
-            "addr": app.addr.to_string(),
-            "startedAt": app.started_at,
-            "lastSeenAt": now,
-            "sessions": app.local_sessions(),
-            "rooms": app.fanout.rooms(),
-        }],
-        "leader": { "nodeId": app.node_id, "term": 1, "leaseUntil": null },
+        "nodes": nodes,
+        "leader": leader,
     })))
 }

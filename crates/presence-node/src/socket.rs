@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use presence_core::{Activity, JsonMap, RoomId, UserId};
-use presence_store::{Hello, SessionRef, StoreError};
+use presence_store::{Hello, SessionRef, Signal, StoreError};
 use serde_json::{json, Value};
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 
@@ -453,6 +453,15 @@ async fn signal(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSen
         {
             tracing::debug!(error = %e, "signal relay failed");
         }
+        // The room's sockets on other nodes get it through Redis.
+        let relayed = Signal {
+            room_id: req.room_id.clone(),
+            session_id: b.session.session_id.clone(),
+            user_id: b.user_id.clone(),
+            node_id: app.node_id.clone(),
+            data: msg["data"].clone(),
+        };
+        app.store.publish_signal(&relayed).await?;
         Ok(json!({ "ok": true }))
     }
     .await;

@@ -85,9 +85,16 @@ async fn claim(store: &dyn PresenceStore, user: &str, session: &str) -> SessionR
     }
 }
 
-/// A fresh event receiver, after events already in flight (published before
-/// the call, delivered after it by an asynchronous bus) have passed.
-async fn subscribe(store: &dyn PresenceStore) -> broadcast::Receiver<PresenceEvent> {
+/// A fresh event receiver following `rooms`, after events already in
+/// flight (published before the call, delivered after it by an asynchronous
+/// bus) have passed.
+async fn subscribe(
+    store: &dyn PresenceStore,
+    rooms: &[&str],
+) -> broadcast::Receiver<PresenceEvent> {
+    for r in rooms {
+        store.follow_room(&rid(r)).await.unwrap();
+    }
     let mut rx = store.events();
     drain(&mut rx).await;
     rx
@@ -215,7 +222,7 @@ cases! {
 
     /// Every visible change bumps the room's seq and publishes one event carrying it.
     async fn every_visible_change_publishes_one_event_with_the_seq(store, env) {
-        let mut rx = subscribe(store).await;
+        let mut rx = subscribe(store, &["doc"]).await;
         let s = claim(store, "alice", "s1").await;
         store.join(&s, &rid("doc"), None).await.unwrap();
         store.update_state(&s, &rid("doc"), obj(json!({ "typing": true }))).await.unwrap();
@@ -245,7 +252,7 @@ cases! {
         let s = claim(store, "alice", "s1").await;
         store.join(&s, &rid("doc"), None).await.unwrap();
         let seq = store.room_view(&rid("doc")).await.unwrap().seq;
-        let mut rx = subscribe(store).await;
+        let mut rx = subscribe(store, &["doc"]).await;
         for _ in 0..5 {
             env.clock.advance(env.timings.heartbeat_interval_ms);
             store.heartbeat(&s, Some(Activity::Active)).await.unwrap();
@@ -311,7 +318,7 @@ cases! {
 
     /// Ending a session leaves every room at once and removes it.
     async fn end_leaves_everything_at_once(store, env) {
-        let mut rx = subscribe(store).await;
+        let mut rx = subscribe(store, &["a", "b"]).await;
         let s = claim(store, "alice", "s1").await;
         store.join(&s, &rid("a"), None).await.unwrap();
         store.join(&s, &rid("b"), None).await.unwrap();
@@ -330,7 +337,7 @@ cases! {
     async fn resume_after_disconnect_does_not_flap(store, env) {
         let s = claim(store, "alice", "s1").await;
         store.join(&s, &rid("doc"), Some(obj(json!({ "k": 1 })))).await.unwrap();
-        let mut rx = subscribe(store).await;
+        let mut rx = subscribe(store, &["doc"]).await;
         store.disconnect(&s).await.unwrap();
         assert_eq!(store.room_view(&rid("doc")).await.unwrap().sessions["s1"].status, SessionStatus::Stale);
         assert_eq!(store.room_view(&rid("doc")).await.unwrap().users["alice"].confidence, Confidence::Low);
@@ -465,7 +472,7 @@ cases! {
     async fn silent_sessions_go_stale_then_expire(store, env) {
         let s = claim(store, "alice", "s1").await;
         store.join(&s, &rid("doc"), None).await.unwrap();
-        let mut rx = subscribe(store).await;
+        let mut rx = subscribe(store, &["doc"]).await;
         let t = env.timings;
         env.clock.advance(t.heartbeat_timeout_ms - 1);
         store.sweep().await.unwrap();
@@ -511,7 +518,7 @@ cases! {
     async fn an_expired_session_is_not_resumed_before_the_sweep(store, env) {
         let s = claim(store, "alice", "s1").await;
         store.join(&s, &rid("doc"), None).await.unwrap();
-        let mut rx = subscribe(store).await;
+        let mut rx = subscribe(store, &["doc"]).await;
         env.clock.advance(env.timings.heartbeat_timeout_ms + env.timings.reconnect_grace_ms);
         let c = store.hello(hello("alice", Some("s1"))).await.unwrap();
         assert!(!c.resumed);
@@ -525,7 +532,7 @@ cases! {
         let s = claim(store, "alice", "s1").await;
         store.join(&s, &rid("doc"), None).await.unwrap();
         let t = env.timings;
-        let mut rx = subscribe(store).await;
+        let mut rx = subscribe(store, &["doc"]).await;
         let mut now = 0;
         while now <= t.away_after_ms {
             env.clock.advance(t.heartbeat_interval_ms / 2);
@@ -555,7 +562,7 @@ cases! {
         store.heartbeat(&s, Some(Activity::Active)).await.unwrap();
         assert_eq!(store.room_view(&rid("doc")).await.unwrap().sessions["s1"].status, SessionStatus::Active);
         // Heartbeats that report nothing prove liveness, not activity.
-        let mut rx = subscribe(store).await;
+        let mut rx = subscribe(store, &["doc"]).await;
         let step = env.timings.heartbeat_interval_ms;
         let mut waited = 0;
         while waited + step < env.timings.idle_after_ms {
@@ -577,7 +584,7 @@ cases! {
     async fn background_sessions_are_away_and_do_not_flap(store, env) {
         let s = claim(store, "alice", "s1").await;
         store.join(&s, &rid("doc"), None).await.unwrap();
-        let mut rx = subscribe(store).await;
+        let mut rx = subscribe(store, &["doc"]).await;
         store.heartbeat(&s, Some(Activity::Background)).await.unwrap();
         for _ in 0..5 {
             env.clock.advance(60_000);
@@ -620,5 +627,32 @@ cases! {
         let st = store.users_status(&[uid("alice")]).await.unwrap();
         assert_eq!(st["alice"].status, UserStatus::Active);
         assert_eq!(st["alice"].session_count, 2);
+    }
+
+    /// Nodes register with a TTL: listed by id while refreshed, gone once it
+    /// lapses or they deregister.
+    async fn nodes_register_with_a_ttl(store, env) {
+        let node = |id: &str, sessions: u64| crate::api::NodeInfo {
+            node_id: presence_core::NodeId::new(id).unwrap(),
+            addr: format!("127.0.0.1:{}", 9000 + sessions),
+            started_at: T0,
+            last_seen_at: presence_core::Clock::now_ms(&env.clock),
+            sessions,
+            rooms: 0,
+        };
+        store.register_node(&node("n-b", 2), 10_000).await.unwrap();
+        store.register_node(&node("n-a", 1), 10_000).await.unwrap();
+        let ids = |ns: Vec<crate::api::NodeInfo>| ns.into_iter().map(|n| n.node_id.to_string()).collect::<Vec<_>>();
+        assert_eq!(ids(store.nodes().await.unwrap()), vec!["n-a", "n-b"]);
+        assert_eq!(store.nodes().await.unwrap()[1], node("n-b", 2));
+        // n-a refreshes, n-b does not.
+        env.clock.advance(6_000);
+        store.register_node(&node("n-a", 5), 10_000).await.unwrap();
+        env.clock.advance(6_000);
+        let live = store.nodes().await.unwrap();
+        assert_eq!(ids(live.clone()), vec!["n-a"]);
+        assert_eq!(live[0].sessions, 5);
+        store.deregister_node(&presence_core::NodeId::new("n-a").unwrap()).await.unwrap();
+        assert!(store.nodes().await.unwrap().is_empty());
     }
 }

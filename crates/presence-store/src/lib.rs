@@ -11,10 +11,13 @@
 //! - [`error`]: the one error type of the crate boundary.
 //! - [`memory`]: the embedded in-memory store (single node, no Redis).
 //! - [`redis`]: the Redis store (standalone, Cluster, Sentinel) and its key layout.
+//! - [`bus`]: presence events over Redis Pub/Sub, one room at a time, for
+//!   nodes and backend services alike.
 //! - `conformance` (feature `conformance`): the behaviour suite every store
 //!   must pass, written once and run against each implementation.
 
 pub mod api;
+pub mod bus;
 #[cfg(any(test, feature = "conformance"))]
 #[macro_use]
 pub mod conformance;
@@ -23,8 +26,10 @@ pub mod memory;
 pub mod redis;
 
 pub use api::{
-    Claimed, Hello, Joined, Online, Page, PresenceStore, RoomStats, SessionRef, SweepReport,
+    Claimed, Hello, Joined, NodeInfo, Online, Page, PresenceStore, RoomStats, SessionRef, Signal,
+    SweepReport,
 };
+pub use bus::{BusMessage, EventBus, PubSub};
 pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use redis::{RedisOptions, RedisStore};

@@ -15,14 +15,14 @@ use presence_core::session::Liveness;
 use presence_core::user::{derive_user, SessionSignal};
 use presence_core::view::{build_view, Member};
 use presence_core::{
-    Clock, EventKind, JsonMap, Limits, Millis, PresenceEvent, RoomId, RoomView, SessionFacts,
-    SessionId, SessionStatus, Timings, UserId, UserSummary,
+    Clock, EventKind, JsonMap, Limits, Millis, NodeId, PresenceEvent, RoomId, RoomView,
+    SessionFacts, SessionId, SessionStatus, Timings, UserId, UserSummary,
 };
 use tokio::sync::{broadcast, watch};
 
 use crate::api::{
-    first_epoch, new_session_id, Claimed, Hello, Joined, Online, Page, PresenceStore, RoomStats,
-    SessionRef, SweepReport,
+    first_epoch, new_session_id, Claimed, Hello, Joined, NodeInfo, Online, Page, PresenceStore,
+    RoomStats, SessionRef, Signal, SweepReport,
 };
 use crate::error::StoreError;
 
@@ -41,6 +41,8 @@ pub struct MemoryStore {
     events: broadcast::Sender<PresenceEvent>,
     /// Never changes: events are handed over in memory and cannot be lost.
     resyncs: watch::Sender<u64>,
+    /// Never carries anything: there is no other node.
+    signals: broadcast::Sender<Signal>,
 }
 
 #[derive(Default)]
@@ -56,6 +58,8 @@ struct Inner {
     /// session id starts higher and a connection that had lost the session
     /// stays fenced.
     tombstones: HashMap<SessionId, (u64, Millis)>,
+    /// Registered nodes and when their registration lapses.
+    nodes: BTreeMap<NodeId, (NodeInfo, Millis)>,
 }
 
 struct SessionEntry {
@@ -105,6 +109,7 @@ impl MemoryStore {
             limits,
             events,
             resyncs: watch::Sender::new(0),
+            signals: broadcast::Sender::new(1),
         }
     }
 
@@ -622,6 +627,42 @@ impl PresenceStore for MemoryStore {
 
     fn resyncs(&self) -> watch::Receiver<u64> {
         self.resyncs.subscribe()
+    }
+
+    async fn follow_room(&self, _room: &RoomId) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn publish_signal(&self, _signal: &Signal) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn signals(&self) -> broadcast::Receiver<Signal> {
+        self.signals.subscribe()
+    }
+
+    async fn register_node(&self, node: &NodeInfo, ttl_ms: Millis) -> Result<(), StoreError> {
+        let until = self.clock.now_ms() + ttl_ms;
+        self.lock()
+            .nodes
+            .insert(node.node_id.clone(), (node.clone(), until));
+        Ok(())
+    }
+
+    async fn deregister_node(&self, node_id: &NodeId) -> Result<(), StoreError> {
+        self.lock().nodes.remove(node_id);
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        inner.nodes.retain(|_, (_, until)| *until > now);
+        Ok(inner.nodes.values().map(|(n, _)| n.clone()).collect())
+    }
+
+    async fn unfollow_room(&self, _room: &RoomId) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 

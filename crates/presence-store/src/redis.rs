@@ -14,7 +14,10 @@
 //! | `P:on:{<0..16>}` | sorted set | online users, sharded by user id, ordered for paging |
 //! | `P:dl:{<0..16>}` | sorted set | sessions by a deadline no later than their next status change, sharded |
 //! | `P:rx:{<0..16>}` | sorted set | rooms by a time no later than their earliest expiry entry, sharded by room id |
-//! | `P:events:{<roomId>}` | channel | v1 events of the room |
+//! | `P:events:{<roomId>}` | channel | v1 events of the room (sharded Pub/Sub on Redis 7+) |
+//! | `P:signals:{<roomId>}` | channel | `presence:signal` messages relayed between nodes |
+//! | `P:nodes:{nodes}` | sorted set | registered nodes: nodeId → when the registration lapses (its TTL) |
+//! | `P:nodes:{nodes}:info` | hash | nodeId → the node's registration (JSON) |
 //!
 //! Expiry is found through two indexes, never by scanning keys. The deadline
 //! index drives every session's status changes and its removal (which takes
@@ -36,7 +39,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::Builder as FredBuilder;
@@ -44,7 +46,7 @@ use futures::future::join_all;
 use presence_core::user::{derive_user, SessionSignal};
 use presence_core::view::{build_view, Member};
 use presence_core::{
-    Activity, Clock, JsonMap, Limits, Millis, PresenceEvent, RoomId, RoomView, SessionId,
+    Activity, Clock, JsonMap, Limits, Millis, NodeId, PresenceEvent, RoomId, RoomView, SessionId,
     SessionStatus, Timings, UserId, UserSummary,
 };
 use serde::Deserialize;
@@ -52,9 +54,10 @@ use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
 use crate::api::{
-    first_epoch, new_session_id, Claimed, Hello, Joined, Online, Page, PresenceStore, RoomStats,
-    SessionRef, SweepReport,
+    first_epoch, new_session_id, Claimed, Hello, Joined, NodeInfo, Online, Page, PresenceStore,
+    RoomStats, SessionRef, Signal, SweepReport,
 };
+use crate::bus::{EventBus, PubSub, EVENT_BUFFER};
 use crate::error::StoreError;
 
 /// Shards of the online-users and deadline indexes: no single hot key.
@@ -65,8 +68,6 @@ const SWEEP_BATCH: i64 = 512;
 const ROOM_BATCH: i64 = 128;
 /// How often a state update is retried when the session changed under it.
 const STATE_RETRIES: usize = 8;
-/// Events buffered between Redis and the node's dispatcher.
-const EVENT_BUFFER: usize = 16_384;
 
 macro_rules! script {
     ($name:literal) => {
@@ -93,6 +94,8 @@ struct Scripts {
     user_del: Script,
     room_due: Script,
     rooms_settle: Script,
+    node_put: Script,
+    nodes_read: Script,
 }
 
 impl Scripts {
@@ -112,10 +115,12 @@ impl Scripts {
             user_del: Script::from_lua(include_str!("../../../lua/user_del.lua")),
             room_due: Script::from_lua(include_str!("../../../lua/room_due.lua")),
             rooms_settle: Script::from_lua(include_str!("../../../lua/rooms_settle.lua")),
+            node_put: Script::from_lua(include_str!("../../../lua/node_put.lua")),
+            nodes_read: Script::from_lua(include_str!("../../../lua/nodes_read.lua")),
         }
     }
 
-    fn all(&self) -> [&Script; 14] {
+    fn all(&self) -> [&Script; 16] {
         [
             &self.claim,
             &self.join,
@@ -131,6 +136,8 @@ impl Scripts {
             &self.user_del,
             &self.room_due,
             &self.rooms_settle,
+            &self.node_put,
+            &self.nodes_read,
         ]
     }
 }
@@ -165,6 +172,12 @@ impl Keys {
             format!("{p}:r:{{{rid}}}:g"),
             format!("{p}:r:{{{rid}}}:x"),
         ]
+    }
+    fn nodes(&self) -> String {
+        format!("{}:nodes:{{nodes}}", self.prefix)
+    }
+    fn nodes_info(&self) -> String {
+        format!("{}:nodes:{{nodes}}:info", self.prefix)
     }
     fn rooms_due(&self, shard: u32) -> String {
         format!("{}:rx:{{{shard}}}", self.prefix)
@@ -263,7 +276,7 @@ struct Reply {
     x: Option<i64>,
 }
 
-fn unavailable(e: fred::error::Error) -> StoreError {
+pub(crate) fn unavailable(e: fred::error::Error) -> StoreError {
     use fred::error::ErrorKind as K;
     match e.kind() {
         K::IO | K::Timeout | K::Canceled | K::Cluster | K::Sentinel | K::Tls | K::Backpressure => {
@@ -278,7 +291,7 @@ fn unavailable(e: fred::error::Error) -> StoreError {
 
 /// An error of the first connection. An untrusted TLS certificate will not
 /// fix itself by retrying: it is a configuration error, said plainly.
-fn connect_error(e: fred::error::Error) -> StoreError {
+pub(crate) fn connect_error(e: fred::error::Error) -> StoreError {
     let details = e.details();
     if details.contains("InvalidCertificate") || details.contains("certificate") {
         return StoreError::Internal(format!(
@@ -348,10 +361,8 @@ pub struct RedisStore {
     clock: Arc<dyn Clock>,
     timings_json: String,
     limits: Limits,
-    events: broadcast::Sender<PresenceEvent>,
-    /// Bumped after each resubscription (see [`PresenceStore::resyncs`]).
-    resyncs: watch::Sender<u64>,
-    subscriber: SubscriberClient,
+    /// Pub/Sub: the rooms this node follows.
+    bus: Arc<EventBus>,
 }
 
 /// Connection settings of a [`RedisStore`].
@@ -383,44 +394,71 @@ impl RedisOptions {
     }
 }
 
+/// A client builder for `opts`: URL, TLS, timeouts and the reconnect policy.
+pub(crate) fn builder(opts: &RedisOptions) -> Result<FredBuilder, StoreError> {
+    let mut config = Config::from_url(&normalize_url(&opts.url))
+        .map_err(|e| StoreError::Internal(format!("REDIS_URL: {e}")))?;
+    if let Some(path) = &opts.ca_file {
+        if !config.uses_tls() {
+            return Err(StoreError::Internal(
+                "a CA file is set but REDIS_URL is not a TLS URL (rediss://)".into(),
+            ));
+        }
+        config.tls = Some(tls_trusting(path)?.into());
+    }
+    let mut builder = FredBuilder::from_config(config);
+    builder
+        .with_connection_config(|c| {
+            c.connection_timeout = opts.command_timeout;
+            c.internal_command_timeout = opts.command_timeout;
+            c.max_command_attempts = 2;
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = opts.command_timeout;
+            // fred's default (32) drops events of a burst of joins.
+            p.broadcast_channel_capacity = EVENT_BUFFER;
+        })
+        // Without a policy a client stays dead after Redis restarts.
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+    Ok(builder)
+}
+
+/// The server's `redis_version` (on Cluster, of the node that answered).
+pub(crate) async fn server_version(client: &Client) -> Result<String, StoreError> {
+    let info: String = client
+        .info(Some(fred::types::InfoKind::Server))
+        .await
+        .map_err(unavailable)?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("0")
+        .trim()
+        .to_owned())
+}
+
 impl RedisStore {
-    /// Connects, loads the scripts on every master and subscribes to the events.
+    /// Connects, loads the scripts on every master and starts the event bus.
     pub async fn connect(
         opts: RedisOptions,
         clock: Arc<dyn Clock>,
         timings: Timings,
         limits: Limits,
     ) -> Result<Self, StoreError> {
-        let mut config = Config::from_url(&normalize_url(&opts.url))
-            .map_err(|e| StoreError::Internal(format!("REDIS_URL: {e}")))?;
-        if let Some(path) = &opts.ca_file {
-            if !config.uses_tls() {
-                return Err(StoreError::Internal(
-                    "a CA file is set but REDIS_URL is not a TLS URL (rediss://)".into(),
-                ));
-            }
-            config.tls = Some(tls_trusting(path)?.into());
-        }
-        let mut builder = FredBuilder::from_config(config);
-        builder
-            .with_connection_config(|c| {
-                c.connection_timeout = opts.command_timeout;
-                c.internal_command_timeout = opts.command_timeout;
-                c.max_command_attempts = 2;
-            })
-            .with_performance_config(|p| {
-                p.default_command_timeout = opts.command_timeout;
-                // fred's default (32) drops events of a burst of joins.
-                p.broadcast_channel_capacity = EVENT_BUFFER;
-            })
-            // Without a policy a client stays dead after Redis restarts.
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+        let builder = builder(&opts)?;
         let pool = builder
             .build_pool(opts.pool_size.max(1))
             .map_err(unavailable)?;
         pool.init().await.map_err(connect_error)?;
         let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
         subscriber.init().await.map_err(unavailable)?;
+        let version = server_version(pool.next()).await?;
+        let bus = EventBus::start(
+            subscriber,
+            pool.next().clone(),
+            opts.prefix.clone(),
+            PubSub::for_server_version(&version),
+        );
         let scripts = Scripts::new();
         for s in scripts.all() {
             s.load(pool.next()).await.map_err(unavailable)?;
@@ -428,7 +466,6 @@ impl RedisStore {
         let keys = Keys {
             prefix: opts.prefix,
         };
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
         let store = Self {
             pool,
             scripts,
@@ -443,64 +480,9 @@ impl RedisStore {
             })
             .to_string(),
             limits,
-            events,
-            resyncs: watch::Sender::new(0),
-            subscriber,
+            bus,
         };
-        store.follow_events().await?;
         Ok(store)
-    }
-
-    async fn follow_events(&self) -> Result<(), StoreError> {
-        let mut rx = self.subscriber.message_rx();
-        let tx = self.events.clone();
-        tokio::spawn(async move {
-            loop {
-                let msg = match rx.recv().await {
-                    Ok(msg) => msg,
-                    // A burst outran this loop: some events are gone, but the
-                    // stream goes on (the next event of a room re-reads it).
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "presence events lagged behind Redis");
-                        continue;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                let Some(text) = msg.value.as_string() else {
-                    continue;
-                };
-                match serde_json::from_str::<PresenceEvent>(&text) {
-                    Ok(ev) => {
-                        let _ = tx.send(ev);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "undecodable presence event"),
-                }
-            }
-        });
-        // Resubscribe after every reconnect (a Redis restart or failover
-        // drops the subscription). Events published while it was down are
-        // lost: once the new subscription is live, `resyncs` tells whoever
-        // mirrors rooms to re-read them.
-        let pattern = format!("{}:events:*", self.keys.prefix);
-        let mut reconnects = self.subscriber.reconnect_rx();
-        let sub = self.subscriber.clone();
-        let again = pattern.clone();
-        let resyncs = self.resyncs.clone();
-        tokio::spawn(async move {
-            while reconnects.recv().await.is_ok() {
-                if let Err(e) = sub.psubscribe(again.clone()).await {
-                    // The failed reconnect is followed by another one.
-                    tracing::warn!(error = %e, "cannot resubscribe to presence events");
-                } else {
-                    tracing::info!("resubscribed to presence events after a reconnect");
-                    resyncs.send_modify(|n| *n += 1);
-                }
-            }
-        });
-        self.subscriber
-            .psubscribe(pattern)
-            .await
-            .map_err(unavailable)
     }
 
     fn now(&self) -> Millis {
@@ -577,6 +559,7 @@ impl RedisStore {
             p.m.clone(),
             // Missing only from a script of an older build: check soon.
             p.x.unwrap_or(0).to_string(),
+            self.bus.mode().publish_command().to_owned(),
         ];
         let reply = self.eval(&self.scripts.room_put, keys, args).await?;
         let reply: Vec<i64> = reply.convert().map_err(unavailable)?;
@@ -627,6 +610,7 @@ impl RedisStore {
                 v.to_string(),
                 d.ev.clone(),
                 self.keys.channel(&d.room),
+                self.bus.mode().publish_command().to_owned(),
             ];
             self.eval(&self.scripts.room_del, keys, args)
         });
@@ -902,6 +886,7 @@ impl RedisStore {
                     (version + 1).to_string(),
                     ev,
                     self.keys.channel(room),
+                    self.bus.mode().publish_command().to_owned(),
                 ],
             )
             .await?;
@@ -1315,7 +1300,7 @@ impl PresenceStore for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let _: String = self.pool.ping(None).await.map_err(unavailable)?;
         // Without its subscription a node would serve calls but send no diffs.
-        if !self.subscriber.is_connected() {
+        if !self.bus.is_connected() {
             return Err(StoreError::Unavailable(
                 "the subscription to presence events is reconnecting".into(),
             ));
@@ -1324,11 +1309,73 @@ impl PresenceStore for RedisStore {
     }
 
     fn events(&self) -> broadcast::Receiver<PresenceEvent> {
-        self.events.subscribe()
+        self.bus.events()
     }
 
     fn resyncs(&self) -> watch::Receiver<u64> {
-        self.resyncs.subscribe()
+        self.bus.resyncs()
+    }
+
+    async fn follow_room(&self, room: &RoomId) -> Result<(), StoreError> {
+        self.bus.follow(room).await
+    }
+
+    async fn unfollow_room(&self, room: &RoomId) -> Result<(), StoreError> {
+        self.bus.unfollow(room).await
+    }
+
+    async fn publish_signal(&self, signal: &Signal) -> Result<(), StoreError> {
+        self.bus.publish_signal(signal).await
+    }
+
+    fn signals(&self) -> broadcast::Receiver<Signal> {
+        self.bus.signals()
+    }
+
+    async fn register_node(&self, node: &NodeInfo, ttl_ms: Millis) -> Result<(), StoreError> {
+        let json = serde_json::to_string(node).map_err(|e| StoreError::Internal(e.to_string()))?;
+        self.eval(
+            &self.scripts.node_put,
+            vec![self.keys.nodes(), self.keys.nodes_info()],
+            vec![
+                node.node_id.to_string(),
+                json,
+                self.now().to_string(),
+                ttl_ms.max(1).to_string(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn deregister_node(&self, node_id: &NodeId) -> Result<(), StoreError> {
+        let _: () = self
+            .pool
+            .zrem(self.keys.nodes(), node_id.as_str())
+            .await
+            .map_err(unavailable)?;
+        let _: () = self
+            .pool
+            .hdel(self.keys.nodes_info(), node_id.as_str())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let raw: Vec<String> = self
+            .eval(
+                &self.scripts.nodes_read,
+                vec![self.keys.nodes(), self.keys.nodes_info()],
+                vec![self.now().to_string()],
+            )
+            .await?
+            .convert()
+            .map_err(unavailable)?;
+        Ok(raw
+            .iter()
+            .filter_map(|j| serde_json::from_str::<NodeInfo>(j).ok())
+            .collect())
     }
 }
 
@@ -1521,6 +1568,7 @@ mod tests {
             store.join(&alice, &room, None).await.unwrap();
             store.join(&bob, &room, None).await.unwrap();
             assert_eq!(zcard_all(own.port(), |k| store.keys.rooms_due(k)), 1);
+            store.follow_room(&room).await.unwrap();
             let mut rx = store.events();
             // Alice's session hash is lost (its TTL ran out while no node
             // swept, say): the deadline index alone cannot tell her rooms.
@@ -1673,6 +1721,12 @@ mod tests {
         #[tokio::test]
         async fn a_burst_of_events_reaches_subscribers_whole() {
             let (_own, store, _) = own_store("burst").await;
+            for r in 0..30 {
+                store
+                    .follow_room(&RoomId::new(&format!("burst-{r}")).unwrap())
+                    .await
+                    .unwrap();
+            }
             let mut rx = store.events();
             let mut sessions = Vec::new();
             for i in 0..10 {
@@ -1708,6 +1762,7 @@ mod tests {
         async fn a_lost_subscription_comes_back_and_asks_for_a_resync() {
             let (own, store, me) = own_store("resub").await;
             let room = RoomId::new("resub").unwrap();
+            store.follow_room(&room).await.unwrap();
             let mut rx = store.events();
             let mut resyncs = store.resyncs();
             assert_eq!(*resyncs.borrow_and_update(), 0);

@@ -1,0 +1,466 @@
+//! The event bus: presence events from Redis Pub/Sub, one room at a time.
+//!
+//! Every change of a room is published once, by the script that made it, on
+//! the room's channel `<prefix>:events:{<roomId>}`: with `SPUBLISH` (sharded
+//! Pub/Sub, which Redis Cluster needs so that a message stays on the shard
+//! that owns the room) when the server is Redis 7 or later, else `PUBLISH`.
+//!
+//! `presence:signal` messages, which are relayed and never stored, travel on
+//! a second channel of the room, `<prefix>:signals:{<roomId>}` (same slot),
+//! so that backend subscribers of the events channel see events only.
+//!
+//! An [`EventBus`] owns one subscriber connection and subscribes to exactly
+//! the rooms someone follows ([`EventBus::follow`] counts followers per room
+//! and unsubscribes after the last one goes). A node follows the rooms it has
+//! sockets in, so a change reaches each node with sockets in the room once,
+//! and each node emits it to its own sockets only.
+//!
+//! Pub/Sub loses what is published while a subscription is down (Redis
+//! restarted or failed over, the connection dropped). After every reconnect
+//! the bus subscribes again to every followed room, and only then bumps
+//! [`EventBus::resyncs`]: whoever mirrors rooms re-reads them then, and sees
+//! every change made before, while the new subscription carries every one
+//! after. Backend services get the same through [`EventBus::stream`].
+
+use std::collections::HashMap;
+
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use futures::Stream;
+use presence_core::{PresenceEvent, RoomId};
+use tokio::sync::{broadcast, watch, Mutex};
+
+use crate::api::Signal;
+use crate::error::StoreError;
+use crate::redis::{unavailable, RedisOptions};
+
+/// Events buffered between Redis and the bus's followers. A follower that
+/// falls further behind gets `Lagged` and must re-read its rooms.
+pub(crate) const EVENT_BUFFER: usize = 16_384;
+
+/// How events are published and subscribed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PubSub {
+    /// `SPUBLISH`/`SSUBSCRIBE` (Redis 7 and later).
+    Sharded,
+    /// `PUBLISH`/`SUBSCRIBE`.
+    Plain,
+}
+
+impl PubSub {
+    /// Sharded on Redis 7 and later, which every supported Cluster is.
+    pub(crate) fn for_server_version(version: &str) -> Self {
+        let major = version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse::<u32>().ok())
+            .unwrap_or(0);
+        if major >= 7 {
+            PubSub::Sharded
+        } else {
+            PubSub::Plain
+        }
+    }
+
+    /// The command the scripts publish with.
+    pub(crate) fn publish_command(self) -> &'static str {
+        match self {
+            PubSub::Sharded => "SPUBLISH",
+            PubSub::Plain => "PUBLISH",
+        }
+    }
+}
+
+/// What a [`EventBus::stream`] yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BusMessage {
+    /// One change of a followed room.
+    Event(PresenceEvent),
+    /// Events may have been lost (the subscription was re-established, or
+    /// this stream fell behind): re-read the rooms you care about.
+    Gap,
+}
+
+/// One subscriber connection and the rooms it follows.
+pub struct EventBus {
+    subscriber: SubscriberClient,
+    prefix: String,
+    mode: PubSub,
+    /// Followers per room; held while (un)subscribing, so that the commands
+    /// of one room are never reordered.
+    rooms: Mutex<HashMap<RoomId, usize>>,
+    events: broadcast::Sender<PresenceEvent>,
+    signals: broadcast::Sender<Signal>,
+    resyncs: watch::Sender<u64>,
+    /// Publishes signals (a subscriber connection cannot).
+    publisher: Client,
+}
+
+impl EventBus {
+    /// Connects a bus of its own, for a backend service that follows rooms.
+    /// `opts.prefix` must be the nodes' `PRESENCE_KEY_PREFIX`.
+    pub async fn connect(opts: &RedisOptions) -> Result<std::sync::Arc<Self>, StoreError> {
+        let builder = crate::redis::builder(opts)?;
+        let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
+        subscriber
+            .init()
+            .await
+            .map_err(crate::redis::connect_error)?;
+        let publisher = builder.build().map_err(unavailable)?;
+        publisher
+            .init()
+            .await
+            .map_err(crate::redis::connect_error)?;
+        let version = crate::redis::server_version(&publisher).await?;
+        Ok(Self::start(
+            subscriber,
+            publisher,
+            opts.prefix.clone(),
+            PubSub::for_server_version(&version),
+        ))
+    }
+
+    /// Starts a bus on a connected subscriber client.
+    pub(crate) fn start(
+        subscriber: SubscriberClient,
+        publisher: Client,
+        prefix: String,
+        mode: PubSub,
+    ) -> std::sync::Arc<Self> {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (signals, _) = broadcast::channel(EVENT_BUFFER);
+        let bus = std::sync::Arc::new(Self {
+            subscriber,
+            prefix,
+            mode,
+            rooms: Mutex::new(HashMap::new()),
+            events,
+            signals,
+            resyncs: watch::Sender::new(0),
+            publisher,
+        });
+        bus.spawn_reader();
+        bus.spawn_resubscriber();
+        bus
+    }
+
+    /// How this bus publishes and subscribes.
+    pub fn mode(&self) -> PubSub {
+        self.mode
+    }
+
+    /// The channel of a room's events.
+    pub fn channel(&self, room: &str) -> String {
+        format!("{}:events:{{{room}}}", self.prefix)
+    }
+
+    /// The channel of a room's relayed signals.
+    pub fn signal_channel(&self, room: &str) -> String {
+        format!("{}:signals:{{{room}}}", self.prefix)
+    }
+
+    /// Relays a signal to the other nodes that follow its room.
+    pub async fn publish_signal(&self, signal: &Signal) -> Result<(), StoreError> {
+        let channel = self.signal_channel(signal.room_id.as_str());
+        let msg = serde_json::to_string(signal).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let _: u64 = match self.mode {
+            PubSub::Sharded => self.publisher.spublish(channel, msg).await,
+            PubSub::Plain => self.publisher.publish(channel, msg).await,
+        }
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Signals of the followed rooms, from now on.
+    pub fn signals(&self) -> broadcast::Receiver<Signal> {
+        self.signals.subscribe()
+    }
+
+    /// Starts receiving `room`'s events (once per room, however many follow it).
+    pub async fn follow(&self, room: &RoomId) -> Result<(), StoreError> {
+        let mut rooms = self.rooms.lock().await;
+        let n = rooms.entry(room.clone()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            if let Err(e) = self.subscribe(room.as_str()).await {
+                rooms.remove(room);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops following `room`; unsubscribes when no one follows it any more.
+    pub async fn unfollow(&self, room: &RoomId) -> Result<(), StoreError> {
+        let mut rooms = self.rooms.lock().await;
+        let Some(n) = rooms.get_mut(room) else {
+            return Ok(());
+        };
+        *n -= 1;
+        if *n > 0 {
+            return Ok(());
+        }
+        rooms.remove(room);
+        let channels = vec![
+            self.channel(room.as_str()),
+            self.signal_channel(room.as_str()),
+        ];
+        let r = match self.mode {
+            PubSub::Sharded => self.subscriber.sunsubscribe(channels).await,
+            PubSub::Plain => self.subscriber.unsubscribe(channels).await,
+        };
+        // A failed unsubscribe leaves an idle subscription; the next
+        // reconnect drops it.
+        r.map_err(unavailable)
+    }
+
+    /// The rooms followed now.
+    pub async fn followed(&self) -> usize {
+        self.rooms.lock().await.len()
+    }
+
+    /// Every event of the followed rooms, from now on.
+    pub fn events(&self) -> broadcast::Receiver<PresenceEvent> {
+        self.events.subscribe()
+    }
+
+    /// Changes after each resubscription (see the module doc).
+    pub fn resyncs(&self) -> watch::Receiver<u64> {
+        self.resyncs.subscribe()
+    }
+
+    /// True while the subscriber connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.subscriber.is_connected()
+    }
+
+    /// The followed rooms' events and the gaps between them, as a stream
+    /// (for backend services; see `examples/subscribe.rs`).
+    pub fn stream(&self) -> impl Stream<Item = BusMessage> + Send + 'static {
+        let events = self.events.subscribe();
+        let mut resyncs = self.resyncs.subscribe();
+        resyncs.mark_unchanged();
+        futures::stream::unfold((events, resyncs), |(mut events, mut resyncs)| async move {
+            let msg = tokio::select! {
+                biased;
+                Ok(()) = resyncs.changed() => BusMessage::Gap,
+                ev = events.recv() => match ev {
+                    Ok(ev) => BusMessage::Event(ev),
+                    Err(broadcast::error::RecvError::Lagged(_)) => BusMessage::Gap,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            };
+            Some((msg, (events, resyncs)))
+        })
+    }
+
+    /// Subscribes to a room's two channels (one slot: one call on Cluster).
+    async fn subscribe(&self, room: &str) -> Result<(), StoreError> {
+        let channels = vec![self.channel(room), self.signal_channel(room)];
+        match self.mode {
+            PubSub::Sharded => self.subscriber.ssubscribe(channels).await,
+            PubSub::Plain => self.subscriber.subscribe(channels).await,
+        }
+        .map_err(unavailable)
+    }
+
+    /// Decodes every message into the events channel.
+    fn spawn_reader(self: &std::sync::Arc<Self>) {
+        let mut rx = self.subscriber.message_rx();
+        let tx = self.events.clone();
+        let signals = self.signals.clone();
+        let signal_prefix = format!("{}:signals:", self.prefix);
+        tokio::spawn(async move {
+            loop {
+                let msg = match rx.recv().await {
+                    Ok(msg) => msg,
+                    // A burst outran this loop: some events are gone, but the
+                    // stream goes on (followers re-read on their next event).
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "presence events lagged behind Redis");
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(text) = msg.value.as_string() else {
+                    continue;
+                };
+                if msg.channel.starts_with(&signal_prefix) {
+                    match serde_json::from_str::<Signal>(&text) {
+                        Ok(s) => {
+                            let _ = signals.send(s);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "undecodable signal"),
+                    }
+                    continue;
+                }
+                match serde_json::from_str::<PresenceEvent>(&text) {
+                    Ok(ev) => {
+                        let _ = tx.send(ev);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "undecodable presence event"),
+                }
+            }
+        });
+    }
+
+    /// Subscribes again to every followed room after each reconnect, then
+    /// signals the resync.
+    fn spawn_resubscriber(self: &std::sync::Arc<Self>) {
+        let mut reconnects = self.subscriber.reconnect_rx();
+        let bus = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            while reconnects.recv().await.is_ok() {
+                let Some(bus) = bus.upgrade() else { return };
+                let rooms = bus.rooms.lock().await;
+                let mut failed = 0usize;
+                // One channel per call: on Cluster a call must stay on one slot.
+                for room in rooms.keys() {
+                    if let Err(e) = bus.subscribe(room.as_str()).await {
+                        failed += 1;
+                        tracing::warn!(room_id = %room, error = %e, "cannot resubscribe");
+                    }
+                }
+                drop(rooms);
+                if failed == 0 {
+                    tracing::info!("resubscribed to presence events after a reconnect");
+                }
+                // Even after a partial failure: the rooms that are back can
+                // be re-read, and the failed ones come back on the next
+                // reconnect (a failed subscribe means the connection is down).
+                bus.resyncs.send_modify(|n| *n += 1);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, OnceLock};
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use presence_core::{Activity, Limits, ManualClock, NodeId, Timings, UserId};
+    use presence_testkit::{redis_cli, RedisServer};
+
+    use super::*;
+    use crate::api::{Hello, PresenceStore, SessionRef};
+    use crate::RedisStore;
+
+    fn server() -> &'static RedisServer {
+        static SERVER: OnceLock<RedisServer> = OnceLock::new();
+        SERVER.get_or_init(|| RedisServer::start().expect("redis-server starts"))
+    }
+
+    /// A store under a prefix of its own, a bus of its own, and a session.
+    async fn setup() -> (RedisStore, Arc<EventBus>, SessionRef) {
+        setup_on(server()).await
+    }
+
+    async fn setup_on(server: &RedisServer) -> (RedisStore, Arc<EventBus>, SessionRef) {
+        let mut opts = RedisOptions::new(&server.url());
+        opts.prefix = format!("b{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let store = RedisStore::connect(
+            opts.clone(),
+            Arc::new(ManualClock::new(1_700_000_000_000)),
+            Timings::default(),
+            Limits::default(),
+        )
+        .await
+        .unwrap();
+        let bus = EventBus::connect(&opts).await.unwrap();
+        let c = store
+            .hello(Hello {
+                session_id: None,
+                user_id: UserId::new("alice").unwrap(),
+                handle: None,
+                meta: None,
+                activity: Activity::Active,
+                node_id: NodeId::new("n").unwrap(),
+            })
+            .await
+            .unwrap();
+        let me = SessionRef {
+            session_id: c.session_id,
+            epoch: c.epoch,
+        };
+        (store, bus, me)
+    }
+
+    fn subscribers(bus: &EventBus, room: &str) -> u64 {
+        subscribers_on(server(), bus, room)
+    }
+
+    fn subscribers_on(server: &RedisServer, bus: &EventBus, room: &str) -> u64 {
+        let sub = match bus.mode() {
+            PubSub::Sharded => "SHARDNUMSUB",
+            PubSub::Plain => "NUMSUB",
+        };
+        let out = redis_cli(server.port(), &["PUBSUB", sub, &bus.channel(room)]).unwrap();
+        out.lines().nth(1).unwrap().trim().parse().unwrap()
+    }
+
+    async fn next(s: &mut (impl Stream<Item = BusMessage> + Unpin)) -> BusMessage {
+        tokio::time::timeout(Duration::from_secs(5), s.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("the stream goes on")
+    }
+
+    #[test]
+    fn sharded_from_redis_7() {
+        assert_eq!(PubSub::for_server_version("7.0.15"), PubSub::Sharded);
+        assert_eq!(PubSub::for_server_version("8.2.1"), PubSub::Sharded);
+        assert_eq!(PubSub::for_server_version("6.2.14"), PubSub::Plain);
+        assert_eq!(PubSub::for_server_version("garbage"), PubSub::Plain);
+    }
+
+    #[tokio::test]
+    async fn a_room_is_subscribed_while_someone_follows_it() {
+        let (store, bus, me) = setup().await;
+        let version = redis_cli(server().port(), &["INFO", "server"]).unwrap();
+        if version.contains("redis_version:7") || version.contains("redis_version:8") {
+            assert_eq!(bus.mode(), PubSub::Sharded);
+        }
+        let doc = RoomId::new("doc").unwrap();
+        let other = RoomId::new("other").unwrap();
+        assert_eq!(subscribers(&bus, "doc"), 0);
+        bus.follow(&doc).await.unwrap();
+        bus.follow(&doc).await.unwrap();
+        assert_eq!(
+            subscribers(&bus, "doc"),
+            1,
+            "one subscription for two followers"
+        );
+        let mut s = Box::pin(bus.stream());
+        store.join(&me, &other, None).await.unwrap();
+        store.join(&me, &doc, None).await.unwrap();
+        match next(&mut s).await {
+            BusMessage::Event(ev) => assert_eq!(ev.room_id, doc, "only followed rooms"),
+            other => panic!("{other:?}"),
+        }
+        bus.unfollow(&doc).await.unwrap();
+        assert_eq!(subscribers(&bus, "doc"), 1, "one follower left");
+        bus.unfollow(&doc).await.unwrap();
+        assert_eq!(subscribers(&bus, "doc"), 0);
+        assert_eq!(bus.followed().await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_subscription_comes_back_with_a_gap() {
+        let own = RedisServer::start().unwrap();
+        let (store, bus, me) = setup_on(&own).await;
+        let doc = RoomId::new("doc").unwrap();
+        bus.follow(&doc).await.unwrap();
+        let mut s = Box::pin(bus.stream());
+        // Every subscriber connection of the server goes (the store's too).
+        redis_cli(own.port(), &["CLIENT", "KILL", "TYPE", "pubsub"]).unwrap();
+        assert_eq!(next(&mut s).await, BusMessage::Gap);
+        assert_eq!(subscribers_on(&own, &bus, "doc"), 1, "subscribed again");
+        store.join(&me, &doc, None).await.unwrap();
+        match next(&mut s).await {
+            BusMessage::Event(ev) => assert_eq!(ev.room_id, doc),
+            other => panic!("{other:?}"),
+        }
+    }
+}
