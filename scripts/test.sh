@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # System packages: redis-server and redis-sentinel (the Redis-backed tests),
-# openssl (certificates for the TLS tests),
+# openssl (certificates for the TLS tests), nginx (the load balancer of the
+# three-node tests, run from deploy/nginx.conf),
 # Node.js and npm (the JavaScript client), Chromium (the demo page test).
 # Installed from Debian's packages when missing.
 missing=()
@@ -17,6 +18,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ] || missing+=(chromium)

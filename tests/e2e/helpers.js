@@ -265,3 +265,51 @@ export async function getJson(url, init) {
   const res = await fetch(url, init);
   return { status: res.status, body: await res.json() };
 }
+
+/** Starts nginx (the Debian package) with deploy/nginx.conf, its upstream
+ * rewritten to `nodes` and its listener to a free loopback port. */
+export async function startNginx(nodes) {
+  const port = await freePort();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "presence-nginx-"));
+  process.once("exit", () => fs.rmSync(dir, { recursive: true, force: true }));
+  const servers = nodes.map((n) => `        server ${new URL(n.url).host};`).join("\n");
+  let conf = fs.readFileSync(path.join(root, "deploy/nginx.conf"), "utf8");
+  const lines = conf.split("\n");
+  const marked = (l) => /^\s*server .*# node$/.test(l);
+  const first = lines.findIndex(marked);
+  conf = [...lines.slice(0, first), servers, ...lines.slice(first).filter((l) => !marked(l))]
+    .join("\n")
+    .replace(/^\s*listen .*# listen$/m, `        listen 127.0.0.1:${port};`)
+    .replace("http {", "http {\n    access_log off;");
+  // Workers run as this user (as root nginx would switch to nobody).
+  const user = os.userInfo().username;
+  conf = `user ${user};\npid ${dir}/nginx.pid;\nerror_log stderr warn;\n${conf}`;
+  fs.writeFileSync(path.join(dir, "nginx.conf"), conf);
+  const bin = fs.existsSync("/usr/sbin/nginx") ? "/usr/sbin/nginx" : "nginx";
+  const proc = spawn(bin, ["-p", dir, "-c", path.join(dir, "nginx.conf"), "-g", "daemon off;"], { stdio: ["ignore", "ignore", "pipe"] });
+  let errors = "";
+  proc.stderr.on("data", (c) => { errors += c; });
+  process.once("exit", () => proc.kill("SIGKILL"));
+  try {
+    await waitPort(port);
+  } catch (e) {
+    proc.kill("SIGKILL");
+    throw new Error(`nginx did not start: ${errors}`);
+  }
+  return {
+    url: `http://127.0.0.1:${port}`,
+    async stop() {
+      if (proc.exitCode !== null) return;
+      const exited = new Promise((r) => proc.once("exit", r));
+      proc.kill("SIGQUIT");
+      const t = setTimeout(() => proc.kill("SIGKILL"), 5000);
+      await exited;
+      clearTimeout(t);
+    },
+  };
+}
+
+/** Runs a redis-cli command against `port` and returns its output. */
+export function redisCli(port, ...args) {
+  return execFileSync("redis-cli", ["-h", "127.0.0.1", "-p", String(port), ...args], { encoding: "utf8" });
+}

@@ -1,0 +1,174 @@
+// Three nodes on one Redis behind nginx (deploy/nginx.conf): clients land on
+// different nodes, see each other's changes exactly once, and converge when
+// Pub/Sub loses messages.
+import { test, before, after, afterEach } from "node:test";
+import assert from "node:assert/strict";
+import {
+  startRedis, startNode, startNginx, connect, closeAll, call, waitFor, sleep, enter, diffs,
+  getJson, redisCli, RoomMirror,
+} from "./helpers.js";
+
+let redis, nodes, lb;
+before(async () => {
+  redis = await startRedis();
+  const flags = { "--redis-url": redis.url, "--emit-debounce-ms": 50, "--key-prefix": "cluster", "--redis-timeout-ms": 500 };
+  nodes = [];
+  for (const id of ["node-1", "node-2", "node-3"]) nodes.push(await startNode({ ...flags, "--node-id": id }));
+  lb = await startNginx(nodes);
+});
+after(async () => {
+  closeAll();
+  await lb?.stop();
+  for (const n of nodes || []) await n.stop();
+  await redis?.stop();
+});
+afterEach(() => closeAll());
+
+/** Connects through nginx until there is one client on each node (bounded). */
+async function onEveryNode(opts = {}) {
+  const byNode = new Map();
+  for (let i = 0; i < 60 && byNode.size < nodes.length; i++) {
+    const s = await connect(lb.url, opts);
+    const hello = await call(s, "presence:hello", { userId: `u-${i}` });
+    assert.equal(hello.ok, true, JSON.stringify(hello));
+    if (byNode.has(hello.nodeId)) s.disconnect();
+    else byNode.set(hello.nodeId, { s, hello });
+  }
+  assert.equal(byNode.size, nodes.length, "nginx spreads clients over every node");
+  return [...byNode.values()];
+}
+
+/** How many diffs since `from` match `pred`. */
+const count = (s, room, from, pred) => diffs({ received: s.received.slice(from) }, room).filter(pred).length;
+
+test("/api/cluster through nginx lists the three nodes", async () => {
+  const cl = await getJson(`${lb.url}/api/cluster`);
+  assert.equal(cl.status, 200);
+  assert.deepEqual(cl.body.nodes.map((n) => n.nodeId), ["node-1", "node-2", "node-3"]);
+  assert.deepEqual(cl.body.nodes.map((n) => n.addr), nodes.map((n) => new URL(n.url).host));
+});
+
+test("through nginx: clients on three nodes see each join, state update and leave exactly once", async () => {
+  const [x, y, z] = await onEveryNode();
+  const room = "r-lb";
+  for (const c of [y, z]) {
+    const j = await call(c.s, "presence:join", { roomId: room });
+    assert.equal(j.ok, true);
+  }
+  const observers = [y, z];
+  const me = x.hello.userId;
+  const sid = x.hello.sessionId;
+  const step = async (act, pred) => {
+    const from = observers.map((o) => o.s.received.length);
+    await act();
+    for (const [i, o] of observers.entries()) await waitFor(o.s, "presence:diff", pred, { from: from[i] });
+    await sleep(300); // several debounce windows: a duplicate would have arrived
+    for (const [i, o] of observers.entries()) {
+      assert.equal(count(o.s, room, from[i], pred), 1, `${o.hello.nodeId} got it once`);
+    }
+  };
+  await step(() => call(x.s, "presence:join", { roomId: room }), (d) => d.sessions[sid]?.status === "active");
+  await step(() => call(x.s, "presence:state", { roomId: room, epoch: x.hello.epoch, patch: { typing: true } }),
+    (d) => d.sessions[sid]?.state?.typing === true);
+  await step(() => call(x.s, "presence:leave", { roomId: room }), (d) => d.users[me] === null);
+});
+
+test("through nginx: the polling transport sticks to one node and works", async () => {
+  const polling = await onEveryNode({ transports: ["polling"], withCredentials: true });
+  const room = "r-poll";
+  const obs = await connect(nodes[0].url);
+  const eo = await enter(obs, "watcher", room);
+  assert.ok(eo.snapshot);
+  for (const p of polling) {
+    assert.equal(p.s.io.engine.transport.name, "polling");
+    assert.equal((await call(p.s, "presence:join", { roomId: room })).ok, true);
+    // Many requests of one Engine.IO session: each must reach its node.
+    for (let i = 0; i < 5; i++) {
+      const st = await call(p.s, "presence:state", { roomId: room, epoch: p.hello.epoch, patch: { i } });
+      assert.equal(st.ok, true, JSON.stringify(st));
+    }
+    await waitFor(obs, "presence:diff", (d) => d.sessions[p.hello.sessionId]?.state?.i === 4);
+  }
+});
+
+test("through nginx: presence:signal reaches the room on every node once", async () => {
+  const [x, y, z] = await onEveryNode();
+  for (const c of [x, y, z]) assert.equal((await call(c.s, "presence:join", { roomId: "r-sig" })).ok, true);
+  assert.deepEqual(await call(x.s, "presence:signal", { roomId: "r-sig", data: "hi" }), { ok: true });
+  for (const c of [y, z]) {
+    const s = await waitFor(c.s, "presence:signal");
+    assert.equal(s.sessionId, x.hello.sessionId);
+    assert.equal(s.data, "hi");
+  }
+  await sleep(200);
+  const got = (c) => c.s.received.filter((r) => r.event === "presence:signal").length;
+  assert.deepEqual([got(x), got(y), got(z)], [0, 1, 1]);
+});
+
+test("subscriptions dropped while changes happen (CLIENT KILL TYPE pubsub): observers converge", async () => {
+  const room = "r-kill";
+  const obs = await connect(nodes[1].url);
+  const eo = await enter(obs, "watcher", room);
+  const mirror = new RoomMirror(eo.snapshot);
+  const w = await connect(nodes[0].url);
+  const ew = await enter(w, "writer", room);
+  await waitFor(obs, "presence:diff", (d) => d.sessions[ew.sessionId]);
+  for (let i = 1; i <= 5; i++) {
+    // Each change is published while the subscribers are reconnecting, so
+    // its event is lost to them: only the re-read after the resubscription
+    // brings it to the observer.
+    const killed = Number(redisCli(redis.port, "CLIENT", "KILL", "TYPE", "pubsub").trim());
+    assert.ok(killed >= 1, "subscriber connections were dropped");
+    const st = await call(w, "presence:state", { roomId: room, epoch: ew.epoch, patch: { i } });
+    assert.equal(st.ok, true, JSON.stringify(st));
+    await waitFor(obs, "presence:diff", (d) => d.sessions[ew.sessionId]?.state?.i === i, { timeoutMs: 10000 });
+  }
+  await sleep(200);
+  for (const d of diffs(obs, room)) mirror.apply(d);
+  const truth = await getJson(`${nodes[2].url}/api/rooms/${room}/presence`);
+  for (const sid of [eo.sessionId, ew.sessionId]) {
+    assert.deepEqual(mirror.sessions[sid].state, truth.body.sessions[sid].state);
+    assert.equal(mirror.sessions[sid].status, truth.body.sessions[sid].status);
+  }
+  assert.deepEqual(Object.keys(mirror.sessions).sort(), Object.keys(truth.body.sessions).sort());
+});
+
+test("after a Redis restart (data lost) subscriptions come back and changes cross nodes again", async () => {
+  const room = "r-restart";
+  const obs = await connect(nodes[2].url);
+  const eo = await enter(obs, "watcher", room);
+  const w = await connect(nodes[0].url);
+  const ew = await enter(w, "writer", room);
+  await waitFor(obs, "presence:diff", (d) => d.sessions[ew.sessionId]);
+  // Both keep heartbeating, adopting the epoch each ack carries.
+  const epochs = { [eo.sessionId]: eo.epoch, [ew.sessionId]: ew.epoch };
+  const beat = setInterval(() => {
+    for (const [s, sid] of [[obs, eo.sessionId], [w, ew.sessionId]]) {
+      s.timeout(1000).emitWithAck("presence:heartbeat", { epoch: epochs[sid] })
+        .then((a) => { if (a.ok) epochs[sid] = a.epoch; }).catch(() => {});
+    }
+  }, 200);
+  try {
+    await redis.restart();
+    // Back under their ids once a heartbeat got through.
+    const end = Date.now() + 15000;
+    let room1;
+    while (Date.now() < end) {
+      room1 = await getJson(`${nodes[1].url}/api/rooms/${room}/presence`);
+      if (room1.status === 200 && room1.body.sessions[eo.sessionId] && room1.body.sessions[ew.sessionId]) break;
+      await sleep(100);
+    }
+    assert.ok(room1.body.sessions[ew.sessionId], JSON.stringify(room1.body));
+    const from = obs.received.length;
+    let st;
+    for (let i = 0; i < 20; i++) {
+      st = await call(w, "presence:state", { roomId: room, epoch: epochs[ew.sessionId], patch: { after: true } });
+      if (st.ok) break;
+      await sleep(100); // the epoch moved under us (revived): retry with the new one
+    }
+    assert.equal(st.ok, true, JSON.stringify(st));
+    await waitFor(obs, "presence:diff", (d) => d.sessions[ew.sessionId]?.state?.after === true, { from, timeoutMs: 10000 });
+  } finally {
+    clearInterval(beat);
+  }
+});
