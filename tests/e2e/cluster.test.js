@@ -172,3 +172,48 @@ test("after a Redis restart (data lost) subscriptions come back and changes cros
     clearInterval(beat);
   }
 });
+
+test("a node subscribes to a room's channel while it has sockets there, and only then", async () => {
+  const channel = "cluster:events:{r-sub}";
+  const subscribers = () => Number(redisCli(redis.port, "PUBSUB", "SHARDNUMSUB", channel).trim().split("\n")[1]);
+  const until = async (want) => {
+    for (let i = 0; i < 50 && subscribers() !== want; i++) await sleep(50);
+    return subscribers();
+  };
+  assert.equal(await until(0), 0);
+  const c1 = await connect(nodes[0].url);
+  await enter(c1, "sub-1", "r-sub");
+  const c2 = await connect(nodes[0].url);
+  await enter(c2, "sub-2", "r-sub");
+  assert.equal(await until(1), 1, "one subscription for the node's two sockets");
+  const c3 = await connect(nodes[1].url);
+  await enter(c3, "sub-3", "r-sub");
+  assert.equal(await until(2), 2, "one per node");
+  await call(c1, "presence:leave", { roomId: "r-sub" });
+  await call(c3, "presence:leave", { roomId: "r-sub" });
+  assert.equal(await until(1), 1, "node-2 has no socket there any more");
+  c2.disconnect();
+  assert.equal(await until(0), 0);
+});
+
+test("a node that dies drops out of /api/cluster within its TTL", async () => {
+  const extra = await startNode({ "--redis-url": redis.url, "--key-prefix": "cluster", "--node-id": "node-4", "--node-ttl-ms": 900 });
+  const ids = async () => (await getJson(`${nodes[0].url}/api/cluster`)).body.nodes.map((n) => n.nodeId);
+  // Every node re-registers within a third of its TTL (after the Redis
+  // restart above, the registry starts empty).
+  let all = [];
+  for (let i = 0; i < 80; i++) {
+    all = await ids();
+    if (all.length === 4) break;
+    await sleep(100);
+  }
+  assert.deepEqual(all, ["node-1", "node-2", "node-3", "node-4"]);
+  extra.proc.kill("SIGKILL");
+  let now = [];
+  for (let i = 0; i < 40; i++) {
+    now = await ids();
+    if (!now.includes("node-4")) break;
+    await sleep(100);
+  }
+  assert.deepEqual(now, ["node-1", "node-2", "node-3"]);
+});
