@@ -11,7 +11,10 @@ import {
 let redis, nodes, lb;
 before(async () => {
   redis = await startRedis();
-  const flags = { "--redis-url": redis.url, "--emit-debounce-ms": 50, "--key-prefix": "cluster", "--redis-timeout-ms": 500 };
+  const flags = {
+    "--redis-url": redis.url, "--emit-debounce-ms": 50, "--key-prefix": "cluster", "--redis-timeout-ms": 500,
+    "--leader-lease-ms": 1000,
+  };
   nodes = [];
   for (const id of ["node-1", "node-2", "node-3"]) nodes.push(await startNode({ ...flags, "--node-id": id }));
   lb = await startNginx(nodes);
@@ -216,4 +219,38 @@ test("a node that dies drops out of /api/cluster within its TTL", async () => {
     await sleep(100);
   }
   assert.deepEqual(now, ["node-1", "node-2", "node-3"]);
+});
+
+test("one node leads the reaper; when it dies another takes over within the lease, with a higher term", async () => {
+  const leader = async () => (await getJson(`${nodes[0].url}/api/cluster`)).body.leader;
+  let first = await leader();
+  for (let i = 0; i < 30 && !first; i++) { await sleep(100); first = await leader(); }
+  assert.ok(first, "a leader");
+  const idx = ["node-1", "node-2", "node-3"].indexOf(first.nodeId);
+  assert.ok(idx >= 0, `the leader is one of the nodes (${first.nodeId})`);
+  // Every node agrees.
+  for (const n of nodes) assert.equal((await getJson(`${n.url}/api/cluster`)).body.leader?.nodeId, first.nodeId);
+  nodes[idx].proc.kill("SIGKILL");
+  const alive = nodes.filter((_, i) => i !== idx);
+  const t0 = Date.now();
+  let next = null;
+  while (Date.now() - t0 < 5000) {
+    next = (await getJson(`${alive[0].url}/api/cluster`)).body.leader;
+    if (next && next.nodeId !== first.nodeId) break;
+    await sleep(50);
+  }
+  assert.ok(next && next.nodeId !== first.nodeId, JSON.stringify(next));
+  assert.ok(next.term > first.term);
+  // A clean stop (SIGTERM) releases the lease: the next node takes it on
+  // its next attempt (a third of the lease) instead of waiting for it to lapse.
+  const j = ["node-1", "node-2", "node-3"].indexOf(next.nodeId);
+  await nodes[j].stop();
+  const other = alive.find((n) => n !== nodes[j]);
+  let third = null;
+  for (let i = 0; i < 100; i++) {
+    third = (await getJson(`${other.url}/api/cluster`)).body.leader;
+    if (third && third.nodeId !== next.nodeId) break;
+    await sleep(50);
+  }
+  assert.ok(third && third.nodeId !== next.nodeId && third.term > next.term, JSON.stringify(third));
 });

@@ -149,7 +149,7 @@ function spawnNode(flags, { timeoutMs = 20000 } = {}) {
           proc,
           output: () => output,
           async stop() {
-            if (proc.exitCode !== null) return;
+            if (proc.exitCode !== null || proc.signalCode !== null) return;
             const exited = new Promise((r) => proc.once("exit", r));
             proc.kill("SIGTERM");
             const t = setTimeout(() => proc.kill("SIGKILL"), 10000);

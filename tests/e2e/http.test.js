@@ -60,13 +60,10 @@ test("who's online, room presence, stats and bulk status", async () => {
   assert.equal(cl.body.nodes[0].sessions, 3);
   assert.equal(cl.body.nodes[0].addr, new URL(node.url).host);
   assert.equal(cl.body.store, STORE);
-  if (STORE === "memory") {
-    // Embedded: the one node sweeps by itself.
-    assert.equal(cl.body.leader.nodeId, cl.body.nodes[0].nodeId);
-  } else {
-    // No leader election yet: every node sweeps, and none is shown as leader.
-    assert.equal(cl.body.leader, null);
-  }
+  // The one node holds the reaper lease.
+  assert.equal(cl.body.leader.nodeId, cl.body.nodes[0].nodeId);
+  assert.ok(cl.body.leader.term >= 1);
+  assert.ok(cl.body.leader.leaseUntil > Date.now() - 1000);
   closeAll();
 });
 

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use presence_core::{Clock, Limits, Millis, NodeId, SystemClock, Timings};
-use presence_store::{MemoryStore, NodeInfo, PresenceStore, RedisOptions, RedisStore, StoreError};
+use presence_store::{
+    Lease, MemoryStore, NodeInfo, PresenceStore, RedisOptions, RedisStore, StoreError,
+};
 use socketioxide::extract::SocketRef;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
@@ -112,7 +114,8 @@ pub async fn serve(
         });
     }
     let dispatcher = fanout.spawn_dispatcher();
-    let sweeper = tokio::spawn(sweep_loop(store.clone(), timings.prune_interval_ms));
+    let lease = Arc::new(std::sync::Mutex::new(None));
+    let sweeper = tokio::spawn(reaper_loop(app.clone(), lease.clone()));
     let registry = tokio::spawn(register_loop(app.clone()));
 
     let router = crate::http::router(app.clone()).layer(layer);
@@ -133,6 +136,13 @@ pub async fn serve(
     dispatcher.abort();
     sweeper.abort();
     registry.abort();
+    let held = lease.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(l) = held {
+        match store.release_lease(&node_id, l.term).await {
+            Ok(()) => tracing::info!(term = l.term, "released the reaper lease"),
+            Err(e) => tracing::warn!(error = %e, "cannot release the reaper lease"),
+        }
+    }
     if let Err(e) = store.deregister_node(&node_id).await {
         tracing::warn!(error = %e, "cannot remove this node from the registry");
     }
@@ -198,15 +208,47 @@ async fn open_store(
     }
 }
 
-/// The sweeper tick: re-derives sessions past a deadline (status changes,
-/// expiry). With Redis every node sweeps for now; the scripts make that
-/// idempotent (a session is culled once, its events published once).
-async fn sweep_loop(store: Arc<dyn PresenceStore>, every_ms: Millis) {
-    let mut tick = tokio::time::interval(Duration::from_millis(every_ms.max(1) as u64));
+/// The reaper: the node holding the leader lease sweeps every
+/// `pruneIntervalMs` (re-derives the sessions past a deadline, removes the
+/// expired ones); the others only try to take the lease. The lease is
+/// renewed every third of its length and trusted locally only until a
+/// margin before it lapses, measured from before the renewal was sent, so a
+/// node that was paused or cut off stops sweeping before another can start.
+/// Every step is also a compare-and-set in its script, so even two sweepers
+/// at once could not remove a live session.
+async fn reaper_loop(app: App, lease: Arc<std::sync::Mutex<Option<Lease>>>) {
+    let every = Duration::from_millis(app.timings.prune_interval_ms.max(1) as u64);
+    let lease_ms = app.config.leader_lease_ms.max(300);
+    let renew_every = Duration::from_millis((lease_ms / 3) as u64);
+    let trust = Duration::from_millis((lease_ms - lease_ms / 5) as u64);
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut valid_until: Option<tokio::time::Instant> = None;
+    let mut renew_at = tokio::time::Instant::now();
     loop {
         tick.tick().await;
-        match store.sweep().await {
+        let now = tokio::time::Instant::now();
+        if now >= renew_at {
+            renew_at = now + renew_every;
+            match app.store.acquire_lease(&app.node_id, lease_ms).await {
+                Ok(l) => {
+                    let mine = l.node_id == app.node_id;
+                    let was = valid_until.is_some();
+                    valid_until = mine.then_some(now + trust);
+                    if mine && !was {
+                        tracing::info!(term = l.term, "this node leads the reaper");
+                    } else if !mine && was {
+                        tracing::warn!(leader = %l.node_id, term = l.term, "lost the reaper lease");
+                    }
+                    *lease.lock().unwrap_or_else(|e| e.into_inner()) = mine.then_some(l);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot renew the reaper lease"),
+            }
+        }
+        if valid_until.is_none_or(|v| tokio::time::Instant::now() >= v) {
+            continue;
+        }
+        match app.store.sweep().await {
             Ok(r) if r.expired > 0 || r.status_changes > 0 || r.orphans > 0 => {
                 crate::metrics::sweep(&r);
                 if r.orphans > 0 {

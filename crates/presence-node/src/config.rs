@@ -83,6 +83,10 @@ pub struct Config {
     /// Shortest gap between two diffs of one room.
     #[arg(long, env = "PRESENCE_EMIT_DEBOUNCE_MS", default_value_t = 250)]
     pub emit_debounce_ms: Millis,
+    /// The reaper's leader lease: one node at a time sweeps; another takes
+    /// over at most this long after it dies. Renewed every third of it.
+    #[arg(long, env = "PRESENCE_LEADER_LEASE_MS", default_value_t = 5_000)]
+    pub leader_lease_ms: Millis,
     /// How long a node's registration (`/api/cluster`) outlives its last
     /// refresh; nodes refresh every third of it.
     #[arg(long, env = "PRESENCE_NODE_TTL_MS", default_value_t = 15_000)]

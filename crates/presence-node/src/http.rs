@@ -229,13 +229,9 @@ async fn cluster(State(app): State<App>) -> ApiResult {
     nodes.retain(|n| n.node_id != app.node_id);
     nodes.push(app.node_info());
     nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-    // Embedded, this node is the whole cluster and sweeps by itself. On
-    // Redis every node sweeps for now (the scripts make that idempotent);
-    // there is no leader to show yet.
-    let leader = match app.store.kind() {
-        "memory" => json!({ "nodeId": app.node_id, "term": 1, "leaseUntil": null }),
-        _ => serde_json::Value::Null,
-    };
+    // The node holding the reaper lease (null for the moment between one
+    // holder's lease running out and the next one taking it).
+    let leader = app.store.current_lease().await?;
     Ok(Json(json!({
         "ok": true,
         "store": app.store.kind(),

@@ -124,6 +124,19 @@ pub struct NodeInfo {
     pub rooms: u64,
 }
 
+/// The reaper's lease: one node at a time sweeps, and each new holder gets
+/// a higher term.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lease {
+    /// The node holding it.
+    pub node_id: NodeId,
+    /// Grows with every new holder (a renewal keeps it).
+    pub term: u64,
+    /// When it lapses unless renewed (the store's clock).
+    pub lease_until: Millis,
+}
+
 /// What one sweep did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SweepReport {
@@ -230,6 +243,17 @@ pub trait PresenceStore: Send + Sync + 'static {
 
     /// Signals relayed by other nodes to the rooms this node follows.
     fn signals(&self) -> broadcast::Receiver<Signal>;
+
+    /// Takes the reaper lease for `node` if no one holds it (with a new
+    /// term), or renews it if `node` holds it; returns the lease as it is
+    /// now, whoever holds it.
+    async fn acquire_lease(&self, node: &NodeId, lease_ms: Millis) -> Result<Lease, StoreError>;
+
+    /// Gives the lease up, if `node` still holds it with `term`.
+    async fn release_lease(&self, node: &NodeId, term: u64) -> Result<(), StoreError>;
+
+    /// The lease as it is now, if someone holds it.
+    async fn current_lease(&self) -> Result<Option<Lease>, StoreError>;
 
     /// Registers or refreshes a node; the registration lapses after `ttl_ms`
     /// unless refreshed, so a crashed node drops out by itself.

@@ -655,4 +655,37 @@ cases! {
         store.deregister_node(&presence_core::NodeId::new("n-a").unwrap()).await.unwrap();
         assert!(store.nodes().await.unwrap().is_empty());
     }
+
+    /// One holder of the reaper lease at a time; renewals keep the term, a
+    /// new holder gets a higher one; a release by a stale term does nothing.
+    async fn the_reaper_lease_has_one_holder_at_a_time(store, env) {
+        let a = presence_core::NodeId::new("node-a").unwrap();
+        let b = presence_core::NodeId::new("node-b").unwrap();
+        assert_eq!(store.current_lease().await.unwrap(), None);
+        let la = store.acquire_lease(&a, 300).await.unwrap();
+        assert_eq!(la.node_id, a);
+        assert!(la.term >= 1);
+        // b sees a's lease and does not get it.
+        assert_eq!(store.acquire_lease(&b, 300).await.unwrap(), la);
+        // a renews: same term, later.
+        env.clock.advance(100);
+        let again = store.acquire_lease(&a, 300).await.unwrap();
+        assert_eq!((again.node_id.clone(), again.term), (a.clone(), la.term));
+        assert!(again.lease_until > la.lease_until);
+        assert_eq!(store.current_lease().await.unwrap(), Some(again.clone()));
+        // a stops renewing: once the lease ran out (on the store's clock and
+        // in real time, for Redis's TTL) b takes it with a higher term.
+        env.clock.advance(400);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let lb = store.acquire_lease(&b, 300).await.unwrap();
+        assert_eq!(lb.node_id, b);
+        assert!(lb.term > la.term);
+        // a's release, with its old term, leaves b's lease alone; b's own frees it.
+        store.release_lease(&a, la.term).await.unwrap();
+        assert_eq!(store.current_lease().await.unwrap(), Some(lb.clone()));
+        store.release_lease(&b, lb.term).await.unwrap();
+        assert_eq!(store.current_lease().await.unwrap(), None);
+        let next = store.acquire_lease(&a, 300).await.unwrap();
+        assert!(next.term > lb.term);
+    }
 }

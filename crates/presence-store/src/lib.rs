@@ -26,8 +26,8 @@ pub mod memory;
 pub mod redis;
 
 pub use api::{
-    Claimed, Hello, Joined, NodeInfo, Online, Page, PresenceStore, RoomStats, SessionRef, Signal,
-    SweepReport,
+    Claimed, Hello, Joined, Lease, NodeInfo, Online, Page, PresenceStore, RoomStats, SessionRef,
+    Signal, SweepReport,
 };
 pub use bus::{BusMessage, EventBus, PubSub};
 pub use error::StoreError;

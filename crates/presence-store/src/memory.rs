@@ -21,8 +21,8 @@ use presence_core::{
 use tokio::sync::{broadcast, watch};
 
 use crate::api::{
-    first_epoch, new_session_id, Claimed, Hello, Joined, NodeInfo, Online, Page, PresenceStore,
-    RoomStats, SessionRef, Signal, SweepReport,
+    first_epoch, new_session_id, Claimed, Hello, Joined, Lease, NodeInfo, Online, Page,
+    PresenceStore, RoomStats, SessionRef, Signal, SweepReport,
 };
 use crate::error::StoreError;
 
@@ -60,6 +60,9 @@ struct Inner {
     tombstones: HashMap<SessionId, (u64, Millis)>,
     /// Registered nodes and when their registration lapses.
     nodes: BTreeMap<NodeId, (NodeInfo, Millis)>,
+    /// The reaper lease, and the last term handed out.
+    lease: Option<Lease>,
+    term: u64,
 }
 
 struct SessionEntry {
@@ -639,6 +642,46 @@ impl PresenceStore for MemoryStore {
 
     fn signals(&self) -> broadcast::Receiver<Signal> {
         self.signals.subscribe()
+    }
+
+    async fn acquire_lease(&self, node: &NodeId, lease_ms: Millis) -> Result<Lease, StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        match &mut inner.lease {
+            Some(l) if l.lease_until > now && l.node_id != *node => Ok(l.clone()),
+            Some(l) if l.lease_until > now => {
+                l.lease_until = now + lease_ms;
+                Ok(l.clone())
+            }
+            _ => {
+                inner.term += 1;
+                let l = Lease {
+                    node_id: node.clone(),
+                    term: inner.term,
+                    lease_until: now + lease_ms,
+                };
+                inner.lease = Some(l.clone());
+                Ok(l)
+            }
+        }
+    }
+
+    async fn release_lease(&self, node: &NodeId, term: u64) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.node_id == *node && l.term == term)
+        {
+            inner.lease = None;
+        }
+        Ok(())
+    }
+
+    async fn current_lease(&self) -> Result<Option<Lease>, StoreError> {
+        let now = self.clock.now_ms();
+        Ok(self.lock().lease.clone().filter(|l| l.lease_until > now))
     }
 
     async fn register_node(&self, node: &NodeInfo, ttl_ms: Millis) -> Result<(), StoreError> {

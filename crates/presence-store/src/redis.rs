@@ -16,6 +16,8 @@
 //! | `P:rx:{<0..16>}` | sorted set | rooms by a time no later than their earliest expiry entry, sharded by room id |
 //! | `P:events:{<roomId>}` | channel | v1 events of the room (sharded Pub/Sub on Redis 7+) |
 //! | `P:signals:{<roomId>}` | channel | `presence:signal` messages relayed between nodes |
+//! | `P:lease:{lease}` | string | the reaper lease (JSON: nodeId, term, leaseUntil), with its TTL |
+//! | `P:lease:{lease}:term` | string | the last term handed out |
 //! | `P:nodes:{nodes}` | sorted set | registered nodes: nodeId → when the registration lapses (its TTL) |
 //! | `P:nodes:{nodes}:info` | hash | nodeId → the node's registration (JSON) |
 //!
@@ -54,8 +56,8 @@ use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
 use crate::api::{
-    first_epoch, new_session_id, Claimed, Hello, Joined, NodeInfo, Online, Page, PresenceStore,
-    RoomStats, SessionRef, Signal, SweepReport,
+    first_epoch, new_session_id, Claimed, Hello, Joined, Lease, NodeInfo, Online, Page,
+    PresenceStore, RoomStats, SessionRef, Signal, SweepReport,
 };
 use crate::bus::{EventBus, PubSub, EVENT_BUFFER};
 use crate::error::StoreError;
@@ -96,6 +98,8 @@ struct Scripts {
     rooms_settle: Script,
     node_put: Script,
     nodes_read: Script,
+    lease: Script,
+    lease_release: Script,
 }
 
 impl Scripts {
@@ -117,10 +121,12 @@ impl Scripts {
             rooms_settle: Script::from_lua(include_str!("../../../lua/rooms_settle.lua")),
             node_put: Script::from_lua(include_str!("../../../lua/node_put.lua")),
             nodes_read: Script::from_lua(include_str!("../../../lua/nodes_read.lua")),
+            lease: Script::from_lua(include_str!("../../../lua/lease.lua")),
+            lease_release: Script::from_lua(include_str!("../../../lua/lease_release.lua")),
         }
     }
 
-    fn all(&self) -> [&Script; 16] {
+    fn all(&self) -> [&Script; 18] {
         [
             &self.claim,
             &self.join,
@@ -138,6 +144,8 @@ impl Scripts {
             &self.rooms_settle,
             &self.node_put,
             &self.nodes_read,
+            &self.lease,
+            &self.lease_release,
         ]
     }
 }
@@ -171,6 +179,13 @@ impl Keys {
             format!("{p}:r:{{{rid}}}:seq"),
             format!("{p}:r:{{{rid}}}:g"),
             format!("{p}:r:{{{rid}}}:x"),
+        ]
+    }
+    fn lease(&self) -> [String; 2] {
+        let p = &self.prefix;
+        [
+            format!("{p}:lease:{{lease}}"),
+            format!("{p}:lease:{{lease}}:term"),
         ]
     }
     fn nodes(&self) -> String {
@@ -1330,6 +1345,41 @@ impl PresenceStore for RedisStore {
 
     fn signals(&self) -> broadcast::Receiver<Signal> {
         self.bus.signals()
+    }
+
+    async fn acquire_lease(&self, node: &NodeId, lease_ms: Millis) -> Result<Lease, StoreError> {
+        let v = self
+            .eval(
+                &self.scripts.lease,
+                self.keys.lease().to_vec(),
+                vec![
+                    node.to_string(),
+                    self.now().to_string(),
+                    lease_ms.max(1).to_string(),
+                ],
+            )
+            .await?;
+        let text = v
+            .as_str()
+            .ok_or_else(|| StoreError::Internal("lease.lua returned no text".into()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| StoreError::Internal(format!("bad lease {text}: {e}")))
+    }
+
+    async fn release_lease(&self, node: &NodeId, term: u64) -> Result<(), StoreError> {
+        self.eval(
+            &self.scripts.lease_release,
+            self.keys.lease().to_vec(),
+            vec![node.to_string(), term.to_string()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn current_lease(&self) -> Result<Option<Lease>, StoreError> {
+        let [key, _] = self.keys.lease();
+        let text: Option<String> = self.pool.get(key).await.map_err(unavailable)?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
     async fn register_node(&self, node: &NodeInfo, ttl_ms: Millis) -> Result<(), StoreError> {
