@@ -45,6 +45,7 @@ use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::Builder as FredBuilder;
 use futures::future::join_all;
+use futures::StreamExt;
 use presence_core::user::{derive_user, SessionSignal};
 use presence_core::view::{build_view, Member};
 use presence_core::{
@@ -66,6 +67,8 @@ use crate::error::StoreError;
 const SHARDS: u32 = 16;
 /// Sessions looked at per shard and sweep.
 const SWEEP_BATCH: i64 = 512;
+/// Sessions of one shard checked at once by a sweep.
+const SWEEP_CONCURRENCY: usize = 32;
 /// Rooms looked at per shard and sweep, and members per room.
 const ROOM_BATCH: i64 = 128;
 /// How often a state update is retried when the session changed under it.
@@ -780,6 +783,14 @@ impl RedisStore {
         Ok(if r.inroom { r.x } else { None })
     }
 
+    /// [`expire_one`](Self::expire_one) for a session found in the deadline
+    /// index, with a report of its own (sweeps run several at once).
+    async fn expire_alone(&self, sid: &str, now: Millis) -> Result<SweepReport, StoreError> {
+        let mut r = SweepReport::default();
+        self.expire_one(sid, None, now, &mut r).await?;
+        Ok(r)
+    }
+
     /// Checks the due members of one room (see room_due.lua) and moves the
     /// room's entry in the rooms-by-deadline index (see rooms_settle.lua).
     async fn sweep_room(
@@ -1195,8 +1206,20 @@ impl PresenceStore for RedisStore {
                 )
                 .await
                 .map_err(unavailable)?;
-            for sid in due {
-                self.expire_one(&sid, None, now, &mut report).await?;
+            // Sessions are independent: check a batch of them at once, so
+            // that a crashed node's many sessions all go close to their
+            // deadline rather than one round trip after another.
+            let mut pending = futures::stream::FuturesUnordered::new();
+            let mut next = due.iter();
+            loop {
+                while pending.len() < SWEEP_CONCURRENCY {
+                    let Some(sid) = next.next() else { break };
+                    pending.push(self.expire_alone(sid, now));
+                }
+                let Some(r) = pending.next().await else { break };
+                let r = r?;
+                report.expired += r.expired;
+                report.status_changes += r.status_changes;
             }
         }
         for shard in 0..SHARDS {
