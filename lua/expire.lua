@@ -10,6 +10,11 @@
 --
 -- KEYS[1]  session hash
 -- ARGV[1]  now   ARGV[2] timings JSON   ARGV[3] roomId (optional)
+-- ARGV[4]  the sweeper's lease term
+--
+-- Term fencing: the session keeps the highest term that swept it (`ft`); a
+-- sweeper with a lower term (a leader paused past its lease, whose
+-- successor has been here) changes nothing: { fenced = true }.
 --
 -- Reply: { gone = true } (nothing left to watch), or
 -- { ok, expired, changed, v, uid, next, inroom, x, puts: [{room, ev, m, visible, x}], dels: [{room, ev}] }.
@@ -20,6 +25,9 @@ local room = ARGV[3]
 
 local f = load_session(key)
 if f == nil or f.dead == '1' then return '{"gone":true}' end
+local term = tonumber(ARGV[4]) or 0
+if term < num(f.ft, 0) then return '{"fenced":true}' end
+if term > num(f.ft, 0) then redis.call('HSET', key, 'ft', term) end
 
 if liveness(f, now, T) == 'expired' then
   local dels = room_dels(f, 'expire', now)

@@ -21,6 +21,10 @@ if cur then
   redis.call('SET', lease, cur, 'PX', ms)
   return cur
 end
+-- Terms start from the current time, so that they keep growing even if
+-- Redis lost the counter (a restart without persistence): sessions keep the
+-- highest term that swept them, and a lower one would be fenced out.
+if redis.call('EXISTS', terms) == 0 then redis.call('SET', terms, now) end
 local term = redis.call('INCR', terms)
 cur = cjson.encode({ nodeId = node, term = term, leaseUntil = now + ms })
 redis.call('SET', lease, cur, 'PX', ms)

@@ -151,6 +151,7 @@ test("after a Redis restart (data lost) subscriptions come back and changes cros
         .then((a) => { if (a.ok) epochs[sid] = a.epoch; }).catch(() => {});
     }
   }, 200);
+  beat.unref(); // a failed test must not keep this file alive
   try {
     await redis.restart();
     // Back under their ids once a heartbeat got through.

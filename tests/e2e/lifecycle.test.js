@@ -6,10 +6,19 @@ import { startNode, connect, closeAll, call, waitFor, sleep, enter, diffs, FAST 
 let node;
 before(async () => { node = await startNode(FAST); });
 after(async () => { closeAll(); await node?.stop(); });
-afterEach(() => closeAll());
+// Heartbeat timers are also stopped after each test, so that a test that
+// fails half-way cannot leave one running (it would keep this file alive).
+const timers = new Set();
+afterEach(() => {
+  for (const t of timers) clearInterval(t);
+  timers.clear();
+  closeAll();
+});
 
 function heartbeatEvery(socket, epoch, ms, activity) {
   const t = setInterval(() => socket.emit("presence:heartbeat", activity ? { epoch, activity } : { epoch }), ms);
+  timers.add(t);
+  t.unref();
   return () => clearInterval(t);
 }
 

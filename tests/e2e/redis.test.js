@@ -19,6 +19,7 @@ function keepAlive(socket, start, ms) {
       .then((a) => { acks.push(a); if (a.ok) epoch = a.epoch; })
       .catch(() => {});
   }, ms);
+  t.unref(); // a failed test must not keep this file alive
   return { acks, stop: () => clearInterval(t) };
 }
 

@@ -78,6 +78,7 @@ test("SIGKILL of the master: the node keeps serving through the failover and no 
       s.timeout(2000).emitWithAck("presence:heartbeat", { epoch, activity: "active" })
         .then((a) => { if (a.ok) epoch = a.epoch; }).catch(() => {});
     }, 200);
+    t.unref(); // a failed test must not keep this file alive
     clients.push({ s, e, stop: () => clearInterval(t) });
   }
   try {

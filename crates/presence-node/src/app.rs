@@ -248,7 +248,15 @@ async fn reaper_loop(app: App, lease: Arc<std::sync::Mutex<Option<Lease>>>) {
         if valid_until.is_none_or(|v| tokio::time::Instant::now() >= v) {
             continue;
         }
-        match app.store.sweep().await {
+        let Some(term) = lease
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|l| l.term)
+        else {
+            continue;
+        };
+        match app.store.sweep(term).await {
             Ok(r) if r.expired > 0 || r.status_changes > 0 || r.orphans > 0 => {
                 crate::metrics::sweep(&r);
                 if r.orphans > 0 {

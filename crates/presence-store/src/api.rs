@@ -147,6 +147,8 @@ pub struct SweepReport {
     /// Room members removed because their session no longer held them
     /// (its record was lost, or its removal never reached the room).
     pub orphans: u64,
+    /// Sessions left alone because a sweeper with a higher term got there first.
+    pub fenced: u64,
 }
 
 /// The authoritative presence state.
@@ -196,8 +198,12 @@ pub trait PresenceStore: Send + Sync + 'static {
     async fn disconnect(&self, s: &SessionRef) -> Result<(), StoreError>;
 
     /// Re-derives the sessions whose deadline has passed: publishes status
-    /// changes and removes the expired ones.
-    async fn sweep(&self) -> Result<SweepReport, StoreError>;
+    /// changes and removes the expired ones. `term` is the sweeper's lease
+    /// term: once a sweep with a higher term has touched a session (in
+    /// Redis; the memory store has one sweeper and compares with the highest
+    /// term it saw), a sweep with a lower one changes nothing of it, so a
+    /// leader that was paused past its lease cannot act after its successor.
+    async fn sweep(&self, term: u64) -> Result<SweepReport, StoreError>;
 
     /// The room's presence now.
     async fn room_view(&self, room: &RoomId) -> Result<RoomView, StoreError>;

@@ -256,7 +256,7 @@ cases! {
         for _ in 0..5 {
             env.clock.advance(env.timings.heartbeat_interval_ms);
             store.heartbeat(&s, Some(Activity::Active)).await.unwrap();
-            store.sweep().await.unwrap();
+            store.sweep(1).await.unwrap();
             store.heartbeat(&s, None).await.unwrap();
         }
         assert!(drain(&mut rx).await.is_empty());
@@ -342,7 +342,7 @@ cases! {
         assert_eq!(store.room_view(&rid("doc")).await.unwrap().sessions["s1"].status, SessionStatus::Stale);
         assert_eq!(store.room_view(&rid("doc")).await.unwrap().users["alice"].confidence, Confidence::Low);
         env.clock.advance(env.timings.reconnect_grace_ms - 1);
-        store.sweep().await.unwrap();
+        store.sweep(1).await.unwrap();
         let c = store.hello(hello("alice", Some("s1"))).await.unwrap();
         assert!(c.resumed);
         assert_eq!(c.epoch, s.epoch + 1);
@@ -475,15 +475,15 @@ cases! {
         let mut rx = subscribe(store, &["doc"]).await;
         let t = env.timings;
         env.clock.advance(t.heartbeat_timeout_ms - 1);
-        store.sweep().await.unwrap();
+        store.sweep(1).await.unwrap();
         assert!(drain(&mut rx).await.is_empty());
         env.clock.advance(1);
-        let r = store.sweep().await.unwrap();
+        let r = store.sweep(1).await.unwrap();
         assert_eq!((r.status_changes, r.expired), (1, 0));
         assert_eq!(store.room_view(&rid("doc")).await.unwrap().users["alice"].status, UserStatus::Stale);
         assert_eq!(store.users_status(&[uid("alice")]).await.unwrap()["alice"].confidence, Confidence::Low);
         env.clock.advance(t.reconnect_grace_ms);
-        let r = store.sweep().await.unwrap();
+        let r = store.sweep(1).await.unwrap();
         assert_eq!(r.expired, 1);
         assert_eq!(
             kinds(&drain(&mut rx).await),
@@ -502,10 +502,10 @@ cases! {
         env.clock.advance(1_000);
         store.disconnect(&s).await.unwrap();
         env.clock.advance(env.timings.reconnect_grace_ms - 1);
-        store.sweep().await.unwrap();
+        store.sweep(1).await.unwrap();
         assert_eq!(store.room_stats(&rid("doc")).await.unwrap().sessions, 1);
         env.clock.advance(1);
-        assert_eq!(store.sweep().await.unwrap().expired, 1);
+        assert_eq!(store.sweep(1).await.unwrap().expired, 1);
         assert_eq!(store.room_stats(&rid("doc")).await.unwrap().sessions, 0);
         // Too late to resume: a hello with the same id is a new session.
         let c = store.hello(hello("alice", Some("s1"))).await.unwrap();
@@ -540,7 +540,7 @@ cases! {
             // The client reports idle once, then only heartbeats.
             let activity = (now == t.heartbeat_interval_ms / 2).then_some(Activity::Idle);
             store.heartbeat(&s, activity).await.unwrap();
-            store.sweep().await.unwrap();
+            store.sweep(1).await.unwrap();
         }
         assert_eq!(
             kinds(&drain(&mut rx).await),
@@ -569,12 +569,12 @@ cases! {
             env.clock.advance(step);
             waited += step;
             store.heartbeat(&s, None).await.unwrap();
-            store.sweep().await.unwrap();
+            store.sweep(1).await.unwrap();
         }
         assert_eq!(store.room_view(&rid("doc")).await.unwrap().sessions["s1"].status, SessionStatus::Active);
         env.clock.advance(env.timings.idle_after_ms - waited);
         store.heartbeat(&s, None).await.unwrap();
-        store.sweep().await.unwrap();
+        store.sweep(1).await.unwrap();
         assert_eq!(store.room_view(&rid("doc")).await.unwrap().sessions["s1"].status, SessionStatus::Idle);
         assert_eq!(kinds(&drain(&mut rx).await), vec![(EventKind::Status, "idle".into())]);
     }
@@ -588,12 +588,12 @@ cases! {
         store.heartbeat(&s, Some(Activity::Background)).await.unwrap();
         for _ in 0..5 {
             env.clock.advance(60_000);
-            store.sweep().await.unwrap();
+            store.sweep(1).await.unwrap();
             store.heartbeat(&s, Some(Activity::Background)).await.unwrap();
         }
         assert_eq!(kinds(&drain(&mut rx).await), vec![(EventKind::Status, "away".into())]);
         env.clock.advance(env.timings.background_timeout_ms);
-        store.sweep().await.unwrap();
+        store.sweep(1).await.unwrap();
         assert_eq!(store.room_view(&rid("doc")).await.unwrap().sessions["s1"].status, SessionStatus::Stale);
     }
 
@@ -687,5 +687,24 @@ cases! {
         assert_eq!(store.current_lease().await.unwrap(), None);
         let next = store.acquire_lease(&a, 300).await.unwrap();
         assert!(next.term > lb.term);
+    }
+
+    /// A sweep with an older term changes nothing that a newer one swept:
+    /// a leader paused past its lease cannot act after its successor.
+    async fn a_sweep_with_an_older_term_is_fenced(store, env) {
+        let s = claim(store, "alice", "s1").await;
+        store.join(&s, &rid("doc"), None).await.unwrap();
+        let t = env.timings;
+        env.clock.advance(t.heartbeat_timeout_ms);
+        let r = store.sweep(7).await.unwrap();
+        assert_eq!((r.status_changes, r.fenced), (1, 0), "term 7 marks it stale");
+        env.clock.advance(t.reconnect_grace_ms);
+        let old = store.sweep(6).await.unwrap();
+        assert_eq!(old.expired, 0, "term 6 comes after term 7: fenced");
+        assert!(old.fenced >= 1);
+        assert_eq!(store.room_stats(&rid("doc")).await.unwrap().sessions, 1);
+        let new = store.sweep(7).await.unwrap();
+        assert_eq!(new.expired, 1);
+        assert_eq!(store.room_stats(&rid("doc")).await.unwrap().sessions, 0);
     }
 }

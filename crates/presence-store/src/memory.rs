@@ -63,6 +63,8 @@ struct Inner {
     /// The reaper lease, and the last term handed out.
     lease: Option<Lease>,
     term: u64,
+    /// The highest term a sweep came with.
+    swept_term: u64,
 }
 
 struct SessionEntry {
@@ -519,11 +521,20 @@ impl PresenceStore for MemoryStore {
         Ok(())
     }
 
-    async fn sweep(&self) -> Result<SweepReport, StoreError> {
+    async fn sweep(&self, term: u64) -> Result<SweepReport, StoreError> {
         let now = self.clock.now_ms();
         let mut inner = self.lock();
         let inner = &mut *inner;
         let mut report = SweepReport::default();
+        if term < inner.swept_term {
+            report.fenced = inner
+                .deadlines
+                .iter()
+                .take_while(|(d, _)| *d <= now)
+                .count() as u64;
+            return Ok(report);
+        }
+        inner.swept_term = term;
         let past = first_epoch(now);
         inner
             .tombstones

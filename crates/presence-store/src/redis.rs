@@ -4,7 +4,7 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `P:s:{<sessionId>}` | hash | the session: `userId`, `epoch`, `lastHeartbeatAt`, other facts in short fields (`la` last activity, `a` activity, `st` status, `d` disconnected at, `n` node, `h` handle, `m` meta, `v` version, `ix` filed deadline, `sid`, `c` created at), rooms (`r:<roomId>` = state, `su:<roomId>` = when it changed); `dead` on a tombstone; a TTL past its removal deadline; a short-lived tombstone after it ends |
+//! | `P:s:{<sessionId>}` | hash | the session: `userId`, `epoch`, `lastHeartbeatAt`, other facts in short fields (`la` last activity, `a` activity, `st` status, `d` disconnected at, `n` node, `h` handle, `m` meta, `v` version, `ix` filed deadline, `ft` highest reaper term that swept it, `sid`, `c` created at), rooms (`r:<roomId>` = state, `su:<roomId>` = when it changed); `dead` on a tombstone; a TTL past its removal deadline; a short-lived tombstone after it ends |
 //! | `P:r:{<roomId>}:m` | hash | members: sessionId → `<version>\|<userId>\|<member JSON>` (status, handle, state, times: the room's view in one read) |
 //! | `P:r:{<roomId>}:u` | hash | userId → sessions in the room (O(1) user count) |
 //! | `P:r:{<roomId>}:seq` | string | the room's version |
@@ -292,6 +292,19 @@ struct Reply {
     /// expire.lua: when a room should check this session again.
     #[serde(default)]
     x: Option<i64>,
+    /// expire.lua: a sweeper with a higher term touched the session.
+    #[serde(default)]
+    fenced: bool,
+}
+
+/// Whether a session still holds a room, as a sweep found it.
+enum Held {
+    /// Yes; the room checks again at this time.
+    Until(i64),
+    /// No: gone, removed, or the room never heard that it left.
+    No,
+    /// Not known: a sweeper with a higher term owns the session now.
+    Fenced,
 }
 
 pub(crate) fn unavailable(e: fred::error::Error) -> StoreError {
@@ -750,44 +763,57 @@ impl RedisStore {
     /// Re-derives one session found due (in the deadline index, or as a
     /// member of `room` in its expiry index) and applies what follows:
     /// status changes, removal, the next entry in the deadline index.
-    /// Returns when `room` should check the session again, or `None` when
-    /// the session no longer holds `room` (gone, removed, or never told the
-    /// room that it left).
+    /// Says whether the session still holds `room`, and until when the
+    /// room need not check again.
     async fn expire_one(
         &self,
         sid: &str,
         room: Option<&str>,
         now: Millis,
+        term: u64,
         report: &mut SweepReport,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Held, StoreError> {
         let mut args = self.base_args(now);
         args.push(room.unwrap_or_default().to_owned());
+        args.push(term.to_string());
         let r = self.session_script(&self.scripts.expire, sid, args).await?;
+        if r.fenced {
+            report.fenced += 1;
+            return Ok(Held::Fenced);
+        }
         let shard = self.keys.deadlines(shard_of(sid));
         if r.gone {
             let _: () = self.pool.zrem(&shard, sid).await.map_err(unavailable)?;
-            return Ok(None);
+            return Ok(Held::No);
         }
         if r.expired.as_ref().and_then(|e| e.as_bool()) == Some(true) {
             self.room_dels(sid, r.v, &r.dels).await?;
             self.user_del(&r.uid, sid, r.v).await?;
             let _: () = self.pool.zrem(&shard, sid).await.map_err(unavailable)?;
             report.expired += 1;
-            return Ok(None);
+            return Ok(Held::No);
         }
         if r.changed {
             self.room_puts(sid, &r.uid, r.v, "status", &r.puts).await?;
             report.status_changes += 1;
         }
         self.index(sid, r.next).await?;
-        Ok(if r.inroom { r.x } else { None })
+        Ok(match (r.inroom, r.x) {
+            (true, Some(at)) => Held::Until(at),
+            _ => Held::No,
+        })
     }
 
     /// [`expire_one`](Self::expire_one) for a session found in the deadline
     /// index, with a report of its own (sweeps run several at once).
-    async fn expire_alone(&self, sid: &str, now: Millis) -> Result<SweepReport, StoreError> {
+    async fn expire_alone(
+        &self,
+        sid: &str,
+        now: Millis,
+        term: u64,
+    ) -> Result<SweepReport, StoreError> {
         let mut r = SweepReport::default();
-        self.expire_one(sid, None, now, &mut r).await?;
+        self.expire_one(sid, None, now, term, &mut r).await?;
         Ok(r)
     }
 
@@ -799,6 +825,7 @@ impl RedisStore {
         room: &str,
         seen: &str,
         now: Millis,
+        term: u64,
         report: &mut SweepReport,
     ) -> Result<(), StoreError> {
         let keys = self.keys.room(room);
@@ -813,13 +840,15 @@ impl RedisStore {
             .map_err(unavailable)?;
         for pair in due.chunks_exact(2) {
             let (sid, entry) = (&pair[0], &pair[1]);
-            match self.expire_one(sid, Some(room), now, report).await? {
-                Some(at) => self.refile_member(room, sid, at).await?,
-                None => {
+            match self.expire_one(sid, Some(room), now, term, report).await? {
+                Held::Until(at) => self.refile_member(room, sid, at).await?,
+                Held::No => {
                     if self.drop_member(room, sid, entry, now).await? {
                         report.orphans += 1;
                     }
                 }
+                // A newer sweeper owns it: leave the room to that one.
+                Held::Fenced => return Ok(()),
             }
         }
         // Move the room's entry to its earliest member, then look again: a
@@ -1191,7 +1220,7 @@ impl PresenceStore for RedisStore {
         self.index(s.session_id.as_str(), r.ix).await
     }
 
-    async fn sweep(&self) -> Result<SweepReport, StoreError> {
+    async fn sweep(&self, term: u64) -> Result<SweepReport, StoreError> {
         let now = self.now();
         let mut report = SweepReport::default();
         for shard in 0..SHARDS {
@@ -1214,12 +1243,13 @@ impl PresenceStore for RedisStore {
             loop {
                 while pending.len() < SWEEP_CONCURRENCY {
                     let Some(sid) = next.next() else { break };
-                    pending.push(self.expire_alone(sid, now));
+                    pending.push(self.expire_alone(sid, now, term));
                 }
                 let Some(r) = pending.next().await else { break };
                 let r = r?;
                 report.expired += r.expired;
                 report.status_changes += r.status_changes;
+                report.fenced += r.fenced;
             }
         }
         for shard in 0..SHARDS {
@@ -1236,7 +1266,7 @@ impl PresenceStore for RedisStore {
                 .map_err(unavailable)?;
             for (room, seen) in due {
                 let seen = (seen as i64).to_string();
-                self.sweep_room(shard, &room, &seen, now, &mut report)
+                self.sweep_room(shard, &room, &seen, now, term, &mut report)
                     .await?;
             }
         }
@@ -1551,7 +1581,7 @@ mod tests {
                 for s in alive {
                     store.heartbeat(s, Some(Activity::Active)).await.unwrap();
                 }
-                let r = store.sweep().await.unwrap();
+                let r = store.sweep(1).await.unwrap();
                 sum.expired += r.expired;
                 sum.status_changes += r.status_changes;
                 sum.orphans += r.orphans;

@@ -162,7 +162,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Disconnect { session } => store.disconnect(&r(session, false, &epochs)).await,
             Op::Advance { ms } => {
                 clock.advance(ms);
-                store.sweep().await.map(|_| ())
+                store.sweep(1).await.map(|_| ())
             }
         };
 
