@@ -1,30 +1,22 @@
+// e2e: own-redis (runs once, in the memory pass)
 // Three nodes on one Redis behind nginx (deploy/nginx.conf): clients land on
 // different nodes, see each other's changes exactly once, and converge when
 // Pub/Sub loses messages.
 import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import {
-  startRedis, startNode, startNginx, connect, closeAll, call, waitFor, sleep, enter, diffs,
+  startCluster, startNode, connect, closeAll, call, waitFor, sleep, enter, diffs,
   getJson, redisCli, RoomMirror,
 } from "./helpers.js";
 
-let redis, nodes, lb;
+let redis, nodes, lb, cl;
 before(async () => {
-  redis = await startRedis();
-  const flags = {
-    "--redis-url": redis.url, "--emit-debounce-ms": 50, "--key-prefix": "cluster", "--redis-timeout-ms": 500,
-    "--leader-lease-ms": 1000,
-  };
-  nodes = [];
-  for (const id of ["node-1", "node-2", "node-3"]) nodes.push(await startNode({ ...flags, "--node-id": id }));
-  lb = await startNginx(nodes);
+  cl = await startCluster(["node-1", "node-2", "node-3"], {
+    "--emit-debounce-ms": 50, "--key-prefix": "cluster", "--redis-timeout-ms": 500, "--leader-lease-ms": 1000,
+  });
+  ({ redis, nodes, lb } = cl);
 });
-after(async () => {
-  closeAll();
-  await lb?.stop();
-  for (const n of nodes || []) await n.stop();
-  await redis?.stop();
-});
+after(async () => cl?.stop());
 afterEach(() => closeAll());
 
 /** Connects through nginx until there is one client on each node (bounded). */

@@ -127,8 +127,8 @@ export async function startNode(flags = {}, opts = {}) {
 }
 
 function spawnNode(flags, { timeoutMs = 20000 } = {}) {
-  const args = ["--bind", "127.0.0.1:0"];
-  for (const [k, v] of Object.entries(flags)) args.push(k, String(v));
+  const args = [];
+  for (const [k, v] of Object.entries({ "--bind": "127.0.0.1:0", ...flags })) args.push(k, String(v));
   const proc = spawn(NODE_BIN, args, {
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn,presence_node::app=info" },
     stdio: ["ignore", "pipe", "pipe"],
@@ -148,6 +148,7 @@ function spawnNode(flags, { timeoutMs = 20000 } = {}) {
           url: m[1],
           proc,
           output: () => output,
+          flags,
           async stop() {
             if (proc.exitCode !== null || proc.signalCode !== null) return;
             const exited = new Promise((r) => proc.once("exit", r));
@@ -272,11 +273,12 @@ export async function startNginx(nodes) {
   const port = await freePort();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "presence-nginx-"));
   process.once("exit", () => fs.rmSync(dir, { recursive: true, force: true }));
-  const servers = nodes.map((n) => `        server ${new URL(n.url).host};`).join("\n");
   let conf = fs.readFileSync(path.join(root, "deploy/nginx.conf"), "utf8");
   const lines = conf.split("\n");
   const marked = (l) => /^\s*server .*# node$/.test(l);
   const first = lines.findIndex(marked);
+  // Each node gets the first marked line, with its address (and the same parameters).
+  const servers = nodes.map((n) => lines[first].replace(/server \S+?(;| )/, `server ${new URL(n.url).host}$1`)).join("\n");
   conf = [...lines.slice(0, first), servers, ...lines.slice(first).filter((l) => !marked(l))]
     .join("\n")
     .replace(/^\s*listen .*# listen$/m, `        listen 127.0.0.1:${port};`)
@@ -298,6 +300,8 @@ export async function startNginx(nodes) {
   }
   return {
     url: `http://127.0.0.1:${port}`,
+    /** What nginx wrote to its error log. */
+    errors: () => errors,
     async stop() {
       if (proc.exitCode !== null) return;
       const exited = new Promise((r) => proc.once("exit", r));
@@ -312,4 +316,180 @@ export async function startNginx(nodes) {
 /** Runs a redis-cli command against `port` and returns its output. */
 export function redisCli(port, ...args) {
   return execFileSync("redis-cli", ["-h", "127.0.0.1", "-p", String(port), ...args], { encoding: "utf8" });
+}
+
+/** Starts `node` (from `startNode`, already stopped) again on its address, with its flags. */
+export async function restartNode(node) {
+  const again = await spawnNode({ ...node.flags, "--bind": new URL(node.url).host });
+  Object.assign(node, { proc: again.proc, output: again.output, stop: again.stop });
+  return node;
+}
+
+/** A client as an app would write it: it reconnects by itself, says hello with its
+ * session id on every connect (so that the session resumes), and heartbeats with the
+ * epoch of its last hello. `hellos` keeps every hello ack; `notices` every
+ * `presence:reconnect` it got. */
+export function liveClient(url, userId, { rooms = [], heartbeatMs = 1000, ...opts } = {}) {
+  const s = io(url, {
+    forceNew: true, transports: ["websocket"], reconnectionDelay: 300, reconnectionDelayMax: 1500, ...opts,
+  });
+  sockets.add(s);
+  record(s);
+  const c = { socket: s, userId, sessionId: undefined, epoch: undefined, nodeId: undefined, hellos: [], notices: [], errors: [] };
+  s.on("presence:reconnect", (n) => c.notices.push(n));
+  s.on("connect", async () => {
+    try {
+      const hello = await call(s, "presence:hello", { userId, sessionId: c.sessionId });
+      if (!hello.ok) { c.errors.push(hello); return; }
+      Object.assign(c, { sessionId: hello.sessionId, epoch: hello.epoch, nodeId: hello.nodeId });
+      // A resumed session is still in its rooms; a new one joins them.
+      if (!hello.resumed) {
+        for (const roomId of rooms) {
+          const j = await call(s, "presence:join", { roomId });
+          if (!j.ok) c.errors.push(j);
+        }
+      }
+      c.hellos.push(hello);
+    } catch (e) {
+      c.errors.push(String(e));
+    }
+  });
+  const t = setInterval(() => {
+    if (!s.connected || c.epoch === undefined) return;
+    s.timeout(2000).emitWithAck("presence:heartbeat", { epoch: c.epoch, activity: "active" })
+      .then((a) => { if (a.ok) c.epoch = a.epoch; }).catch(() => {});
+  }, heartbeatMs);
+  t.unref(); // a failed test must not keep its file alive
+  c.close = () => { clearInterval(t); s.disconnect(); };
+  return c;
+}
+
+/** Resolves once `pred()` holds (checked every 50 ms), or rejects after `timeoutMs`. */
+export async function until(pred, what, timeoutMs = 10000) {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (await pred()) return;
+    await sleep(50);
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+}
+
+/** Runs a long-lived redis-cli (SSUBSCRIBE, MONITOR) against `port`, calling `onLine`
+ * with each line it prints; killed with the returned `stop`, or when this process exits. */
+function redisCliLines(port, args, onLine) {
+  const proc = spawn("redis-cli", ["-h", "127.0.0.1", "-p", String(port), ...args], { stdio: ["ignore", "pipe", "ignore"] });
+  proc.unref();
+  process.once("exit", () => proc.kill("SIGKILL"));
+  let buf = "";
+  proc.stdout.on("data", (chunk) => {
+    buf += chunk;
+    const lines = buf.split("\n");
+    buf = lines.pop();
+    for (const l of lines) onLine(l);
+  });
+  return () => proc.kill("SIGKILL");
+}
+
+/** Subscribes with redis-cli to `channels` (SSUBSCRIBE: sharded, Redis 7) and keeps
+ * every message as parsed JSON in `events`. */
+export async function subscribeEvents(port, channels) {
+  const sub = { events: [], subscribed: 0 };
+  sub.stop = redisCliLines(port, ["SSUBSCRIBE", ...channels], (l) => {
+    if (l === "ssubscribe") sub.subscribed++;
+    if (l.startsWith("{")) sub.events.push(JSON.parse(l));
+  });
+  await until(() => sub.subscribed === channels.length, "redis-cli to subscribe", 5000);
+  return sub;
+}
+
+/** Heartbeats every `everyMs`, adopting the epoch each ack carries (a re-created
+ * session gets a new one). Returns a function that stops it. */
+export function keepAlive(socket, epoch, everyMs = 200) {
+  const t = setInterval(() => {
+    socket.timeout(1000).emitWithAck("presence:heartbeat", { epoch, activity: "active" })
+      .then((a) => { if (a.ok) epoch = a.epoch; }).catch(() => {});
+  }, everyMs);
+  t.unref(); // a failed test must not keep its file alive
+  return () => clearInterval(t);
+}
+
+/** A TCP proxy on a free loopback port in front of 127.0.0.1:`targetPort`, that the
+ * test controls: `hold()` stops moving bytes both ways (what was sent waits, as in a
+ * network partition that delays packets; new connections wait too) and `heal()`
+ * delivers everything late, in order, and goes on; `delay(ms)` adds latency each way. */
+export async function startProxy(targetPort) {
+  const port = await freePort();
+  const pipes = new Set();
+  let held = false;
+  let latency = 0;
+  const server = net.createServer((client) => {
+    const upstream = net.connect(targetPort, "127.0.0.1");
+    for (const [from, to] of [[client, upstream], [upstream, client]]) {
+      // Chunks wait in order until they are due and the link is not held.
+      const pipe = { queue: [], timer: null, pump: null };
+      pipe.pump = () => {
+        clearTimeout(pipe.timer);
+        pipe.timer = null;
+        while (!held && pipe.queue.length) {
+          const [due, d] = pipe.queue[0];
+          const wait = due - Date.now();
+          if (wait > 0) { pipe.timer = setTimeout(pipe.pump, wait); return; }
+          pipe.queue.shift();
+          if (d === null) to.end(); else to.write(d);
+        }
+      };
+      pipes.add(pipe);
+      const push = (d) => { pipe.queue.push([Date.now() + latency, d]); if (!pipe.timer) pipe.pump(); };
+      from.on("data", push);
+      from.on("end", () => push(null));
+      from.on("error", () => to.destroy());
+      from.on("close", () => pipes.delete(pipe));
+    }
+  });
+  await new Promise((r) => server.listen(port, "127.0.0.1", r));
+  server.unref();
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    port,
+    hold() { held = true; },
+    heal() { held = false; for (const p of pipes) p.pump(); },
+    delay(ms) { latency = ms; },
+    close() { server.close(); for (const p of pipes) { p.queue = []; clearTimeout(p.timer); } },
+  };
+}
+
+/** Runs redis-cli MONITOR against `port`, keeping each command as its list of arguments. */
+export async function monitor(port) {
+  const m = { commands: [], ready: false };
+  m.stop = redisCliLines(port, ["MONITOR"], (l) => {
+    if (l.trim() === "OK") m.ready = true;
+    const args = [...l.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((x) => x[1]);
+    if (args.length) m.commands.push(args);
+  });
+  await until(() => m.ready, "MONITOR to start", 5000);
+  return m;
+}
+
+/** A counter from a node's /metrics (0 when absent). */
+export async function metric(url, name) {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(" ")[1]) : 0;
+}
+
+/** Three nodes (ids `ids`) on one new redis-server with `flags`, behind nginx. */
+export async function startCluster(ids, flags) {
+  const redis = await startRedis();
+  const nodes = [];
+  for (const id of ids) nodes.push(await startNode({ ...flags, "--redis-url": redis.url, "--node-id": id }));
+  const lb = await startNginx(nodes);
+  return {
+    redis, nodes, lb,
+    async stop() {
+      closeAll();
+      await lb.stop();
+      for (const n of nodes) await n.stop();
+      await redis.stop();
+    },
+  };
 }

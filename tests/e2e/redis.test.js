@@ -1,3 +1,4 @@
+// e2e: own-redis (runs once, in the memory pass)
 // A node on Redis when Redis goes away and comes back empty.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";

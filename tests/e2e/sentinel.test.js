@@ -1,3 +1,4 @@
+// e2e: own-redis (runs once, in the memory pass)
 // A node behind Redis Sentinel keeps serving when the master dies.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";

@@ -1,3 +1,4 @@
+// e2e: own-redis (runs once, in the memory pass)
 // Two nodes on one Redis: presence crosses nodes, and a session moves from
 // one node to the other without observers seeing it leave.
 import { test, before, after, afterEach } from "node:test";

@@ -1,9 +1,9 @@
 //! Wiring: the store, the fan-out, the background tasks, and the HTTP +
 //! Socket.IO service, with graceful shutdown.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +43,7 @@ pub struct AppInner {
     /// The address it listens on.
     pub addr: SocketAddr,
     sessions: AtomicI64,
+    draining: AtomicBool,
 }
 
 impl std::ops::Deref for App {
@@ -67,7 +68,18 @@ impl App {
     pub fn local_sessions(&self) -> i64 {
         self.sessions.load(Ordering::Relaxed).max(0)
     }
+
+    /// The node is shutting down: `/readyz` fails, and connections that close
+    /// now leave their sessions as they are, for their clients to resume
+    /// on another node.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
 }
+
+/// How long a shutdown may take, from the signal to the end of `serve`: the
+/// operator contract promises an exit within 10 s.
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(9);
 
 /// Serves a node on `listener` until `shutdown` completes.
 pub async fn serve(
@@ -103,6 +115,7 @@ pub async fn serve(
         started_at: clock.now_ms(),
         addr,
         sessions: AtomicI64::new(0),
+        draining: AtomicBool::new(false),
         config,
     }));
 
@@ -121,32 +134,114 @@ pub async fn serve(
     let router = crate::http::router(app.clone()).layer(layer);
     tracing::info!(%addr, node_id = %node_id, store = store.kind(), "listening on http://{addr}");
 
-    let io_for_close = io.clone();
+    // The signal stops the listener at once (a client that reconnects is
+    // refused here and lands on another node); the drain then runs next to
+    // the server while it waits for open connections to end.
+    let (signalled_tx, signalled) = tokio::sync::watch::channel(false);
     let graceful = async move {
         shutdown.await;
-        tracing::info!("shutting down: closing connections");
-        // Connections closed here resume elsewhere (or here, after a restart)
-        // within the reconnect grace window.
-        let _ = tokio::time::timeout(Duration::from_secs(5), io_for_close.close()).await;
+        let _ = signalled_tx.send(true);
     };
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(graceful)
-        .await
-        .map_err(|e| e.to_string());
+    let drain = tokio::spawn(drain(app.clone(), io, signalled.clone(), sweeper, lease));
+    let server = tokio::spawn(
+        axum::serve(listener, router)
+            .with_graceful_shutdown(graceful)
+            .into_future(),
+    );
+    let result = finish(server, signalled).await;
     dispatcher.abort();
-    sweeper.abort();
     registry.abort();
-    let held = lease.lock().unwrap_or_else(|e| e.into_inner()).take();
-    if let Some(l) = held {
-        match store.release_lease(&node_id, l.term).await {
-            Ok(()) => tracing::info!(term = l.term, "released the reaper lease"),
-            Err(e) => tracing::warn!(error = %e, "cannot release the reaper lease"),
+    // The drain has released the lease; this waits for it (bounded).
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    match tokio::time::timeout(Duration::from_millis(500), store.deregister_node(&node_id)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove this node from the registry"),
+        Err(_) => tracing::warn!("cannot remove this node from the registry: timed out"),
+    }
+    tracing::info!("stopped");
+    result
+}
+
+/// Waits for the server to end, but once the shutdown signal came, for no
+/// longer than the shutdown budget (a client that never closes its
+/// connection does not hold the node up).
+async fn finish(
+    mut server: tokio::task::JoinHandle<std::io::Result<()>>,
+    mut signalled: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    tokio::select! {
+        r = &mut server => return joined(r),
+        _ = signalled.wait_for(|s| *s) => {}
+    }
+    match tokio::time::timeout(SHUTDOWN_BUDGET - Duration::from_millis(1500), server).await {
+        Ok(r) => joined(r),
+        Err(_) => {
+            tracing::warn!(
+                "connections still open at the end of the shutdown budget; closing anyway"
+            );
+            Ok(())
         }
     }
-    if let Err(e) = store.deregister_node(&node_id).await {
-        tracing::warn!(error = %e, "cannot remove this node from the registry");
+}
+
+fn joined(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), String> {
+    match r {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("the server task failed: {e}")),
     }
-    result
+}
+
+/// The shutdown of a node, once the signal came: stop sweeping and hand the
+/// reaper lease over (so another node leads at once instead of after the
+/// lease runs out), tell every client to reconnect, and close their
+/// transports. socket.io clients reconnect by themselves after a transport
+/// close; the load balancer sends them to another node, where their
+/// `presence:hello` with the same session id resumes the session. Sessions
+/// are not marked disconnected here: observers see no change at all when
+/// the clients come back within the heartbeat timeout, and a client that
+/// never comes back decays like any silent one.
+async fn drain(
+    app: App,
+    io: SocketIo,
+    mut signalled: tokio::sync::watch::Receiver<bool>,
+    sweeper: tokio::task::JoinHandle<()>,
+    lease: Arc<std::sync::Mutex<Option<Lease>>>,
+) {
+    if signalled.wait_for(|s| *s).await.is_err() {
+        sweeper.abort();
+        return;
+    }
+    app.draining.store(true, Ordering::Relaxed);
+    tracing::info!(
+        sessions = app.local_sessions(),
+        "shutting down: no new connections; asking clients to reconnect elsewhere"
+    );
+    sweeper.abort();
+    let held = lease.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(l) = held {
+        match tokio::time::timeout(
+            Duration::from_secs(1),
+            app.store.release_lease(&app.node_id, l.term),
+        )
+        .await
+        {
+            Ok(Ok(())) => tracing::info!(term = l.term, "released the reaper lease"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot release the reaper lease"),
+            Err(_) => tracing::warn!("cannot release the reaper lease: timed out"),
+        }
+    }
+    let notice = serde_json::json!({ "reason": "shutdown", "nodeId": app.node_id });
+    if let Err(e) = io.emit("presence:reconnect", &notice).await {
+        tracing::debug!(error = %e, "cannot send every client the reconnect notice");
+    }
+    // Lets the notice reach the sockets before their transports close.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    if tokio::time::timeout(Duration::from_secs(5), io.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("closing the connections took longer than 5 s");
+    }
 }
 
 impl App {
@@ -210,53 +305,45 @@ async fn open_store(
 
 /// The reaper: the node holding the leader lease sweeps every
 /// `pruneIntervalMs` (re-derives the sessions past a deadline, removes the
-/// expired ones); the others only try to take the lease. The lease is
-/// renewed every third of its length and trusted locally only until a
-/// margin before it lapses, measured from before the renewal was sent, so a
-/// node that was paused or cut off stops sweeping before another can start.
-/// Every step is also a compare-and-set in its script, so even two sweepers
-/// at once could not remove a live session.
+/// expired ones); the others only try to take the lease. The lease is kept
+/// by a task of its own, renewed every third of its length, so that a long
+/// sweep never lets it lapse; it is trusted locally only until a margin
+/// before it runs out, measured from before the renewal was sent, so a node
+/// that was paused or cut off stops sweeping before another can start.
+/// Every step is also a compare-and-set in its script, and every sweep
+/// carries the lease's term, so even two sweepers at once could not remove
+/// a live session or apply a cull twice.
 async fn reaper_loop(app: App, lease: Arc<std::sync::Mutex<Option<Lease>>>) {
-    let every = Duration::from_millis(app.timings.prune_interval_ms.max(1) as u64);
     let lease_ms = app.config.leader_lease_ms.max(300);
-    let renew_every = Duration::from_millis((lease_ms / 3) as u64);
-    let trust = Duration::from_millis((lease_ms - lease_ms / 5) as u64);
+    let held = Arc::new(std::sync::Mutex::new(None::<(u64, tokio::time::Instant)>));
+    let keeper = tokio::spawn(keep_lease(app.clone(), lease, held.clone(), lease_ms));
+    let every = Duration::from_millis(app.timings.prune_interval_ms.max(1) as u64);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut valid_until: Option<tokio::time::Instant> = None;
-    let mut renew_at = tokio::time::Instant::now();
+    let _keeper = AbortOnDrop(keeper);
     loop {
         tick.tick().await;
-        let now = tokio::time::Instant::now();
-        if now >= renew_at {
-            renew_at = now + renew_every;
-            match app.store.acquire_lease(&app.node_id, lease_ms).await {
-                Ok(l) => {
-                    let mine = l.node_id == app.node_id;
-                    let was = valid_until.is_some();
-                    valid_until = mine.then_some(now + trust);
-                    if mine && !was {
-                        tracing::info!(term = l.term, "this node leads the reaper");
-                    } else if !mine && was {
-                        tracing::warn!(leader = %l.node_id, term = l.term, "lost the reaper lease");
-                    }
-                    *lease.lock().unwrap_or_else(|e| e.into_inner()) = mine.then_some(l);
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot renew the reaper lease"),
-            }
-        }
-        if valid_until.is_none_or(|v| tokio::time::Instant::now() >= v) {
+        let valid = *held.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((term, until)) = valid else { continue };
+        if tokio::time::Instant::now() >= until {
             continue;
         }
-        let Some(term) = lease
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|l| l.term)
-        else {
-            continue;
-        };
         match app.store.sweep(term).await {
+            Ok(r) if r.fenced > 0 => {
+                // A sweeper with a newer term got there first: this node
+                // was paused or cut off past its lease. It stops sweeping
+                // until it wins the lease again.
+                crate::metrics::sweep(&r);
+                tracing::warn!(
+                    term,
+                    fenced = r.fenced,
+                    "a newer reaper fenced this node's sweep; no longer leading"
+                );
+                let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
+                if h.is_some_and(|(t, _)| t == term) {
+                    *h = None;
+                }
+            }
             Ok(r) if r.expired > 0 || r.status_changes > 0 || r.orphans > 0 => {
                 crate::metrics::sweep(&r);
                 if r.orphans > 0 {
@@ -273,6 +360,50 @@ async fn reaper_loop(app: App, lease: Arc<std::sync::Mutex<Option<Lease>>>) {
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "sweep failed"),
+        }
+    }
+}
+
+/// Aborts a task when dropped (the reaper loop is aborted at shutdown, and
+/// its lease keeper with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Takes or renews the lease every third of its length. `held` is the term
+/// and the instant until which this node may sweep; `lease` is what the
+/// shutdown releases.
+async fn keep_lease(
+    app: App,
+    lease: Arc<std::sync::Mutex<Option<Lease>>>,
+    held: Arc<std::sync::Mutex<Option<(u64, tokio::time::Instant)>>>,
+    lease_ms: i64,
+) {
+    let trust = Duration::from_millis((lease_ms - lease_ms / 5) as u64);
+    let mut tick = tokio::time::interval(Duration::from_millis((lease_ms / 3) as u64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let sent = tokio::time::Instant::now();
+        match app.store.acquire_lease(&app.node_id, lease_ms).await {
+            Ok(l) => {
+                let mine = l.node_id == app.node_id;
+                let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
+                let was = h.is_some();
+                *h = mine.then_some((l.term, sent + trust));
+                drop(h);
+                if mine && !was {
+                    tracing::info!(term = l.term, "this node leads the reaper");
+                } else if !mine && was {
+                    tracing::warn!(leader = %l.node_id, term = l.term, "lost the reaper lease");
+                }
+                *lease.lock().unwrap_or_else(|e| e.into_inner()) = mine.then_some(l);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot renew the reaper lease"),
         }
     }
 }

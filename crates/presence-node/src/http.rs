@@ -110,6 +110,13 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn readyz(State(app): State<App>) -> Response {
+    if app.draining() {
+        return ApiError::from(WireError::new(
+            ErrorCode::Unavailable,
+            "this node is shutting down",
+        ))
+        .into_response();
+    }
     match app.store.ping().await {
         Ok(()) => Json(json!({ "ok": true, "store": app.store.kind() })).into_response(),
         Err(e) => ApiError::from(e).into_response(),

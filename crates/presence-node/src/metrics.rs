@@ -56,6 +56,7 @@ pub fn sweep(r: &presence_store::SweepReport) {
     metrics::counter!("presence_status_changes_total").increment(r.status_changes);
     metrics::counter!("presence_expired_sessions_total").increment(r.expired);
     metrics::counter!("presence_orphan_members_removed_total").increment(r.orphans);
+    metrics::counter!("presence_sweep_writes_fenced_total").increment(r.fenced);
 }
 
 /// Renders every metric, after setting the gauges read at scrape time.

@@ -515,6 +515,14 @@ async fn disconnect(app: &App, conn: &Conn, socket: SocketRef) {
     for room in b.rooms.keys() {
         app.fanout.leave(room, socket.id);
     }
+    if app.draining() {
+        // This node closed the connection to shut down and asked the client
+        // to reconnect elsewhere: the session stays as it is (no stale
+        // flicker for observers) and resumes there, or decays if it never
+        // comes back.
+        tracing::debug!(session_id = %b.session.session_id, "closed for shutdown; left for the client to resume");
+        return;
+    }
     // Not a leave: the session turns stale and can be resumed within the
     // grace window. Refused (and harmless) if a newer connection owns it.
     match app.store.disconnect(&b.session).await {

@@ -1223,51 +1223,59 @@ impl PresenceStore for RedisStore {
     async fn sweep(&self, term: u64) -> Result<SweepReport, StoreError> {
         let now = self.now();
         let mut report = SweepReport::default();
-        for shard in 0..SHARDS {
-            let due: Vec<String> = self
-                .pool
-                .zrangebyscore(
-                    self.keys.deadlines(shard),
-                    "-inf",
-                    now as f64,
-                    false,
-                    Some((0, SWEEP_BATCH)),
-                )
-                .await
-                .map_err(unavailable)?;
-            // Sessions are independent: check a batch of them at once, so
-            // that a crashed node's many sessions all go close to their
-            // deadline rather than one round trip after another.
-            let mut pending = futures::stream::FuturesUnordered::new();
-            let mut next = due.iter();
-            loop {
-                while pending.len() < SWEEP_CONCURRENCY {
-                    let Some(sid) = next.next() else { break };
-                    pending.push(self.expire_alone(sid, now, term));
-                }
-                let Some(r) = pending.next().await else { break };
-                let r = r?;
-                report.expired += r.expired;
-                report.status_changes += r.status_changes;
-                report.fenced += r.fenced;
+        // The shards of each index are read at once: an idle sweep costs two
+        // round trips, not one per shard.
+        let due = futures::future::try_join_all((0..SHARDS).map(|shard| {
+            self.pool.zrangebyscore::<Vec<String>, _, _, _>(
+                self.keys.deadlines(shard),
+                "-inf",
+                now as f64,
+                false,
+                Some((0, SWEEP_BATCH)),
+            )
+        }))
+        .await
+        .map_err(unavailable)?;
+        // Sessions are independent: check a batch of them at once, so that a
+        // crashed node's many sessions all go close to their deadline rather
+        // than one round trip after another. A fenced reply means a sweeper
+        // with a newer term has been here: this one is no longer the leader
+        // and stops (its calls still in flight are fenced as well).
+        let mut pending = futures::stream::FuturesUnordered::new();
+        let mut next = due.iter().flatten();
+        loop {
+            while pending.len() < SWEEP_CONCURRENCY && report.fenced == 0 {
+                let Some(sid) = next.next() else { break };
+                pending.push(self.expire_alone(sid, now, term));
             }
+            let Some(r) = pending.next().await else { break };
+            let r = r?;
+            report.expired += r.expired;
+            report.status_changes += r.status_changes;
+            report.fenced += r.fenced;
         }
-        for shard in 0..SHARDS {
-            let due: Vec<(String, f64)> = self
-                .pool
-                .zrangebyscore(
-                    self.keys.rooms_due(shard),
-                    "-inf",
-                    now as f64,
-                    true,
-                    Some((0, ROOM_BATCH)),
-                )
-                .await
-                .map_err(unavailable)?;
-            for (room, seen) in due {
+        if report.fenced > 0 {
+            return Ok(report);
+        }
+        let due = futures::future::try_join_all((0..SHARDS).map(|shard| {
+            self.pool.zrangebyscore::<Vec<(String, f64)>, _, _, _>(
+                self.keys.rooms_due(shard),
+                "-inf",
+                now as f64,
+                true,
+                Some((0, ROOM_BATCH)),
+            )
+        }))
+        .await
+        .map_err(unavailable)?;
+        for (shard, rooms) in due.into_iter().enumerate() {
+            for (room, seen) in rooms {
                 let seen = (seen as i64).to_string();
-                self.sweep_room(shard, &room, &seen, now, term, &mut report)
+                self.sweep_room(shard as u32, &room, &seen, now, term, &mut report)
                     .await?;
+                if report.fenced > 0 {
+                    return Ok(report);
+                }
             }
         }
         Ok(report)

@@ -1,0 +1,220 @@
+//! How long the reaper takes to cull 100k sessions whose node died, and the
+//! longest single Redis call it makes meanwhile (the time Redis is blocked
+//! for every other client).
+//!
+//! `cargo bench -p presence-store --bench cull` (set `CULL_SESSIONS` for
+//! another count). It starts a redis-server of its own, fills it through
+//! the store (100 rooms of 1000 sessions), moves a manual clock past the
+//! heartbeat timeout and then past the removal deadline, and sweeps until
+//! nothing is left, printing the figures that docs/benchmarks.md quotes.
+//! Redis measures the calls itself: SLOWLOG keeps every call above 1 ms
+//! during the sweeps (recording every call would slow Redis down), and the
+//! longest is read back from it; INFO commandstats counts the script calls.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use fred::types::{CustomCommand, Value};
+use futures::StreamExt;
+use presence_core::{Activity, Limits, ManualClock, NodeId, RoomId, Timings, UserId};
+use presence_store::{Hello, Page, PresenceStore, RedisOptions, RedisStore, SessionRef};
+use presence_testkit::RedisServer;
+
+const ROOM_SIZE: usize = 1000;
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::var("CULL_SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let server = RedisServer::start().expect("start redis-server");
+    let url = server.url();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let timings = Timings::default();
+    let mut opts = RedisOptions::new(&url);
+    opts.pool_size = 8;
+    opts.command_timeout = Duration::from_secs(30);
+    let store = Arc::new(
+        RedisStore::connect(opts, Arc::new(clock.clone()), timings, Limits::default())
+            .await
+            .expect("connect"),
+    );
+    let admin = Builder::from_config(Config::from_url(&url).expect("url"))
+        .build()
+        .expect("client");
+    admin.init().await.expect("connect admin");
+
+    let t = Instant::now();
+    let node = NodeId::new("bench-node").expect("node id");
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let (store, node) = (store.clone(), node.clone());
+            async move {
+                let s = store
+                    .hello(Hello {
+                        session_id: None,
+                        user_id: UserId::new(&format!("user-{i}")).expect("user id"),
+                        handle: None,
+                        meta: None,
+                        activity: Activity::Active,
+                        node_id: node,
+                    })
+                    .await
+                    .expect("hello");
+                let room = RoomId::new(&format!("room-{}", i / ROOM_SIZE)).expect("room id");
+                let me = SessionRef {
+                    session_id: s.session_id,
+                    epoch: s.epoch,
+                };
+                store.join(&me, &room, None).await.expect("join");
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<()>>()
+        .await;
+    println!(
+        "filled {n} sessions in {} rooms in {:.1?}",
+        n.div_ceil(ROOM_SIZE),
+        t.elapsed()
+    );
+
+    let slow = |args: Vec<&'static str>| {
+        let admin = admin.clone();
+        async move {
+            let _: Value = admin
+                .custom(CustomCommand::new_static("SLOWLOG", None, false), args)
+                .await
+                .expect("slowlog");
+        }
+    };
+    let _: Value = admin
+        .custom(
+            CustomCommand::new_static("CONFIG", None, false),
+            vec![
+                "SET",
+                "slowlog-log-slower-than",
+                "1000",
+                "slowlog-max-len",
+                "100000",
+            ],
+        )
+        .await
+        .expect("config");
+
+    for (phase, to) in [
+        ("marked stale", timings.heartbeat_timeout_ms + 1),
+        (
+            "removed",
+            timings.heartbeat_timeout_ms + timings.reconnect_grace_ms + 1,
+        ),
+    ] {
+        clock.set(1_700_000_000_000 + to);
+        slow(vec!["RESET"]).await;
+        let _: Value = admin
+            .custom(
+                CustomCommand::new_static("CONFIG", None, false),
+                vec!["RESETSTAT"],
+            )
+            .await
+            .expect("resetstat");
+        let t = Instant::now();
+        let (mut sweeps, mut changed, mut expired) = (0, 0, 0);
+        loop {
+            let r = store.sweep(1).await.expect("sweep");
+            sweeps += 1;
+            changed += r.status_changes;
+            expired += r.expired;
+            if r.status_changes == 0 && r.expired == 0 {
+                break;
+            }
+        }
+        let took = t.elapsed();
+        let (calls, longest, cmd, by) = longest_call(&admin).await;
+        let scripts = script_calls(&admin).await;
+        println!(
+            "{phase}: {changed} status changes, {expired} removed, in {sweeps} sweeps, {took:.2?} \
+             ({:.0} sessions/s); {scripts}; {calls} calls above 1 ms ({by}), the longest \
+             {longest} µs ({cmd})",
+            n as f64 / took.as_secs_f64()
+        );
+    }
+    let left = store
+        .whos_online(Page {
+            limit: 10,
+            after: None,
+        })
+        .await
+        .expect("read");
+    println!("left online: {} sessions", left.entries.sessions.len());
+    drop(server);
+}
+
+/// What SLOWLOG kept of the sweep: the number of calls, the longest one's
+/// duration and command, and the calls per command (the bench's own SLOWLOG
+/// and CONFIG calls left out).
+async fn longest_call(admin: &Client) -> (usize, i64, String, String) {
+    let v: Value = admin
+        .custom(
+            CustomCommand::new_static("SLOWLOG", None, false),
+            vec!["GET", "-1"],
+        )
+        .await
+        .expect("slowlog get");
+    let mut best = (0i64, String::new());
+    let mut calls = 0;
+    let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+    for e in v.into_array() {
+        let f = e.into_array();
+        let us = f.get(2).and_then(|d| d.as_i64()).unwrap_or(0);
+        let cmd = f
+            .get(3)
+            .and_then(|a| a.clone().into_array().into_iter().next())
+            .and_then(|x| x.as_string())
+            .unwrap_or_default()
+            .to_uppercase();
+        if cmd == "SLOWLOG" || cmd == "CONFIG" {
+            continue;
+        }
+        calls += 1;
+        *by.entry(cmd.clone()).or_default() += 1;
+        if us > best.0 {
+            best = (us, cmd);
+        }
+    }
+    let mut by: Vec<_> = by.into_iter().collect();
+    by.sort_by_key(|e| std::cmp::Reverse(e.1));
+    let by = by
+        .iter()
+        .map(|(c, n)| format!("{c} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (calls, best.0, best.1, by)
+}
+
+/// The script calls since the last CONFIG RESETSTAT, from INFO commandstats:
+/// how many, and their mean duration.
+async fn script_calls(admin: &Client) -> String {
+    let info: String = admin
+        .custom(
+            CustomCommand::new_static("INFO", None, false),
+            vec!["commandstats"],
+        )
+        .await
+        .expect("info");
+    let Some(line) = info.lines().find(|l| l.starts_with("cmdstat_evalsha:")) else {
+        return "no script calls".into();
+    };
+    let field = |name: &str| {
+        line.split([':', ','])
+            .find_map(|kv| kv.strip_prefix(name))
+            .unwrap_or("?")
+            .to_owned()
+    };
+    format!(
+        "{} script calls, {} µs each on average",
+        field("calls="),
+        field("usec_per_call=")
+    )
+}
