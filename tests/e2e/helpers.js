@@ -339,7 +339,13 @@ export function liveClient(url, userId, { rooms = [], heartbeatMs = 1000, ...opt
   s.on("presence:reconnect", (n) => c.notices.push(n));
   s.on("connect", async () => {
     try {
-      const hello = await call(s, "presence:hello", { userId, sessionId: c.sessionId });
+      // An app retries a hello that got no answer, while it stays connected.
+      let hello = null;
+      for (let i = 0; i < 3 && !hello && s.connected; i++) {
+        hello = await s.timeout(10000).emitWithAck("presence:hello", { userId, sessionId: c.sessionId })
+          .catch((e) => { c.errors.push(`hello: ${e}`); return null; });
+      }
+      if (!hello) return;
       if (!hello.ok) { c.errors.push(hello); return; }
       Object.assign(c, { sessionId: hello.sessionId, epoch: hello.epoch, nodeId: hello.nodeId });
       // A resumed session is still in its rooms; a new one joins them.

@@ -142,7 +142,14 @@ test("rolling restart of all three nodes under 300 live clients: no session lost
     const moved = all.filter((c) => c.nodeId === IDS[i]);
     const hellos = new Map(moved.map((c) => [c, c.hellos.length]));
     await node.stop();
-    await until(() => moved.every((c) => c.hellos.length > hellos.get(c)), `the clients of ${IDS[i]} to resume`, 30000);
+    await until(() => moved.every((c) => c.hellos.length > hellos.get(c)), `the clients of ${IDS[i]} to resume`, 30000)
+      .catch((e) => {
+        const left = moved.filter((c) => c.hellos.length <= hellos.get(c));
+        const sample = left.slice(0, 3).map((c) => ({
+          connected: c.socket.connected, errors: c.errors, attempts: c.socket.io.backoff.attempts,
+        }));
+        throw new Error(`${e.message}: ${left.length} of ${moved.length} left, e.g. ${JSON.stringify(sample)}; nginx: ${lb.errors().slice(-500)}`);
+      });
     await restartNode(node);
     console.log(`${IDS[i]}: ${moved.length} clients moved to the other nodes and resumed`);
   }

@@ -102,6 +102,8 @@ pub struct Limits {
     pub max_meta_bytes: usize,
     /// How many rooms one session may be in at once.
     pub max_rooms_per_session: usize,
+    /// How many sessions one user may hold at once.
+    pub max_sessions_per_user: usize,
 }
 
 impl Default for Limits {
@@ -110,6 +112,7 @@ impl Default for Limits {
             max_state_bytes: 4096,
             max_meta_bytes: 1024,
             max_rooms_per_session: 32,
+            max_sessions_per_user: 32,
         }
     }
 }

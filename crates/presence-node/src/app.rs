@@ -11,7 +11,8 @@ use presence_core::{Clock, Limits, Millis, NodeId, SystemClock, Timings};
 use presence_store::{
     Lease, MemoryStore, NodeInfo, PresenceStore, RedisOptions, RedisStore, StoreError,
 };
-use socketioxide::extract::SocketRef;
+use socketioxide::extract::{SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 
@@ -42,6 +43,8 @@ pub struct AppInner {
     pub started_at: Millis,
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// Verifies handshake tokens; `None` when auth is off.
+    pub auth: Option<crate::auth::Verifier>,
     sessions: AtomicI64,
     draining: AtomicBool,
 }
@@ -91,6 +94,16 @@ pub async fn serve(
     let timings = config.timings()?;
     let limits = config.limits();
     let node_id = config.node_id()?;
+    let auth = crate::auth::Verifier::from_config(&config)?;
+    if auth.is_none() {
+        tracing::warn!(
+            "token auth is off (no PRESENCE_JWT_SECRET or PRESENCE_JWT_PUBLIC_KEY): any client may \
+             speak for any user id and join any room"
+        );
+    }
+    if config.api_key.is_none() {
+        tracing::warn!("the HTTP API is open (no PRESENCE_API_KEY)");
+    }
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store = open_store(&config, clock.clone(), timings, limits).await?;
@@ -114,24 +127,33 @@ pub async fn serve(
         clock: clock.clone(),
         started_at: clock.now_ms(),
         addr,
+        auth,
         sessions: AtomicI64::new(0),
         draining: AtomicBool::new(false),
         config,
     }));
 
     {
-        let app = app.clone();
-        io.ns("/", move |s: SocketRef| {
+        let (app, auth_app) = (app.clone(), app.clone());
+        let connect = move |s: SocketRef| {
             crate::socket::on_connect(s, app.clone());
             std::future::ready(())
-        });
+        };
+        let authenticate = move |s: SocketRef, TryData(auth): TryData<serde_json::Value>| {
+            let app = auth_app.clone();
+            async move { crate::socket::authenticate(&app, &s, auth.ok()).await }
+        };
+        io.ns("/", connect.with(authenticate));
     }
     let dispatcher = fanout.spawn_dispatcher();
     let lease = Arc::new(std::sync::Mutex::new(None));
     let sweeper = tokio::spawn(reaper_loop(app.clone(), lease.clone()));
     let registry = tokio::spawn(register_loop(app.clone()));
 
-    let router = crate::http::router(app.clone()).layer(layer);
+    let mut router = crate::http::router(app.clone()).layer(layer);
+    if let Some(cors) = crate::http::cors(&app.config.cors_origins) {
+        router = router.layer(cors);
+    }
     tracing::info!(%addr, node_id = %node_id, store = store.kind(), "listening on http://{addr}");
 
     // The signal stops the listener at once (a client that reconnects is

@@ -35,7 +35,7 @@ pub struct Config {
     /// Redis to keep presence in: redis://, rediss:// (TLS), a comma-separated
     /// list of cluster seeds or redis-cluster://, redis-sentinel://. Unset: the
     /// embedded in-memory store (one node).
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
     /// Prefix of every Redis key and channel (deployments can share one Redis).
@@ -107,6 +107,32 @@ pub struct Config {
     /// presence:signal messages relayed per second and socket; more are dropped.
     #[arg(long, env = "PRESENCE_SIGNAL_RATE_PER_SEC", default_value_t = 30)]
     pub signal_rate_per_sec: u32,
+    /// Sessions one user may hold at once (tabs, devices); a hello for one
+    /// more gets `limit_exceeded`.
+    #[arg(long, env = "PRESENCE_MAX_SESSIONS_PER_USER", default_value_t = 32)]
+    pub max_sessions_per_user: usize,
+    /// Events per second one socket may send (all presence:* events, with a
+    /// burst of as many); more get `rate_limited`, and a socket that keeps
+    /// flooding at ten times the rate for a second is disconnected.
+    #[arg(long, env = "PRESENCE_RATE_LIMIT_PER_SEC", default_value_t = 50)]
+    pub rate_limit_per_sec: u32,
+
+    /// Turns on token auth with HS256: the shared secret (at least 32 bytes)
+    /// that signs the JWTs clients present at the handshake.
+    #[arg(long, env = "PRESENCE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Turns on token auth with RS256: the issuer's RSA public key, as PEM
+    /// text or the path of a PEM file.
+    #[arg(long, env = "PRESENCE_JWT_PUBLIC_KEY", allow_hyphen_values = true)]
+    pub jwt_public_key: Option<String>,
+    /// Protects the HTTP API (`/api/*`, `/metrics`): requests must send
+    /// `Authorization: Bearer <key>`. `/`, `/healthz` and `/readyz` stay open.
+    #[arg(long, env = "PRESENCE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Origins (comma-separated, or `*`) whose browser pages may call the
+    /// HTTP API and open Socket.IO polling connections. Unset: same origin only.
+    #[arg(long, env = "PRESENCE_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
 
     /// Log format.
     #[arg(long, env = "PRESENCE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -136,6 +162,7 @@ impl Config {
             max_state_bytes: self.max_state_bytes,
             max_meta_bytes: self.max_meta_bytes,
             max_rooms_per_session: self.max_rooms_per_session,
+            max_sessions_per_user: self.max_sessions_per_user,
         }
     }
 
@@ -168,6 +195,23 @@ impl Config {
         if self.signal_rate_per_sec == 0 {
             return Err("PRESENCE_SIGNAL_RATE_PER_SEC must be > 0".into());
         }
+        if self.rate_limit_per_sec == 0 {
+            return Err("PRESENCE_RATE_LIMIT_PER_SEC must be > 0".into());
+        }
+        if self.max_sessions_per_user == 0 {
+            return Err("PRESENCE_MAX_SESSIONS_PER_USER must be > 0".into());
+        }
+        if self.api_key.as_ref().is_some_and(|k| k.len() < 16) {
+            return Err("PRESENCE_API_KEY must be at least 16 bytes".into());
+        }
+        for o in &self.cors_origins {
+            if o != "*" && axum::http::HeaderValue::from_str(o).is_err() {
+                return Err(format!(
+                    "PRESENCE_CORS_ORIGINS: {o:?} is not a valid origin"
+                ));
+            }
+        }
+        crate::auth::Verifier::from_config(self)?;
         if presence_core::ids::validate_id(&self.key_prefix).is_err()
             || self.key_prefix.contains(['{', '}'])
         {
@@ -196,6 +240,11 @@ impl Config {
         let mut c = self.clone();
         if let Some(url) = &c.redis_url {
             c.redis_url = Some(redact_url(url));
+        }
+        for secret in [&mut c.jwt_secret, &mut c.api_key] {
+            if secret.is_some() {
+                *secret = Some("***".into());
+            }
         }
         c
     }
@@ -243,6 +292,18 @@ mod tests {
         ]);
         let shown = format!("{:?}", c.redacted());
         assert!(!shown.contains("hunter2"), "{shown}");
+        let keys = Config::parse_from([
+            "presence-node",
+            "--jwt-secret",
+            "0123456789abcdef0123456789abcdef-secret",
+            "--api-key",
+            "api-key-0123456789",
+        ]);
+        let keys = format!("{:?}", keys.redacted());
+        assert!(
+            !keys.contains("-secret") && !keys.contains("api-key-"),
+            "{keys}"
+        );
         assert!(shown.contains("redis://app:***@10.0.0.1:6379/0"));
         assert_eq!(
             redact_url("redis-sentinel://h:1?sentinelServiceName=m&sentinelPassword=pw&x=1"),

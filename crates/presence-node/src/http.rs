@@ -8,14 +8,17 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::Request;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use presence_core::{RoomId, UserId};
 use presence_store::{Page, StoreError};
 use serde_json::{json, Value};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::app::App;
 use crate::wire::{ErrorCode, WireError};
@@ -66,22 +69,78 @@ impl From<StoreError> for ApiError {
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
-/// The routes of a node (the Socket.IO layer is added by the caller).
+/// The routes of a node (the Socket.IO layer is added by the caller). The
+/// API and the metrics need the API key when one is configured; the demo
+/// page and the health checks never do.
 pub fn router(app: App) -> Router {
-    Router::new()
-        .route("/", get(demo_page))
-        .route("/assets/socket.io.min.js", get(socket_io_client))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let protected = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/whos-online", get(whos_online))
         .route("/api/rooms/{room_id}/presence", get(room_presence))
         .route("/api/rooms/{room_id}/stats", get(room_stats))
         .route("/api/users/status", post(users_status))
         .route("/api/cluster", get(cluster))
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_api_key));
+    Router::new()
+        .route("/", get(demo_page))
+        .route("/assets/socket.io.min.js", get(socket_io_client))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(protected)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
+}
+
+/// Lets a request through when no API key is configured or when it carries
+/// `Authorization: Bearer <key>`; else `401` with a JSON body.
+async fn require_api_key(State(app): State<App>, req: Request, next: Next) -> Response {
+    let Some(key) = &app.config.api_key else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if crate::auth::api_key_matches(given, key) {
+        return next.run(req).await;
+    }
+    crate::metrics::request("http", "unauthorized");
+    let mut res = ApiError::from(WireError::new(
+        ErrorCode::Unauthorized,
+        "this API needs Authorization: Bearer <PRESENCE_API_KEY>",
+    ))
+    .into_response();
+    res.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    res
+}
+
+/// CORS for browser pages of other origins (`PRESENCE_CORS_ORIGINS`): none
+/// when unset, so only same-origin pages can call the API with a browser.
+/// Listed origins may send credentials (the load balancer's affinity cookie
+/// for Socket.IO polling); `*` allows any origin without credentials.
+pub fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
+    if origins.iter().any(|o| o == "*") {
+        return Some(layer.allow_origin(AllowOrigin::any()));
+    }
+    let list: Vec<header::HeaderValue> = origins
+        .iter()
+        .filter_map(|o| header::HeaderValue::from_str(o).ok())
+        .collect();
+    Some(
+        layer
+            .allow_origin(AllowOrigin::list(list))
+            .allow_credentials(true),
+    )
 }
 
 async fn demo_page() -> Html<&'static str> {

@@ -5,6 +5,7 @@
 //!
 //! Layout:
 //! - [`config`]: every setting, as a flag and an environment variable.
+//! - [`auth`]: handshake tokens (JWT), the rooms they grant, the HTTP API key.
 //! - [`wire`]: payload decoding and validation; the one mapping from errors to wire codes.
 //! - [`socket`]: the `presence:*` Socket.IO handlers.
 //! - [`fanout`]: per-room hubs that turn changes into snapshots and throttled diffs.
@@ -13,6 +14,7 @@
 //! - [`app`]: wiring, background tasks and graceful shutdown.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod fanout;
 pub mod http;

@@ -18,12 +18,19 @@ use serde_json::{json, Value};
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 
 use crate::app::App;
+use crate::auth::{AuthError, Grant};
 use crate::fanout::Reply;
 use crate::wire::{self, ErrorCode, WireError};
 
 /// What one connection holds.
 struct Conn {
     state: Mutex<ConnState>,
+    /// What the handshake token grants (`None` when auth is off).
+    grant: Option<Grant>,
+    /// Events per second this socket may send; more get `rate_limited`.
+    events: DefaultDirectRateLimiter,
+    /// Ten times that: a socket past it is flooding, and is disconnected.
+    flood: DefaultDirectRateLimiter,
     /// `presence:signal` is relayed, never stored; this keeps one socket from
     /// flooding a room with it.
     signals: DefaultDirectRateLimiter,
@@ -98,12 +105,45 @@ fn no_session() -> WireError {
     )
 }
 
+/// Checks the handshake token when auth is on (a Socket.IO connect
+/// middleware: an error fails the connection with a `connect_error` whose
+/// message names the reason) and keeps what it grants on the socket.
+pub async fn authenticate(
+    app: &App,
+    socket: &SocketRef,
+    auth: Option<Value>,
+) -> Result<(), AuthError> {
+    let Some(verifier) = &app.auth else {
+        return Ok(());
+    };
+    match verifier.verify(auth.as_ref()) {
+        Ok(grant) => {
+            socket.extensions.insert(grant);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::debug!(reason = %e, "handshake refused");
+            crate::metrics::request("connect", "unauthorized");
+            Err(e)
+        }
+    }
+}
+
 /// Registers the presence handlers on a new connection.
 pub fn on_connect(socket: SocketRef, app: App) {
     crate::metrics::connection_opened();
     let per_sec = NonZeroU32::new(app.config.signal_rate_per_sec).unwrap_or(NonZeroU32::MIN);
+    let events = NonZeroU32::new(app.config.rate_limit_per_sec).unwrap_or(NonZeroU32::MIN);
+    let flood = events.saturating_mul(NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN));
+    let grant = socket.extensions.get::<Grant>();
+    if let Some(g) = &grant {
+        expire_with_token(&socket, g, app.clock.now_ms());
+    }
     let conn = Arc::new(Conn {
         state: Mutex::new(ConnState::default()),
+        grant,
+        events: RateLimiter::direct(Quota::per_second(events)),
+        flood: RateLimiter::direct(Quota::per_second(flood)),
         signals: RateLimiter::direct(Quota::per_second(per_sec)),
     });
 
@@ -114,7 +154,11 @@ pub fn on_connect(socket: SocketRef, app: App) {
                 $event,
                 move |s: SocketRef, TryData(v): TryData<Value>, ack: AckSender| {
                     let (app, conn) = (app.clone(), conn.clone());
-                    async move { $handler(&app, &conn, s, payload(v), ack).await }
+                    async move {
+                        if let Some(ack) = admitted(&conn, &s, $event, ack) {
+                            $handler(&app, &conn, s, payload(v), ack).await
+                        }
+                    }
                 },
             );
         }};
@@ -129,6 +173,56 @@ pub fn on_connect(socket: SocketRef, app: App) {
     socket.on_disconnect(move |s: SocketRef| {
         let (app, conn) = (app.clone(), conn.clone());
         async move { disconnect(&app, &conn, s).await }
+    });
+}
+
+/// Counts one event against the socket's rate. Past the rate the event gets
+/// `rate_limited` (and does nothing); a socket that keeps sending at ten
+/// times the rate is disconnected, so a flood costs the node little and
+/// other clients nothing.
+fn admitted(
+    conn: &Conn,
+    socket: &SocketRef,
+    event: &'static str,
+    ack: AckSender,
+) -> Option<AckSender> {
+    if conn.flood.check().is_err() {
+        tracing::warn!(socket = %socket.id, event, "disconnecting a socket that floods");
+        crate::metrics::request(event, "flood_disconnect");
+        socket.clone().disconnect().ok();
+        return None;
+    }
+    if conn.events.check().is_err() {
+        answer(
+            ack,
+            event,
+            Err(WireError::new(
+                ErrorCode::RateLimited,
+                "too many events from this connection; slow down",
+            )),
+        );
+        return None;
+    }
+    Some(ack)
+}
+
+/// Closes the connection when its token expires: the client reconnects with
+/// a fresh token (socket.io calls an `auth` function again on reconnect) and
+/// resumes its session.
+fn expire_with_token(socket: &SocketRef, g: &Grant, now: presence_core::Millis) {
+    let left = u64::try_from(g.expires_at.saturating_sub(now)).unwrap_or(0);
+    let s = socket.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(left)).await;
+        if s.connected() {
+            let body = WireError::new(
+                ErrorCode::Unauthorized,
+                "token expired; reconnect with a new one",
+            )
+            .body();
+            s.emit("presence:error", &body).ok();
+            s.disconnect().ok();
+        }
     });
 }
 
@@ -198,7 +292,8 @@ fn on_store_error(
 
 async fn hello(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSender) {
     let r = async {
-        let req = wire::hello(&v, &app.limits)?;
+        let subject = conn.grant.as_ref().map(|g| &g.user_id);
+        let req = wire::hello(&v, &app.limits, subject)?;
         {
             let mut st = conn.lock();
             if st.bound.is_some() || st.hello_in_flight {
@@ -271,6 +366,16 @@ async fn join(app: &App, conn: &Conn, socket: SocketRef, v: Value, ack: AckSende
     let r = async {
         let req = wire::join(&v, &app.limits)?;
         let b = conn.bound()?;
+        if conn
+            .grant
+            .as_ref()
+            .is_some_and(|g| !g.rooms.allows(&req.room_id))
+        {
+            return Err(WireError::new(
+                ErrorCode::ForbiddenRoom,
+                format!("your token does not let you join {}", req.room_id),
+            ));
+        }
         app.store
             .join(&b.session, &req.room_id, req.state.clone())
             .await

@@ -119,7 +119,9 @@ impl From<StoreError> for WireError {
             StoreError::StaleEpoch { .. } => ErrorCode::StaleEpoch,
             StoreError::NotJoined(_) => ErrorCode::NotJoined,
             StoreError::Forbidden(_) => ErrorCode::Forbidden,
-            StoreError::TooManyRooms { .. } => ErrorCode::LimitExceeded,
+            StoreError::TooManyRooms { .. } | StoreError::TooManySessions { .. } => {
+                ErrorCode::LimitExceeded
+            }
             StoreError::StateTooLarge { size, limit } => {
                 return WireError::too_large("state", *size, *limit)
             }
@@ -266,9 +268,11 @@ impl<'a> Obj<'a> {
     }
 }
 
-/// Decodes `presence:hello`. The user is `userId`, or `handle` when only a
+/// Decodes `presence:hello`. With token auth, `subject` is the token's
+/// `sub`: the user is that one, and a `userId` naming anyone else is
+/// `forbidden`. Without, the user is `userId`, or `handle` when only a
 /// handle is given (then the handle must also be a valid id).
-pub fn hello(v: &Value, limits: &Limits) -> Result<HelloReq, WireError> {
+pub fn hello(v: &Value, limits: &Limits, subject: Option<&UserId>) -> Result<HelloReq, WireError> {
     let o = Obj::of(v)?;
     let handle = match o.get("handle") {
         None => None,
@@ -289,15 +293,22 @@ pub fn hello(v: &Value, limits: &Limits) -> Result<HelloReq, WireError> {
         }
         Some(_) => return Err(WireError::bad("handle", "must be a string")),
     };
-    let user_id = match (o.id("userId", UserId::new)?, &handle) {
-        (Some(u), _) => u,
-        (None, Some(h)) => UserId::new(h).map_err(|e| {
+    let user_id = match (subject, o.id("userId", UserId::new)?, &handle) {
+        (Some(sub), Some(u), _) if *sub != u => {
+            return Err(WireError::new(
+                ErrorCode::Forbidden,
+                "userId differs from the user your token was issued to (sub); leave it out",
+            ))
+        }
+        (Some(sub), _, _) => sub.clone(),
+        (None, Some(u), _) => u,
+        (None, None, Some(h)) => UserId::new(h).map_err(|e| {
             WireError::bad(
                 "handle",
                 format!("used as the user id when userId is absent, so it {e}"),
             )
         })?,
-        (None, None) => return Err(WireError::bad("userId", "userId or handle is required")),
+        (None, None, None) => return Err(WireError::bad("userId", "userId or handle is required")),
     };
     Ok(HelloReq {
         user_id,
@@ -373,38 +384,63 @@ mod tests {
     }
 
     #[test]
+    fn with_a_token_the_user_is_its_subject() {
+        let sub = UserId::new("alice").unwrap();
+        let h = hello(&json!({}), &l(), Some(&sub)).unwrap();
+        assert_eq!(h.user_id, sub);
+        let h = hello(
+            &json!({ "userId": "alice", "handle": "Al" }),
+            &l(),
+            Some(&sub),
+        )
+        .unwrap();
+        assert_eq!(h.user_id, sub);
+        let h = hello(&json!({ "handle": "Mallory" }), &l(), Some(&sub)).unwrap();
+        assert_eq!(
+            h.user_id, sub,
+            "a handle never becomes the user id under auth"
+        );
+        let e = hello(&json!({ "userId": "bob" }), &l(), Some(&sub)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Forbidden);
+    }
+
+    #[test]
     fn hello_takes_user_or_handle() {
         let h = hello(
             &json!({ "userId": "u1", "handle": "Ann Lee", "meta": { "ua": "x" } }),
             &l(),
+            None,
         )
         .unwrap();
         assert_eq!(h.user_id.as_str(), "u1");
         assert_eq!(h.handle.as_deref(), Some("Ann Lee"));
-        let h = hello(&json!({ "handle": "ann" }), &l()).unwrap();
+        let h = hello(&json!({ "handle": "ann" }), &l(), None).unwrap();
         assert_eq!(h.user_id.as_str(), "ann");
-        let e = hello(&json!({ "handle": "Ann Lee" }), &l()).unwrap_err();
+        let e = hello(&json!({ "handle": "Ann Lee" }), &l(), None).unwrap_err();
         assert_eq!((e.code, e.field), (ErrorCode::BadRequest, Some("handle")));
-        let e = hello(&json!({}), &l()).unwrap_err();
+        let e = hello(&json!({}), &l(), None).unwrap_err();
         assert_eq!(e.field, Some("userId"));
     }
 
     #[test]
     fn every_field_is_type_checked() {
         let cases = [
-            (hello(&json!({ "userId": 5 }), &l()), "userId"),
-            (hello(&json!({ "userId": "a b" }), &l()), "userId"),
+            (hello(&json!({ "userId": 5 }), &l(), None), "userId"),
+            (hello(&json!({ "userId": "a b" }), &l(), None), "userId"),
             (
-                hello(&json!({ "userId": "u", "sessionId": "" }), &l()),
+                hello(&json!({ "userId": "u", "sessionId": "" }), &l(), None),
                 "sessionId",
             ),
-            (hello(&json!({ "userId": "u", "meta": [1] }), &l()), "meta"),
             (
-                hello(&json!({ "userId": "u", "activity": "asleep" }), &l()),
+                hello(&json!({ "userId": "u", "meta": [1] }), &l(), None),
+                "meta",
+            ),
+            (
+                hello(&json!({ "userId": "u", "activity": "asleep" }), &l(), None),
                 "activity",
             ),
             (
-                hello(&json!({ "userId": "u", "handle": "a\u{0007}" }), &l()),
+                hello(&json!({ "userId": "u", "handle": "a\u{0007}" }), &l(), None),
                 "handle",
             ),
             (join(&json!({}), &l()).map(|_| h()), "roomId"),
@@ -433,7 +469,7 @@ mod tests {
     }
 
     fn h() -> HelloReq {
-        hello(&json!({ "userId": "u" }), &Limits::default()).unwrap()
+        hello(&json!({ "userId": "u" }), &Limits::default(), None).unwrap()
     }
 
     #[test]
@@ -445,7 +481,7 @@ mod tests {
             json!(true),
             Value::Null,
         ] {
-            assert_eq!(hello(&v, &l()).unwrap_err().field, Some("payload"));
+            assert_eq!(hello(&v, &l(), None).unwrap_err().field, Some("payload"));
             assert_eq!(join(&v, &l()).unwrap_err().field, Some("payload"));
             assert_eq!(heartbeat(&v).unwrap_err().field, Some("payload"));
         }
@@ -464,6 +500,7 @@ mod tests {
         let e = hello(
             &json!({ "userId": "u", "meta": { "x": "y".repeat(2000) } }),
             &l(),
+            None,
         )
         .unwrap_err();
         assert_eq!(

@@ -49,6 +49,7 @@ fn env() -> Env {
             max_state_bytes: 64,
             max_meta_bytes: 64,
             max_rooms_per_session: 3,
+            max_sessions_per_user: 3,
         },
     }
 }
@@ -304,6 +305,28 @@ cases! {
         store.join(&s, &rid("r2"), None).await.unwrap();
         assert_eq!(store.join(&s, &rid("r3"), None).await, Err(StoreError::TooManyRooms { limit: 3 }));
         assert_eq!(store.room_stats(&rid("r3")).await.unwrap().sessions, 0);
+    }
+
+    /// A user holds at most `max_sessions_per_user` sessions: one more is
+    /// refused and leaves no trace; resuming one of them is not a new one,
+    /// and ending one makes room.
+    async fn sessions_per_user_are_limited(store, env) {
+        let a = claim(store, "alice", "s1").await;
+        claim(store, "alice", "s2").await;
+        claim(store, "alice", "s3").await;
+        claim(store, "bob", "b1").await;
+        assert_eq!(store.hello(hello("alice", Some("s4"))).await, Err(StoreError::TooManySessions { limit: 3 }));
+        assert_eq!(store.hello(hello("alice", None)).await, Err(StoreError::TooManySessions { limit: 3 }));
+        let online = store.whos_online(Page { limit: 10, after: None }).await.unwrap();
+        let mut sids: Vec<String> = online.entries.sessions.keys().map(|s| s.to_string()).collect();
+        sids.sort();
+        assert_eq!(sids, vec!["b1", "s1", "s2", "s3"]);
+        assert_eq!(store.users_status(&[uid("alice")]).await.unwrap()["alice"].session_count, 3);
+        let again = store.hello(hello("alice", Some("s1"))).await.unwrap();
+        assert!(again.resumed);
+        store.end(&SessionRef { session_id: sid("s1"), epoch: again.epoch }).await.unwrap();
+        assert!(a.epoch < again.epoch);
+        assert!(!store.hello(hello("alice", Some("s4"))).await.unwrap().resumed);
     }
 
     /// State and leave need membership; unknown sessions are `NoSession`.

@@ -28,6 +28,12 @@ pub enum StoreError {
         /// The configured limit.
         limit: usize,
     },
+    /// The user already holds as many sessions as allowed.
+    #[error("a user may hold at most {limit} sessions at once; end one (presence:leave) first")]
+    TooManySessions {
+        /// The configured limit.
+        limit: usize,
+    },
     /// The room state would be larger than allowed.
     #[error("state would be {size} bytes; the limit is {limit}")]
     StateTooLarge {

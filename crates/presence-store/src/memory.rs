@@ -343,6 +343,22 @@ impl PresenceStore for MemoryStore {
                 return Ok(claimed);
             }
         }
+        // A new session: the user's other live sessions count against the limit.
+        let held = inner.users.get(&req.user_id).map_or(0, |sids| {
+            sids.iter()
+                .filter(|sid| {
+                    inner
+                        .sessions
+                        .get(*sid)
+                        .is_some_and(|e| e.facts.liveness(now, &self.timings) != Liveness::Expired)
+                })
+                .count()
+        });
+        if held >= self.limits.max_sessions_per_user {
+            return Err(StoreError::TooManySessions {
+                limit: self.limits.max_sessions_per_user,
+            });
+        }
         let session_id = req.session_id.unwrap_or_else(new_session_id);
         let mut facts = SessionFacts {
             session_id: session_id.clone(),

@@ -651,13 +651,25 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Records the session in its user's index; refused (`TooManySessions`)
+    /// when it is new to the user and the user is at the limit.
     async fn user_put(&self, uid: &str, sid: &str, v: u64) -> Result<(), StoreError> {
-        self.eval(
-            &self.scripts.user_put,
-            vec![self.keys.user(uid)],
-            vec![sid.to_owned(), v.to_string()],
-        )
-        .await?;
+        let r = self
+            .eval(
+                &self.scripts.user_put,
+                vec![self.keys.user(uid)],
+                vec![
+                    sid.to_owned(),
+                    v.to_string(),
+                    self.limits.max_sessions_per_user.to_string(),
+                ],
+            )
+            .await?;
+        if r.as_i64() == Some(-1) {
+            return Err(StoreError::TooManySessions {
+                limit: self.limits.max_sessions_per_user,
+            });
+        }
         self.zadd_one(self.keys.online(shard_of(uid)), None, None, 0, uid)
             .await?;
         Ok(())
@@ -1027,7 +1039,19 @@ impl PresenceStore for RedisStore {
                 self.user_del(&exp.uid, sid.as_str(), exp.v).await?;
             }
         }
-        self.user_put(&r.uid, sid.as_str(), r.v).await?;
+        if let Err(e) = self.user_put(&r.uid, sid.as_str(), r.v).await {
+            if matches!(e, StoreError::TooManySessions { .. }) {
+                // Undo the claim: the new session never shows anywhere.
+                let me = SessionRef {
+                    session_id: sid.clone(),
+                    epoch: r.e,
+                };
+                if let Err(undo) = self.end(&me).await {
+                    tracing::warn!(session_id = %sid, error = %undo, "cannot undo a refused session");
+                }
+            }
+            return Err(e);
+        }
         self.room_puts(sid.as_str(), &r.uid, r.v, "status", &r.puts)
             .await?;
         self.index(sid.as_str(), r.ix).await?;
