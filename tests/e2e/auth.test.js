@@ -209,7 +209,10 @@ test("a socket over the event rate gets rate_limited; one that floods is cut off
     await sleep(1100); // a full bucket again
     const gone = new Promise((r) => flood.once("disconnect", r));
     for (let i = 0; i < 300; i++) flood.emit("presence:heartbeat", { epoch: ef.epoch });
-    assert.equal(await gone, "io server disconnect");
+    // The node closes it: the client sees the disconnect packet, or the
+    // transport closing first when the packet is stuck behind the flood.
+    assert.ok(["io server disconnect", "transport close"].includes(await gone));
+    assert.equal(flood.connected, false);
     // The others are still connected and their presence did not change.
     assert.equal((await call(calm, "presence:heartbeat", { epoch: ec.epoch })).ok, true);
     assert.equal((await call(obs, "presence:heartbeat", { epoch: eo.epoch })).ok, true);

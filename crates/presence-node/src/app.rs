@@ -134,16 +134,21 @@ pub async fn serve(
     }));
 
     {
-        let (app, auth_app) = (app.clone(), app.clone());
-        let connect = move |s: SocketRef| {
-            crate::socket::on_connect(s, app.clone());
-            std::future::ready(())
+        // The handlers are registered in the connect middleware, before
+        // socketioxide sends the CONNECT packet: a client emits as soon as it
+        // sees it, and an event that arrives before its handler exists would
+        // be dropped (its ack never sent).
+        let app = app.clone();
+        let admit = move |s: SocketRef, TryData(auth): TryData<serde_json::Value>| {
+            let app = app.clone();
+            async move {
+                crate::socket::authenticate(&app, &s, auth.ok()).await?;
+                crate::socket::on_connect(s, app);
+                Ok::<(), crate::auth::AuthError>(())
+            }
         };
-        let authenticate = move |s: SocketRef, TryData(auth): TryData<serde_json::Value>| {
-            let app = auth_app.clone();
-            async move { crate::socket::authenticate(&app, &s, auth.ok()).await }
-        };
-        io.ns("/", connect.with(authenticate));
+        let connected = |_: SocketRef| std::future::ready(());
+        io.ns("/", connected.with(admit));
     }
     let dispatcher = fanout.spawn_dispatcher();
     let lease = Arc::new(std::sync::Mutex::new(None));
