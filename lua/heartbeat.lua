@@ -13,7 +13,9 @@ local now = tonumber(ARGV[1])
 local T = cjson.decode(ARGV[2])
 local activity = ARGV[4]
 
-local f = load_session(key)
+-- Only the facts that decide the status are read; the whole hash (rooms,
+-- states) only when the status changed and every room must be told.
+local f = load_fields(key, { 'dead', 'epoch', 'd', 'lastHeartbeatAt', 'a', 'la', 'st', 'v', 'ix', 'userId' })
 local err = fence(f, ARGV[3])
 if err then return err end
 
@@ -26,5 +28,5 @@ redis.call('HSET', key, 'lastHeartbeatAt', f.lastHeartbeatAt, 'a', f.a or 'activ
 local ix = index_update(key, f, now, T)
 if not changed and ix == nil then return '{"ok":true}' end
 local puts = {}
-if changed then puts = status_puts(f, true, now, T) end
+if changed then puts = status_puts(load_session(key), true, now, T) end
 return cjson.encode({ ok = true, changed = changed, v = tonumber(f.v), uid = f.userId, ix = ix, puts = puts })

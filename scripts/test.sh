@@ -89,3 +89,5 @@ cargo build -p presence-node --locked
 echo "==> end-to-end tests again, on Redis (the files that start Redis themselves ran above)"
 (cd tests/e2e && E2E_STORE=redis PRESENCE_NODE_BIN="$PWD/../../target/debug/presence-node" \
   node --test --test-concurrency=1 $(grep -L '^// e2e: own-redis' ./*.test.js))
+echo "==> load tool smoke run (presence-bench, a few sessions for a few seconds)"
+BENCH_PROFILE=debug BENCH_OUT=target/bench-smoke ./scripts/bench.sh smoke

@@ -21,6 +21,21 @@ local function load_session(key)
   return f
 end
 
+-- Reads only the fields `names` of a session hash (nil when absent): the hot
+-- path's cheaper load_session (a session hash holds a field per room).
+local function load_fields(key, names)
+  local raw = redis.call('HMGET', key, unpack(names))
+  local f, any = {}, false
+  for i, n in ipairs(names) do
+    if raw[i] then
+      f[n] = raw[i]
+      any = true
+    end
+  end
+  if not any then return nil end
+  return f
+end
+
 local function hb_timeout(f, T)
   if f.a == 'background' then return T.bgt end
   return T.hbt

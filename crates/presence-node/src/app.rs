@@ -155,7 +155,12 @@ pub async fn serve(
     let sweeper = tokio::spawn(reaper_loop(app.clone(), lease.clone()));
     let registry = tokio::spawn(register_loop(app.clone()));
 
-    let mut router = crate::http::router(app.clone()).layer(layer);
+    let mut router =
+        crate::http::router(app.clone())
+            .layer(layer)
+            .layer(axum::middleware::map_request(
+                crate::http::detach_request_buffers,
+            ));
     if let Some(cors) = crate::http::cors(&app.config.cors_origins) {
         router = router.layer(cors);
     }
@@ -170,6 +175,12 @@ pub async fn serve(
         let _ = signalled_tx.send(true);
     };
     let drain = tokio::spawn(drain(app.clone(), io, signalled.clone(), sweeper, lease));
+    // Acks and diffs are small messages someone waits for: no Nagle delay.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let server = tokio::spawn(
         axum::serve(listener, router)
             .with_graceful_shutdown(graceful)

@@ -304,12 +304,15 @@ impl Hub {
                 continue;
             }
             let sent = match reply {
-                Reply::JoinAck(ack, me) => ack.send(&json!({
-                    "ok": true,
-                    "roomId": self.room,
-                    "self": { "sessionId": me.session_id, "epoch": me.epoch },
-                    "snapshot": snapshot,
-                })),
+                Reply::JoinAck(ack, me) => ack.send(&JoinAck {
+                    ok: true,
+                    room_id: self.room.as_str(),
+                    me: JoinSelf {
+                        session_id: me.session_id.as_str(),
+                        epoch: me.epoch,
+                    },
+                    snapshot,
+                }),
                 Reply::Snapshot => socket.emit("presence:snapshot", snapshot),
             };
             if sent.is_ok() {
@@ -321,6 +324,27 @@ impl Hub {
         self.last = Some(view);
         self.dirty = false;
     }
+}
+
+/// The join ack. A struct rather than `json!`: `json!` would turn the
+/// serialized snapshot back into a `Value` tree for every joiner (parsing
+/// megabytes in a big room); this writes it out as it is.
+#[derive(serde::Serialize)]
+struct JoinAck<'a> {
+    ok: bool,
+    #[serde(rename = "roomId")]
+    room_id: &'a str,
+    #[serde(rename = "self")]
+    me: JoinSelf<'a>,
+    snapshot: &'a serde_json::value::RawValue,
+}
+
+/// The joiner's own session, in its join ack.
+#[derive(serde::Serialize)]
+struct JoinSelf<'a> {
+    #[serde(rename = "sessionId")]
+    session_id: &'a str,
+    epoch: u64,
 }
 
 /// Tells a joiner that its snapshot could not be read.

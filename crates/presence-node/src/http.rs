@@ -69,6 +69,38 @@ impl From<StoreError> for ApiError {
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
+/// Copies the request's URI and headers out of the connection's read buffer.
+///
+/// hyper hands them out as slices of that buffer (8–16 KiB per connection),
+/// and socketioxide keeps each connection's request parts (axum's copy of the
+/// URI among its extensions) for the connection's whole life: without the copy
+/// every open WebSocket pins its whole HTTP read buffer, about 16 KiB of the
+/// node's memory per session (docs/benchmarks.md, "Memory per idle
+/// session"). Runs before the Socket.IO layer.
+pub async fn detach_request_buffers(req: Request) -> Request {
+    let (mut parts, body) = req.into_parts();
+    let mut headers = axum::http::HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        let name = axum::http::HeaderName::from_bytes(name.as_str().as_bytes());
+        let value = axum::http::HeaderValue::from_bytes(value.as_bytes());
+        if let (Ok(name), Ok(value)) = (name, value) {
+            headers.append(name, value);
+        }
+    }
+    parts.headers = headers;
+    if let Ok(uri) = parts.uri.to_string().parse::<axum::http::Uri>() {
+        parts.uri = uri.clone();
+        if parts
+            .extensions
+            .remove::<axum::extract::OriginalUri>()
+            .is_some()
+        {
+            parts.extensions.insert(axum::extract::OriginalUri(uri));
+        }
+    }
+    Request::from_parts(parts, body)
+}
+
 /// The routes of a node (the Socket.IO layer is added by the caller). The
 /// API and the metrics need the API key when one is configured; the demo
 /// page and the health checks never do.

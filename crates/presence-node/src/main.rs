@@ -5,6 +5,14 @@ use clap::Parser;
 use presence_node::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: the request path allocates many
+/// small short-lived buffers (frames, JSON values, Redis replies), and under
+/// load glibc's malloc/free took about a sixth of the node's CPU
+/// (docs/benchmarks.md, "Profile").
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let config = Config::parse();
@@ -24,7 +32,7 @@ async fn main() {
         std::process::exit(2);
     }
     tracing::info!(config = ?config.redacted(), "starting");
-    let listener = match tokio::net::TcpListener::bind(config.bind).await {
+    let listener = match listen(config.bind) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("presence-node: cannot listen on {}: {e}", config.bind);
@@ -56,4 +64,20 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
+}
+
+/// The listening socket, with a deeper accept queue than the 1024 of
+/// `TcpListener::bind`: a reconnect storm (every client of a restarted node
+/// at once) otherwise overflows it, and the kernel drops SYNs that the
+/// clients only retry after 1, 3 and 7 s. The kernel caps it at
+/// `net.core.somaxconn`.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(8192)
 }

@@ -1840,13 +1840,14 @@ mod tests {
             for _ in 0..100 {
                 store.heartbeat(&me, Some(Activity::Active)).await.unwrap();
             }
-            // One EVALSHA each; inside it one read and two writes of the
-            // session hash, and nothing per room.
+            // One EVALSHA each; inside it one read of the few fields that
+            // decide the status (not the whole hash: its rooms and states),
+            // two writes of the session hash, and nothing per room.
             assert_eq!(
                 calls(own.port()),
                 counts(&[
                     ("evalsha", 100),
-                    ("hgetall", 100),
+                    ("hmget", 100),
                     ("hset", 100),
                     ("pexpire", 100)
                 ])
