@@ -276,6 +276,7 @@ async fn real_main(cli: Cli) -> i32 {
     };
 
     let started = Instant::now();
+    let mut servers = Vec::new();
     let setup = drive(
         run.clone(),
         || {
@@ -293,9 +294,7 @@ async fn real_main(cli: Cli) -> i32 {
         || {
             let reached = run.reached.load(Ordering::Relaxed);
             let mut ws = watched.lock().expect("watched");
-            let servers: Vec<_> = ws.iter_mut().map(|w| w.finish(reached)).collect();
-            drop(ws);
-            *SERVERS.lock().expect("servers") = servers;
+            servers = ws.iter_mut().map(|w| w.finish(reached)).collect();
         },
     )
     .await;
@@ -310,7 +309,6 @@ async fn real_main(cli: Cli) -> i32 {
         _ => run.plan.duration.as_secs_f64(),
     };
 
-    let mut servers = std::mem::take(&mut *SERVERS.lock().expect("servers"));
     let client = servers.pop().map(|mut c| {
         c.rss_per_session_bytes = None;
         c
@@ -349,6 +347,3 @@ async fn real_main(cli: Cli) -> i32 {
     }
     0
 }
-
-/// Where the end-of-run callback leaves the servers' figures.
-static SERVERS: Mutex<Vec<presence_bench::server::ServerSummary>> = Mutex::new(Vec::new());

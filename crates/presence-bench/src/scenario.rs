@@ -255,14 +255,22 @@ impl Run {
         }
     }
 
-    /// Connect, hello, join: a session ready for the run phase.
-    async fn open(&self, i: usize) -> Option<Session> {
-        let uid = format!("{}-u{i}", self.plan.prefix);
-        let client = self.connect(true, i, &uid, None).await?;
+    /// Connects as `uid` (to the `k`-th URL) and says hello: session `i`,
+    /// not yet in `room`. Server events go to `events` if set.
+    async fn greet(
+        &self,
+        setup: bool,
+        i: usize,
+        k: usize,
+        uid: String,
+        room: String,
+        events: Option<mpsc::UnboundedSender<Incoming>>,
+    ) -> Option<Session> {
+        let client = self.connect(setup, k, &uid, events).await?;
         let hello = json!({ "userId": uid, "handle": format!("bench {i}") });
         let ack = self
             .call(
-                true,
+                setup,
                 &client,
                 "hello",
                 "presence:hello",
@@ -270,32 +278,34 @@ impl Run {
                 Instant::now(),
             )
             .await?;
-        let sid = ack["sessionId"].as_str().unwrap_or_default().to_owned();
-        let epoch = ack["epoch"].as_u64().unwrap_or(0);
-        let interval = Duration::from_millis(
-            ack.pointer("/config/heartbeatIntervalMs")
-                .and_then(Value::as_u64)
-                .unwrap_or(10_000),
-        );
-        let room = self.room_of(i);
-        self.call(
-            true,
-            &client,
-            "join",
-            "presence:join",
-            &json!({ "roomId": room }),
-            Instant::now(),
-        )
-        .await?;
         Some(Session {
             i,
             client,
             uid,
-            sid,
-            epoch,
+            sid: ack["sessionId"].as_str().unwrap_or_default().to_owned(),
+            epoch: ack["epoch"].as_u64().unwrap_or(0),
             room,
-            interval,
+            interval: Duration::from_millis(
+                ack.pointer("/config/heartbeatIntervalMs")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(10_000),
+            ),
         })
+    }
+
+    /// `s` joins its room; the ack is timed from `due`.
+    async fn join(&self, setup: bool, s: &Session, due: Instant) -> Option<Value> {
+        let join = json!({ "roomId": s.room });
+        self.call(setup, &s.client, "join", "presence:join", &join, due)
+            .await
+    }
+
+    /// Connect, hello, join: a session ready for the run phase.
+    async fn open(&self, i: usize) -> Option<Session> {
+        let uid = format!("{}-u{i}", self.plan.prefix);
+        let s = self.greet(true, i, i, uid, self.room_of(i), None).await?;
+        self.join(true, &s, Instant::now()).await?;
+        Some(s)
     }
 }
 
@@ -338,13 +348,12 @@ pub async fn drive(
             let Some(mut s) = s else { return };
             // Sessions set up early keep heartbeating while the others are
             // set up (not recorded): a long setup must not turn them stale.
-            let far = Instant::now() + Duration::from_secs(365 * 86_400);
             let w = tokio::select! {
                 w = window_rx.wait_for(Option::is_some) => match w {
                     Ok(w) => w.expect("set"),
                     Err(_) => return,
                 },
-                _ = heartbeat_until(&run, &mut s, far) => return,
+                _ = heartbeat_until(&run, &mut s, far_future()) => return,
             };
             session(&run, &mut s, w).await;
             // Stay connected until the servers have been sampled.
@@ -428,6 +437,11 @@ async fn session(run: &Run, s: &mut Session, w: Window) {
         Scenario::Connect => heartbeat_until(run, s, w.end).await,
         Scenario::Propagation(_) => unreachable!("propagation has its own driver"),
     }
+}
+
+/// A deadline no run reaches: keep-alive heartbeats until told to stop.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 86_400)
 }
 
 /// One heartbeat of `s`, timed from `due`, adopting the epoch its ack names.
@@ -602,21 +616,12 @@ async fn propagation(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let n_urls = run.plan.targets.len();
     let observer_uid = format!("{}-observer", run.plan.prefix);
-    let observer = run.connect(true, 1 % n_urls, &observer_uid, Some(tx)).await;
+    let observer = run
+        .greet(true, 0, 1 % n_urls, observer_uid, room.clone(), Some(tx))
+        .await;
     let mut ok = false;
-    if let Some(c) = &observer {
-        let hello = json!({ "userId": observer_uid });
-        if run
-            .call(true, c, "hello", "presence:hello", &hello, Instant::now())
-            .await
-            .is_some()
-        {
-            let join = json!({ "roomId": room });
-            ok = run
-                .call(true, c, "join", "presence:join", &join, Instant::now())
-                .await
-                .is_some();
-        }
+    if let Some(o) = &observer {
+        ok = run.join(true, o, Instant::now()).await.is_some();
     }
     let setup = t0.elapsed();
     on_setup_done();
@@ -636,41 +641,21 @@ async fn propagation(
             break;
         }
         let uid = format!("{}-u{i}", run.plan.prefix);
-        let Some(client) = run.connect(false, 0, &uid, None).await else {
+        let Some(mut s) = run.greet(false, i, 0, uid, room.clone(), None).await else {
             tokio::time::sleep_until(due.into()).await;
             continue;
         };
-        let hello = json!({ "userId": uid });
-        let Some(ack) = run
-            .call(
-                false,
-                &client,
-                "hello",
-                "presence:hello",
-                &hello,
-                Instant::now(),
-            )
-            .await
-        else {
-            tokio::time::sleep_until(due.into()).await;
-            continue;
-        };
-        let sid = ack["sessionId"].as_str().unwrap_or_default().to_owned();
         let joined = Instant::now();
-        let join = json!({ "roomId": room });
-        if run
-            .call(false, &client, "join", "presence:join", &join, joined)
-            .await
-            .is_some()
-        {
+        if run.join(false, &s, joined).await.is_some() {
             run.reached.fetch_add(1, Ordering::Relaxed);
+            let sid = s.sid.as_str();
             let seen = tokio::time::timeout(run.plan.timeout, async {
                 while let Some(m) = rx.recv().await {
                     match m {
                         Incoming::Event(name, v) if name == "presence:diff" => {
                             let shown = v
                                 .get("sessions")
-                                .and_then(|x| x.get(&sid))
+                                .and_then(|x| x.get(sid))
                                 .is_some_and(|x| !x.is_null());
                             if shown {
                                 return true;
@@ -689,24 +674,11 @@ async fn propagation(
                 Err(_) => run.run.error("diff_timeout"),
             }
         }
-        let mut s = Session {
-            i,
-            client,
-            uid,
-            sid,
-            epoch: ack["epoch"].as_u64().unwrap_or(0),
-            room: room.clone(),
-            interval: Duration::from_millis(
-                ack.pointer("/config/heartbeatIntervalMs")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(10_000),
-            ),
-        };
         let run2 = run.clone();
         let mut stop = stop_rx.clone();
         keepers.push(tokio::spawn(async move {
             tokio::select! {
-                _ = heartbeat_until(&run2, &mut s, Instant::now() + Duration::from_secs(86_400)) => {}
+                _ = heartbeat_until(&run2, &mut s, far_future()) => {}
                 _ = stop.wait_for(|x| *x) => {}
             }
             s.client.close();

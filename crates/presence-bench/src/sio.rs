@@ -87,16 +87,15 @@ impl Target {
     /// Parses `http://host:port`, `ws://host:port` or `host:port` (a path is
     /// ignored: the Socket.IO path is always `/socket.io/`).
     pub fn parse(url: &str) -> Result<Target, SioError> {
-        let rest = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("ws://"))
-            .unwrap_or(url);
-        if rest.starts_with("https://") || url.starts_with("wss://") || url.starts_with("https://")
-        {
+        if url.starts_with("wss://") || url.starts_with("https://") {
             return Err(SioError::BadUrl(format!(
                 "{url}: TLS is not supported, point the tool at the nodes over plain ws://"
             )));
         }
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("ws://"))
+            .unwrap_or(url);
         let host = rest.split('/').next().unwrap_or_default().to_owned();
         if host.is_empty() {
             return Err(SioError::BadUrl(url.to_owned()));

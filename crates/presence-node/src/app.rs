@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use presence_core::{Clock, Limits, Millis, NodeId, SystemClock, Timings};
-use presence_store::{
-    Lease, MemoryStore, NodeInfo, PresenceStore, RedisOptions, RedisStore, StoreError,
-};
+use presence_store::{MemoryStore, NodeInfo, PresenceStore, RedisOptions, RedisStore, StoreError};
 use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::SocketIo;
@@ -243,7 +241,7 @@ async fn drain(
     io: SocketIo,
     mut signalled: tokio::sync::watch::Receiver<bool>,
     sweeper: tokio::task::JoinHandle<()>,
-    lease: Arc<std::sync::Mutex<Option<Lease>>>,
+    lease: HeldLease,
 ) {
     if signalled.wait_for(|s| *s).await.is_err() {
         sweeper.abort();
@@ -351,10 +349,9 @@ async fn open_store(
 /// Every step is also a compare-and-set in its script, and every sweep
 /// carries the lease's term, so even two sweepers at once could not remove
 /// a live session or apply a cull twice.
-async fn reaper_loop(app: App, lease: Arc<std::sync::Mutex<Option<Lease>>>) {
+async fn reaper_loop(app: App, held: HeldLease) {
     let lease_ms = app.config.leader_lease_ms.max(300);
-    let held = Arc::new(std::sync::Mutex::new(None::<(u64, tokio::time::Instant)>));
-    let keeper = tokio::spawn(keep_lease(app.clone(), lease, held.clone(), lease_ms));
+    let keeper = tokio::spawn(keep_lease(app.clone(), held.clone(), lease_ms));
     let every = Duration::from_millis(app.timings.prune_interval_ms.max(1) as u64);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -362,7 +359,9 @@ async fn reaper_loop(app: App, lease: Arc<std::sync::Mutex<Option<Lease>>>) {
     loop {
         tick.tick().await;
         let valid = *held.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((term, until)) = valid else { continue };
+        let Some(Held { term, until }) = valid else {
+            continue;
+        };
         if tokio::time::Instant::now() >= until {
             continue;
         }
@@ -378,7 +377,7 @@ async fn reaper_loop(app: App, lease: Arc<std::sync::Mutex<Option<Lease>>>) {
                     "a newer reaper fenced this node's sweep; no longer leading"
                 );
                 let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
-                if h.is_some_and(|(t, _)| t == term) {
+                if h.is_some_and(|l| l.term == term) {
                     *h = None;
                 }
             }
@@ -412,15 +411,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Takes or renews the lease every third of its length. `held` is the term
-/// and the instant until which this node may sweep; `lease` is what the
-/// shutdown releases.
-async fn keep_lease(
-    app: App,
-    lease: Arc<std::sync::Mutex<Option<Lease>>>,
-    held: Arc<std::sync::Mutex<Option<(u64, tokio::time::Instant)>>>,
-    lease_ms: i64,
-) {
+/// The reaper lease as this node holds it: what the sweeps carry and what
+/// the shutdown releases.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    /// The lease's term.
+    term: u64,
+    /// Until when this node may sweep (a margin before the lease lapses).
+    until: tokio::time::Instant,
+}
+
+/// `None` while another node leads (or this one was fenced).
+type HeldLease = Arc<std::sync::Mutex<Option<Held>>>;
+
+/// Takes or renews the lease every third of its length, into `held`.
+async fn keep_lease(app: App, held: HeldLease, lease_ms: i64) {
     let trust = Duration::from_millis((lease_ms - lease_ms / 5) as u64);
     let mut tick = tokio::time::interval(Duration::from_millis((lease_ms / 3) as u64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -432,14 +437,16 @@ async fn keep_lease(
                 let mine = l.node_id == app.node_id;
                 let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
                 let was = h.is_some();
-                *h = mine.then_some((l.term, sent + trust));
+                *h = mine.then_some(Held {
+                    term: l.term,
+                    until: sent + trust,
+                });
                 drop(h);
                 if mine && !was {
                     tracing::info!(term = l.term, "this node leads the reaper");
                 } else if !mine && was {
                     tracing::warn!(leader = %l.node_id, term = l.term, "lost the reaper lease");
                 }
-                *lease.lock().unwrap_or_else(|e| e.into_inner()) = mine.then_some(l);
             }
             Err(e) => tracing::warn!(error = %e, "cannot renew the reaper lease"),
         }
