@@ -7,12 +7,12 @@
 -- ARGV[6]  meta JSON ('' = keep/none)               ARGV[7] activity
 -- ARGV[8]  nodeId          ARGV[9] first epoch of a new session (now in ms)
 --
--- Reply (JSON): { ok, e, v, resumed, uid, st, changed, ix, puts: [{room, ev, m, visible}],
---   expired?: { uid, v, dels: [{room, ev}] } }, or { err = 'forbidden' }.
+-- Reply (JSON): { ok, e, v, resumed, uid, st, changed, ix, puts: [{room, ev, m, visible, x}],
+--   buried?: { uid, v, dels: [{room, ev}] } }, or { err = 'forbidden' }.
 --
 -- Epochs are issued here only. A session past its removal deadline that the
 -- sweeper has not reached yet is gone: it is buried (its rooms are reported
--- in `expired` so the caller removes it there) and a new one starts. A
+-- in `buried` so the caller removes it there) and a new one starts. A
 -- tombstone keeps the last epoch and version of a removed session, so a
 -- reused id starts above them and no old connection can write to the new one.
 local key = KEYS[1]
@@ -27,8 +27,8 @@ local reply = { ok = true, puts = {} }
 if f ~= nil and f.dead ~= '1' and liveness(f, now, T) == 'expired' then
   local dels = room_dels(f, 'expire', now)
   f.v = tonumber(f.v) + 1
-  reply.expired = { uid = f.userId, v = f.v, dels = dels }
-  bury(key, f)
+  reply.buried = { uid = f.userId, v = f.v, dels = dels }
+  bury(key, f, T)
   f = load_session(key)
 end
 

@@ -14,26 +14,29 @@
 --
 -- Term fencing: the session keeps the highest term that swept it (`ft`); a
 -- sweeper with a lower term (a leader paused past its lease, whose
--- successor has been here) changes nothing: { fenced = true }.
+-- successor has been here) changes nothing: { outcome = 'fenced' }.
 --
--- Reply: { gone = true } (nothing left to watch), or
--- { ok, expired, changed, v, uid, next, inroom, x, puts: [{room, ev, m, visible, x}], dels: [{room, ev}] }.
+-- Reply (JSON), by `outcome`:
+--   { outcome = 'gone' }     no session (or only its tombstone): nothing left to watch
+--   { outcome = 'fenced' }   a sweeper with a higher term has been here
+--   { outcome = 'expired', v, uid, dels: [{room, ev}] }   buried now
+--   { outcome = 'alive', changed, v, uid, next, inroom, x, puts: [{room, ev, m, visible, x}] }
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
 local T = cjson.decode(ARGV[2])
 local room = ARGV[3]
 
 local f = load_session(key)
-if f == nil or f.dead == '1' then return '{"gone":true}' end
+if f == nil or f.dead == '1' then return '{"outcome":"gone"}' end
 local term = tonumber(ARGV[4]) or 0
-if term < num(f.ft, 0) then return '{"fenced":true}' end
+if term < num(f.ft, 0) then return '{"outcome":"fenced"}' end
 if term > num(f.ft, 0) then redis.call('HSET', key, 'ft', term) end
 
 if liveness(f, now, T) == 'expired' then
   local dels = room_dels(f, 'expire', now)
   f.v = tonumber(f.v) + 1
-  bury(key, f)
-  return cjson.encode({ ok = true, expired = true, v = f.v, uid = f.userId, dels = dels, inroom = false })
+  bury(key, f, T)
+  return cjson.encode({ outcome = 'expired', v = f.v, uid = f.userId, dels = dels })
 end
 
 local st, changed = rederive(key, f, now, T)
@@ -44,6 +47,6 @@ local puts = {}
 if changed then puts = status_puts(f, true, now, T) end
 local inroom = room ~= nil and room ~= '' and f['r:' .. room] ~= nil
 return cjson.encode({
-  ok = true, expired = false, changed = changed, v = tonumber(f.v), uid = f.userId, next = nd, puts = puts,
+  outcome = 'alive', changed = changed, v = tonumber(f.v), uid = f.userId, next = nd, puts = puts,
   inroom = inroom, x = removal_deadline(f, T) + KEEP,
 })

@@ -8,6 +8,7 @@
 -- Reply: { ok, v, uid, ended, dels: [{room, ev}] } or { err = 'no_session' | 'stale_epoch' | 'not_joined' }.
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
+local T = cjson.decode(ARGV[2])
 local room = ARGV[4]
 
 local f = load_session(key)
@@ -25,5 +26,5 @@ end
 
 local dels = room_dels(f, 'leave', now)
 f.v = tonumber(f.v) + 1
-bury(key, f)
+bury(key, f, T)
 return cjson.encode({ ok = true, v = f.v, uid = f.userId, ended = true, dels = dels })

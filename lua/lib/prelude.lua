@@ -5,7 +5,10 @@
 -- Rust ones, which the conformance suite checks through both stores.
 --
 -- Timings arrive as one ARGV entry, a JSON object
--- { hbt, idle, away, bgt, grace } (all ms). Replies are JSON strings.
+-- { hbt, idle, away, bgt, grace, tomb } (all ms), built by the Rust side
+-- (`timings_json` in crates/presence-store/src/redis/session_scripts.rs);
+-- `tomb` is how long a tombstone lives, the same as the memory store's.
+-- Replies are JSON strings, each read by one Rust type.
 
 local function num(v, default)
   if v == nil or v == false or v == '' then return default end
@@ -174,12 +177,12 @@ local function index_update(key, f, now, T)
   return nil
 end
 
--- Leaves a tombstone: the epoch and version survive the session for a while so
--- that a session id used again starts above them.
-local function bury(key, f)
+-- Leaves a tombstone: the epoch and version survive the session for T.tomb
+-- ms so that a session id used again starts above them.
+local function bury(key, f, T)
   redis.call('DEL', key)
   redis.call('HSET', key, 'dead', '1', 'epoch', f.epoch, 'v', f.v, 'userId', f.userId)
-  redis.call('PEXPIRE', key, 600000)
+  redis.call('PEXPIRE', key, T.tomb)
 end
 
 -- Checks the caller's epoch against the session's. Returns an error reply

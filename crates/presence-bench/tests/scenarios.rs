@@ -31,8 +31,10 @@ async fn node(extra: &[&str]) -> Node {
         "--emit-debounce-ms",
         "0",
     ];
+    // The tool is under test, not the node's limits: a closed loop on an
+    // idle machine sends a socket's heartbeats well past 1,000 a second.
     if !extra.contains(&"--rate-limit-per-sec") {
-        args.extend(["--rate-limit-per-sec", "1000"]);
+        args.extend(["--rate-limit-per-sec", "1000000"]);
     }
     args.extend_from_slice(extra);
     let config = Config::try_parse_from(args).unwrap();

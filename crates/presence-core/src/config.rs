@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use crate::time::Millis;
 
-/// The lifecycle timings (all in milliseconds). Defaults follow PROTOCOL.md.
+/// The lifecycle timings (all in milliseconds). Defaults follow docs/protocol.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Timings {

@@ -10,6 +10,7 @@
 //! - [`time`]: the injected [`Clock`](time::Clock) and a manual clock for tests.
 //! - [`config`]: lifecycle [`Timings`](config::Timings) and [`Limits`](config::Limits) with their defaults.
 //! - [`session`]: the facts kept per session and the derivation of its status.
+//! - [`state`]: the shallow merge that applies a state patch.
 //! - [`user`]: user status and confidence, derived from a set of sessions.
 //! - [`view`]: what observers see of a room or of everyone online.
 //! - [`diff`]: the minimal change between two views, and how to apply it.
@@ -20,6 +21,7 @@ pub mod diff;
 pub mod event;
 pub mod ids;
 pub mod session;
+pub mod state;
 pub mod time;
 pub mod user;
 pub mod view;

@@ -143,7 +143,7 @@ impl SessionFacts {
         }
     }
 
-    /// The status at `now`, following PROTOCOL.md "Model":
+    /// The status at `now`, following docs/protocol.md "Model":
     /// removal after timeout + grace (or grace after a disconnect), stale after
     /// the timeout or a disconnect, away when in the background or inactive for
     /// `awayAfterMs`, idle when the client says so or inactive for

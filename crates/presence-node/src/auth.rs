@@ -17,7 +17,7 @@ use presence_core::{Millis, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::Config;
+use crate::error::ConfigError;
 
 /// How much clock difference between the token issuer and a node is
 /// tolerated when checking `exp` (and `nbf`).
@@ -120,11 +120,15 @@ impl fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    /// The verifier the configuration asks for: HS256 with
-    /// `PRESENCE_JWT_SECRET`, RS256 with `PRESENCE_JWT_PUBLIC_KEY` (PEM text,
-    /// or the path of a PEM file), or `None` when neither is set (auth off).
-    pub fn from_config(c: &Config) -> Result<Option<Verifier>, String> {
-        let (key, alg) = match (&c.jwt_secret, &c.jwt_public_key) {
+    /// The verifier the keys ask for: HS256 with a shared `secret`
+    /// (`PRESENCE_JWT_SECRET`), RS256 with the issuer's `public_key`
+    /// (`PRESENCE_JWT_PUBLIC_KEY`: PEM text, or the path of a PEM file), or
+    /// `None` when neither is set (auth off).
+    pub fn from_keys(
+        secret: Option<&str>,
+        public_key: Option<&str>,
+    ) -> Result<Option<Verifier>, ConfigError> {
+        let (key, alg) = match (secret, public_key) {
             (Some(_), Some(_)) => {
                 return Err(
                     "set PRESENCE_JWT_SECRET (HS256) or PRESENCE_JWT_PUBLIC_KEY (RS256), not both"
@@ -146,13 +150,16 @@ impl Verifier {
             }
             (None, Some(pem)) => {
                 let text = if pem.trim_start().starts_with("-----BEGIN") {
-                    pem.clone()
+                    pem.to_owned()
                 } else {
-                    std::fs::read_to_string(pem)
-                        .map_err(|e| format!("PRESENCE_JWT_PUBLIC_KEY: cannot read {pem}: {e}"))?
+                    std::fs::read_to_string(pem).map_err(|e| {
+                        ConfigError(format!("PRESENCE_JWT_PUBLIC_KEY: cannot read {pem}: {e}"))
+                    })?
                 };
                 let key = DecodingKey::from_rsa_pem(text.as_bytes()).map_err(|e| {
-                    format!("PRESENCE_JWT_PUBLIC_KEY is not an RSA public key in PEM: {e}")
+                    ConfigError(format!(
+                        "PRESENCE_JWT_PUBLIC_KEY is not an RSA public key in PEM: {e}"
+                    ))
                 })?;
                 (key, Algorithm::RS256)
             }
@@ -251,9 +258,7 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     fn verifier() -> Verifier {
-        use clap::Parser;
-        let c = Config::parse_from(["presence-node", "--jwt-secret", SECRET]);
-        Verifier::from_config(&c).unwrap().unwrap()
+        Verifier::from_keys(Some(SECRET), None).unwrap().unwrap()
     }
 
     fn token(claims: serde_json::Value, secret: &str) -> Value {
@@ -366,23 +371,11 @@ mod tests {
 
     #[test]
     fn weak_or_conflicting_keys_are_refused_at_start() {
-        use clap::Parser;
-        let c = Config::parse_from(["presence-node", "--jwt-secret", "short"]);
-        assert!(Verifier::from_config(&c).unwrap_err().contains("32 bytes"));
-        let c = Config::parse_from([
-            "presence-node",
-            "--jwt-secret",
-            SECRET,
-            "--jwt-public-key",
-            "x",
-        ]);
-        assert!(Verifier::from_config(&c).unwrap_err().contains("not both"));
-        let c = Config::parse_from(["presence-node", "--jwt-public-key", "/no/such/key.pem"]);
-        assert!(Verifier::from_config(&c)
-            .unwrap_err()
-            .contains("cannot read"));
-        let c = Config::parse_from(["presence-node"]);
-        assert!(Verifier::from_config(&c).unwrap().is_none());
+        let refused = |secret, public_key| Verifier::from_keys(secret, public_key).unwrap_err().0;
+        assert!(refused(Some("short"), None).contains("32 bytes"));
+        assert!(refused(Some(SECRET), Some("x")).contains("not both"));
+        assert!(refused(None, Some("/no/such/key.pem")).contains("cannot read"));
+        assert!(Verifier::from_keys(None, None).unwrap().is_none());
     }
 
     #[test]

@@ -7,6 +7,9 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use presence_core::{Limits, Millis, NodeId, Timings};
 
+use crate::auth::Verifier;
+use crate::error::ConfigError;
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -141,7 +144,7 @@ pub struct Config {
 
 impl Config {
     /// The lifecycle timings, checked.
-    pub fn timings(&self) -> Result<Timings, String> {
+    pub fn timings(&self) -> Result<Timings, ConfigError> {
         let t = Timings {
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             heartbeat_timeout_ms: self.heartbeat_timeout_ms,
@@ -152,7 +155,7 @@ impl Config {
             prune_interval_ms: self.prune_interval_ms,
             emit_debounce_ms: self.emit_debounce_ms,
         };
-        t.validate().map_err(|e| e.0)?;
+        t.validate().map_err(|e| ConfigError(e.0))?;
         Ok(t)
     }
 
@@ -167,9 +170,9 @@ impl Config {
     }
 
     /// The configured node id, or a fresh random one.
-    pub fn node_id(&self) -> Result<NodeId, String> {
+    pub fn node_id(&self) -> Result<NodeId, ConfigError> {
         match &self.node_id {
-            Some(id) => NodeId::new(id).map_err(|e| format!("PRESENCE_NODE_ID: {e}")),
+            Some(id) => NodeId::new(id).map_err(|e| ConfigError(format!("PRESENCE_NODE_ID: {e}"))),
             None => {
                 let rnd = uuid::Uuid::new_v4().simple().to_string();
                 Ok(NodeId::new(&format!("node-{}", &rnd[..12])).expect("valid id"))
@@ -182,8 +185,13 @@ impl Config {
         Duration::from_millis(self.emit_debounce_ms.max(0) as u64)
     }
 
+    /// The token verifier the keys ask for (`None`: token auth is off).
+    pub fn verifier(&self) -> Result<Option<Verifier>, ConfigError> {
+        Verifier::from_keys(self.jwt_secret.as_deref(), self.jwt_public_key.as_deref())
+    }
+
     /// Checks everything that can be checked before start.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.timings()?;
         self.node_id()?;
         if self.max_rooms_per_session == 0 {
@@ -206,12 +214,12 @@ impl Config {
         }
         for o in &self.cors_origins {
             if o != "*" && axum::http::HeaderValue::from_str(o).is_err() {
-                return Err(format!(
+                return Err(ConfigError(format!(
                     "PRESENCE_CORS_ORIGINS: {o:?} is not a valid origin"
-                ));
+                )));
             }
         }
-        crate::auth::Verifier::from_config(self)?;
+        self.verifier()?;
         if presence_core::ids::validate_id(&self.key_prefix).is_err()
             || self.key_prefix.contains(['{', '}'])
         {
@@ -314,12 +322,12 @@ mod tests {
     #[test]
     fn flags_override_and_bad_values_are_named() {
         let c = Config::parse_from(["presence-node", "--heartbeat-timeout-ms", "5000"]);
-        assert!(c.validate().unwrap_err().contains("heartbeatTimeoutMs"));
+        assert!(c.validate().unwrap_err().0.contains("heartbeatTimeoutMs"));
         let c = Config::parse_from(["presence-node", "--node-id", "bad id"]);
-        assert!(c.validate().unwrap_err().contains("PRESENCE_NODE_ID"));
+        assert!(c.validate().unwrap_err().0.contains("PRESENCE_NODE_ID"));
         assert!(Config::try_parse_from(["presence-node", "--bind", "nope"]).is_err());
         let c = Config::parse_from(["presence-node", "--redis-ca-file", "/ca.pem"]);
-        assert!(c.validate().unwrap_err().contains("rediss://"));
+        assert!(c.validate().unwrap_err().0.contains("rediss://"));
         let c = Config::parse_from([
             "presence-node",
             "--redis-url",
@@ -327,7 +335,11 @@ mod tests {
             "--redis-ca-file",
             "/ca.pem",
         ]);
-        assert!(c.validate().unwrap_err().contains("PRESENCE_REDIS_CA_FILE"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .0
+            .contains("PRESENCE_REDIS_CA_FILE"));
         let c = Config::parse_from([
             "presence-node",
             "--redis-url",

@@ -4,8 +4,9 @@
 //! view it sent. A hub follows its room's events (on Redis: subscribes to
 //! the room's channel) for as long as it lives, so a node receives the
 //! events of exactly the rooms it has sockets in, and emits to its own
-//! sockets only: each client gets each change once, however many nodes run. When the room changes it reads the room's view, sends the
-//! diff against the last one to the room's sockets, and keeps the new view.
+//! sockets only: each client gets each change once, however many nodes
+//! run. When the room changes it reads the room's view, sends the diff
+//! against the last one to the room's sockets, and keeps the new view.
 //! Diffs are throttled per room: at most one every `emitDebounceMs`; a change
 //! after a quiet spell goes out at once, later ones in the window are
 //! coalesced into one diff.
@@ -23,13 +24,13 @@ use std::time::Duration;
 use presence_core::diff::diff;
 use presence_core::{NodeId, RoomId, RoomView};
 use presence_store::{PresenceStore, SessionRef, Signal};
-use serde_json::json;
 use socketioxide::extract::{AckSender, SocketRef};
 use socketioxide::socket::Sid;
 use socketioxide::SocketIo;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
+use crate::acks::{JoinAck, SignalMsg, True};
 use crate::wire::WireError;
 
 /// How a joiner gets its snapshot.
@@ -119,17 +120,11 @@ impl Fanout {
     }
 
     async fn relay_signal(&self, s: Signal) {
-        let msg = json!({
-            "roomId": s.room_id,
-            "sessionId": s.session_id,
-            "userId": s.user_id,
-            "data": s.data,
-        });
         if let Err(e) = self
             .inner
             .io
             .to(s.room_id.as_str().to_owned())
-            .emit("presence:signal", &msg)
+            .emit("presence:signal", &SignalMsg::from(&s))
             .await
         {
             tracing::debug!(error = %e, "signal relay failed");
@@ -207,7 +202,7 @@ async fn run_hub(inner: Arc<Inner>, room: RoomId, mut rx: mpsc::UnboundedReceive
     // change falls between the two.
     if let Err(e) = inner.store.follow_room(&room).await {
         tracing::warn!(room_id = %room, error = %e, "cannot follow room events");
-        let err = WireError::from(e).body();
+        let err = WireError::from(e);
         loop {
             while let Ok(msg) = rx.try_recv() {
                 if let HubMsg::Join(socket, reply) = msg {
@@ -269,7 +264,7 @@ impl Hub {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(room_id = %self.room, error = %e, "cannot read room view");
-                let err = WireError::from(e).body();
+                let err = WireError::from(e);
                 for (socket, reply) in self.pending.drain(..) {
                     answer_error(socket, reply, &err);
                 }
@@ -305,12 +300,9 @@ impl Hub {
             }
             let sent = match reply {
                 Reply::JoinAck(ack, me) => ack.send(&JoinAck {
-                    ok: true,
-                    room_id: self.room.as_str(),
-                    me: JoinSelf {
-                        session_id: me.session_id.as_str(),
-                        epoch: me.epoch,
-                    },
+                    ok: True,
+                    room_id: &self.room,
+                    me: (&me).into(),
                     snapshot,
                 }),
                 Reply::Snapshot => socket.emit("presence:snapshot", snapshot),
@@ -326,29 +318,8 @@ impl Hub {
     }
 }
 
-/// The join ack. A struct rather than `json!`: `json!` would turn the
-/// serialized snapshot back into a `Value` tree for every joiner (parsing
-/// megabytes in a big room); this writes it out as it is.
-#[derive(serde::Serialize)]
-struct JoinAck<'a> {
-    ok: bool,
-    #[serde(rename = "roomId")]
-    room_id: &'a str,
-    #[serde(rename = "self")]
-    me: JoinSelf<'a>,
-    snapshot: &'a serde_json::value::RawValue,
-}
-
-/// The joiner's own session, in its join ack.
-#[derive(serde::Serialize)]
-struct JoinSelf<'a> {
-    #[serde(rename = "sessionId")]
-    session_id: &'a str,
-    epoch: u64,
-}
-
 /// Tells a joiner that its snapshot could not be read.
-fn answer_error(socket: SocketRef, reply: Reply, err: &serde_json::Value) {
+fn answer_error(socket: SocketRef, reply: Reply, err: &WireError) {
     match reply {
         Reply::JoinAck(ack, _) => {
             let _ = ack.send(err);

@@ -20,12 +20,36 @@ use presence_store::{Page, StoreError};
 use serde_json::{json, Value};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::app::App;
+use std::sync::Arc;
+
+use presence_store::PresenceStore;
+
+use crate::fanout::Fanout;
+use crate::node::LocalNode;
 use crate::wire::{ErrorCode, WireError};
+
+/// What the HTTP handlers need, and nothing more. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The authoritative state.
+    pub store: Arc<dyn PresenceStore>,
+    /// This node.
+    pub node: Arc<LocalNode>,
+    /// The rooms with local sockets (their count, for metrics and the registry).
+    pub fanout: Fanout,
+    /// `PRESENCE_API_KEY`; `None` leaves the API open.
+    pub api_key: Option<String>,
+}
+
+impl ApiState {
+    fn node_info(&self) -> presence_store::NodeInfo {
+        self.node.info(self.fanout.rooms())
+    }
+}
 
 /// Most users in one `/api/users/status` request.
 pub const MAX_STATUS_USERS: usize = 1000;
-/// Default and largest page of `/api/whos-online`.
+/// Default page of `/api/whos-online`.
 pub const DEFAULT_PAGE: usize = 1000;
 /// Largest page of `/api/whos-online`.
 pub const MAX_PAGE: usize = 10_000;
@@ -104,7 +128,7 @@ pub async fn detach_request_buffers(req: Request) -> Request {
 /// The routes of a node (the Socket.IO layer is added by the caller). The
 /// API and the metrics need the API key when one is configured; the demo
 /// page and the health checks never do.
-pub fn router(app: App) -> Router {
+pub fn router(api: ApiState) -> Router {
     let protected = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/whos-online", get(whos_online))
@@ -112,7 +136,7 @@ pub fn router(app: App) -> Router {
         .route("/api/rooms/{room_id}/stats", get(room_stats))
         .route("/api/users/status", post(users_status))
         .route("/api/cluster", get(cluster))
-        .route_layer(middleware::from_fn_with_state(app.clone(), require_api_key));
+        .route_layer(middleware::from_fn_with_state(api.clone(), require_api_key));
     Router::new()
         .route("/", get(demo_page))
         .route("/assets/socket.io.min.js", get(socket_io_client))
@@ -121,13 +145,13 @@ pub fn router(app: App) -> Router {
         .merge(protected)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(app)
+        .with_state(api)
 }
 
 /// Lets a request through when no API key is configured or when it carries
 /// `Authorization: Bearer <key>`; else `401` with a JSON body.
-async fn require_api_key(State(app): State<App>, req: Request, next: Next) -> Response {
-    let Some(key) = &app.config.api_key else {
+async fn require_api_key(State(api): State<ApiState>, req: Request, next: Next) -> Response {
+    let Some(key) = &api.api_key else {
         return next.run(req).await;
     };
     let given = req
@@ -200,27 +224,27 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "ok": true }))
 }
 
-async fn readyz(State(app): State<App>) -> Response {
-    if app.draining() {
+async fn readyz(State(api): State<ApiState>) -> Response {
+    if api.node.draining() {
         return ApiError::from(WireError::new(
             ErrorCode::Unavailable,
             "this node is shutting down",
         ))
         .into_response();
     }
-    match app.store.ping().await {
-        Ok(()) => Json(json!({ "ok": true, "store": app.store.kind() })).into_response(),
+    match api.store.ping().await {
+        Ok(()) => Json(json!({ "ok": true, "store": api.store.kind() })).into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
 }
 
-async fn metrics(State(app): State<App>) -> impl IntoResponse {
+async fn metrics(State(api): State<ApiState>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render(app.local_sessions(), app.fanout.rooms()),
+        crate::metrics::render(api.node.local_sessions(), api.fanout.rooms()),
     )
 }
 
@@ -229,7 +253,7 @@ fn room_id(raw: &str) -> Result<RoomId, ApiError> {
 }
 
 async fn whos_online(
-    State(app): State<App>,
+    State(api): State<ApiState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let limit = match q.get("limit") {
@@ -249,7 +273,7 @@ async fn whos_online(
         None => None,
         Some(c) => Some(UserId::new(c).map_err(|e| WireError::bad("cursor", e))?),
     };
-    let page = app.store.whos_online(Page { limit, after }).await?;
+    let page = api.store.whos_online(Page { limit, after }).await?;
     let mut body = json!({
         "ok": true,
         "generatedAt": page.generated_at,
@@ -262,9 +286,9 @@ async fn whos_online(
     Ok(Json(body))
 }
 
-async fn room_presence(State(app): State<App>, Path(raw): Path<String>) -> ApiResult {
+async fn room_presence(State(api): State<ApiState>, Path(raw): Path<String>) -> ApiResult {
     let room = room_id(&raw)?;
-    let v = app.store.room_view(&room).await?;
+    let v = api.store.room_view(&room).await?;
     Ok(Json(json!({
         "ok": true,
         "roomId": v.room_id,
@@ -275,15 +299,18 @@ async fn room_presence(State(app): State<App>, Path(raw): Path<String>) -> ApiRe
     })))
 }
 
-async fn room_stats(State(app): State<App>, Path(raw): Path<String>) -> ApiResult {
+async fn room_stats(State(api): State<ApiState>, Path(raw): Path<String>) -> ApiResult {
     let room = room_id(&raw)?;
-    let s = app.store.room_stats(&room).await?;
+    let s = api.store.room_stats(&room).await?;
     Ok(Json(
         json!({ "ok": true, "roomId": room, "sessions": s.sessions, "users": s.users }),
     ))
 }
 
-async fn users_status(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+async fn users_status(
+    State(api): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             WireError::too_large("body", MAX_BODY_BYTES + 1, MAX_BODY_BYTES)
@@ -314,25 +341,25 @@ async fn users_status(State(app): State<App>, body: Result<Bytes, BytesRejection
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let statuses = app.store.users_status(&ids).await?;
+    let statuses = api.store.users_status(&ids).await?;
     Ok(Json(
-        json!({ "ok": true, "generatedAt": app.clock.now_ms(), "users": statuses }),
+        json!({ "ok": true, "generatedAt": api.node.clock.now_ms(), "users": statuses }),
     ))
 }
 
-async fn cluster(State(app): State<App>) -> ApiResult {
-    let mut nodes = app.store.nodes().await?;
+async fn cluster(State(api): State<ApiState>) -> ApiResult {
+    let mut nodes = api.store.nodes().await?;
     // This node answers, so it is live: show it as of now even before its
     // first registration lands (or while a refresh is failing).
-    nodes.retain(|n| n.node_id != app.node_id);
-    nodes.push(app.node_info());
+    nodes.retain(|n| n.node_id != api.node.id);
+    nodes.push(api.node_info());
     nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     // The node holding the reaper lease (null for the moment between one
     // holder's lease running out and the next one taking it).
-    let leader = app.store.current_lease().await?;
+    let leader = api.store.current_lease().await?;
     Ok(Json(json!({
         "ok": true,
-        "store": app.store.kind(),
+        "store": api.store.kind(),
         "nodes": nodes,
         "leader": leader,
     })))

@@ -6,11 +6,10 @@
 
 use presence_core::{Activity, IdError, JsonMap, Limits, RoomId, SessionId, UserId};
 use presence_store::StoreError;
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
 
-/// The wire error codes of PROTOCOL.md, plus `limit_exceeded` (too many rooms)
-/// and `not_found` (HTTP only).
+/// The wire error codes of docs/protocol.md ("Error codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -102,13 +101,36 @@ impl WireError {
         }
     }
 
-    /// The JSON body of the error ack (and of HTTP error responses).
+    /// The JSON body of the error ack (and of HTTP error responses), as a value.
     pub fn body(&self) -> Value {
-        let mut error = json!({ "code": self.code, "message": self.message });
-        if let Some(f) = self.field {
-            error["field"] = json!(f);
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// An error serializes as the error ack: `{ ok: false, error: { code, message, field? } }`.
+impl Serialize for WireError {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Ack<'a> {
+            ok: bool,
+            error: Detail<'a>,
         }
-        json!({ "ok": false, "error": error })
+        #[derive(Serialize)]
+        struct Detail<'a> {
+            code: ErrorCode,
+            message: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            field: Option<&'static str>,
+        }
+        Ack {
+            ok: false,
+            error: Detail {
+                code: self.code,
+                message: &self.message,
+                field: self.field,
+            },
+        }
+        .serialize(s)
     }
 }
 
@@ -377,6 +399,8 @@ pub fn leave(v: &Value) -> Result<LeaveReq, WireError> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn l() -> Limits {

@@ -30,46 +30,12 @@ use futures::Stream;
 use presence_core::{PresenceEvent, RoomId};
 use tokio::sync::{broadcast, watch, Mutex};
 
-use crate::api::Signal;
+pub use crate::redis::conn::PubSub;
+
+use crate::api::{Signal, EVENT_BUFFER};
 use crate::error::StoreError;
-use crate::redis::{unavailable, RedisOptions};
-
-/// Events buffered between Redis and the bus's followers. A follower that
-/// falls further behind gets `Lagged` and must re-read its rooms.
-pub(crate) const EVENT_BUFFER: usize = 16_384;
-
-/// How events are published and subscribed to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PubSub {
-    /// `SPUBLISH`/`SSUBSCRIBE` (Redis 7 and later).
-    Sharded,
-    /// `PUBLISH`/`SUBSCRIBE`.
-    Plain,
-}
-
-impl PubSub {
-    /// Sharded on Redis 7 and later, which every supported Cluster is.
-    pub(crate) fn for_server_version(version: &str) -> Self {
-        let major = version
-            .split('.')
-            .next()
-            .and_then(|m| m.parse::<u32>().ok())
-            .unwrap_or(0);
-        if major >= 7 {
-            PubSub::Sharded
-        } else {
-            PubSub::Plain
-        }
-    }
-
-    /// The command the scripts publish with.
-    pub(crate) fn publish_command(self) -> &'static str {
-        match self {
-            PubSub::Sharded => "SPUBLISH",
-            PubSub::Plain => "PUBLISH",
-        }
-    }
-}
+use crate::redis::conn::{self, unavailable, RedisOptions};
+use crate::redis::keys::Keys;
 
 /// What a [`EventBus::stream`] yields.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,7 +50,7 @@ pub enum BusMessage {
 /// One subscriber connection and the rooms it follows.
 pub struct EventBus {
     subscriber: SubscriberClient,
-    prefix: String,
+    keys: Keys,
     mode: PubSub,
     /// Followers per room; held while (un)subscribing, so that the commands
     /// of one room are never reordered.
@@ -100,38 +66,26 @@ impl EventBus {
     /// Connects a bus of its own, for a backend service that follows rooms.
     /// `opts.prefix` must be the nodes' `PRESENCE_KEY_PREFIX`.
     pub async fn connect(opts: &RedisOptions) -> Result<std::sync::Arc<Self>, StoreError> {
-        let builder = crate::redis::builder(opts)?;
-        let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
-        subscriber
-            .init()
-            .await
-            .map_err(crate::redis::connect_error)?;
+        let builder = conn::builder(opts)?;
+        let subscriber = conn::subscriber(&builder).await?;
         let publisher = builder.build().map_err(unavailable)?;
-        publisher
-            .init()
-            .await
-            .map_err(crate::redis::connect_error)?;
-        let version = crate::redis::server_version(&publisher).await?;
-        Ok(Self::start(
-            subscriber,
-            publisher,
-            opts.prefix.clone(),
-            PubSub::for_server_version(&version),
-        ))
+        publisher.init().await.map_err(conn::connect_error)?;
+        let mode = PubSub::of_server(&publisher).await?;
+        Ok(Self::start(subscriber, publisher, &opts.prefix, mode))
     }
 
     /// Starts a bus on a connected subscriber client.
     pub(crate) fn start(
         subscriber: SubscriberClient,
         publisher: Client,
-        prefix: String,
+        prefix: &str,
         mode: PubSub,
     ) -> std::sync::Arc<Self> {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (signals, _) = broadcast::channel(EVENT_BUFFER);
         let bus = std::sync::Arc::new(Self {
             subscriber,
-            prefix,
+            keys: Keys::new(prefix),
             mode,
             rooms: Mutex::new(HashMap::new()),
             events,
@@ -151,12 +105,12 @@ impl EventBus {
 
     /// The channel of a room's events.
     pub fn channel(&self, room: &str) -> String {
-        format!("{}:events:{{{room}}}", self.prefix)
+        self.keys.events_channel(room)
     }
 
     /// The channel of a room's relayed signals.
     pub fn signal_channel(&self, room: &str) -> String {
-        format!("{}:signals:{{{room}}}", self.prefix)
+        self.keys.signals_channel(room)
     }
 
     /// Relays a signal to the other nodes that follow its room.
@@ -269,7 +223,7 @@ impl EventBus {
         let mut rx = self.subscriber.message_rx();
         let tx = self.events.clone();
         let signals = self.signals.clone();
-        let signal_prefix = format!("{}:signals:", self.prefix);
+        let signal_prefix = self.keys.signals_prefix();
         tokio::spawn(async move {
             loop {
                 let msg = match rx.recv().await {
@@ -405,14 +359,6 @@ mod tests {
             .await
             .expect("a message within 5 s")
             .expect("the stream goes on")
-    }
-
-    #[test]
-    fn sharded_from_redis_7() {
-        assert_eq!(PubSub::for_server_version("7.0.15"), PubSub::Sharded);
-        assert_eq!(PubSub::for_server_version("8.2.1"), PubSub::Sharded);
-        assert_eq!(PubSub::for_server_version("6.2.14"), PubSub::Plain);
-        assert_eq!(PubSub::for_server_version("garbage"), PubSub::Plain);
     }
 
     #[tokio::test]

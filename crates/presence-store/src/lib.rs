@@ -10,7 +10,8 @@
 //! - [`api`]: the trait, its requests and answers.
 //! - [`error`]: the one error type of the crate boundary.
 //! - [`memory`]: the embedded in-memory store (single node, no Redis).
-//! - [`redis`]: the Redis store (standalone, Cluster, Sentinel) and its key layout.
+//! - [`redis`]: the Redis store (standalone, Cluster, Sentinel): a folder with
+//!   its key layout, connections, typed script calls, projections and sweep.
 //! - [`bus`]: presence events over Redis Pub/Sub, one room at a time, for
 //!   nodes and backend services alike.
 //! - `conformance` (feature `conformance`): the behaviour suite every store
@@ -27,9 +28,9 @@ pub mod redis;
 
 pub use api::{
     Claimed, Hello, Joined, Lease, NodeInfo, Online, Page, PresenceStore, RoomStats, SessionRef,
-    Signal, SweepReport,
+    Signal, SweepReport, EVENT_BUFFER, TOMBSTONE_MS,
 };
-pub use bus::{BusMessage, EventBus, PubSub};
+pub use bus::{BusMessage, EventBus};
 pub use error::StoreError;
 pub use memory::MemoryStore;
-pub use redis::{RedisOptions, RedisStore};
+pub use redis::{PubSub, RedisOptions, RedisStore};

@@ -22,15 +22,9 @@ use tokio::sync::{broadcast, watch};
 
 use crate::api::{
     first_epoch, new_session_id, Claimed, Hello, Joined, Lease, NodeInfo, Online, Page,
-    PresenceStore, RoomStats, SessionRef, Signal, SweepReport,
+    PresenceStore, RoomStats, SessionRef, Signal, SweepReport, EVENT_BUFFER, TOMBSTONE_MS,
 };
 use crate::error::StoreError;
-
-/// How long a removed session's last epoch is remembered (as the Redis store's tombstones).
-const TOMBSTONE_MS: Millis = 600_000;
-
-/// How many events a slow subscriber may fall behind before it must resync.
-const EVENT_BUFFER: usize = 16_384;
 
 /// The in-memory [`PresenceStore`].
 pub struct MemoryStore {
@@ -481,22 +475,14 @@ impl PresenceStore for MemoryStore {
             .rooms
             .get_mut(room)
             .ok_or_else(|| StoreError::NotJoined(room.clone()))?;
-        let mut next = m.state.clone().unwrap_or_default();
-        for (k, v) in patch {
-            if v.is_null() {
-                next.remove(&k);
-            } else {
-                next.insert(k, v);
-            }
-        }
-        let size = json_len(&next);
+        let next = presence_core::state::merge(m.state.clone(), patch);
+        let size = next.as_ref().map_or(0, json_len);
         if size > self.limits.max_state_bytes {
             return Err(StoreError::StateTooLarge {
                 size,
                 limit: self.limits.max_state_bytes,
             });
         }
-        let next = (!next.is_empty()).then_some(next);
         if next != m.state {
             m.state = next;
             m.state_updated_at = now;

@@ -1,0 +1,417 @@
+//! One handler per `presence:*` event, and the connection's close.
+
+use presence_core::Activity;
+use presence_store::{Hello, SessionRef, Signal, StoreError};
+use serde_json::Value;
+use socketioxide::extract::{AckSender, SocketRef};
+
+use super::conn::{Bound, Conn};
+use super::{answer, SocketContext};
+use crate::acks::{Done, HeartbeatAck, HelloAck, RoomLeft, SessionEnded, SignalMsg, True};
+use crate::fanout::Reply;
+use crate::wire::{self, ErrorCode, WireError};
+
+/// The store says a newer connection owns this connection's session: stop
+/// sending this socket the session's rooms. `used` is the epoch the refused
+/// call carried; if this connection holds another one by now (it re-created
+/// its session meanwhile), the refusal is about the past and changes nothing.
+/// (A lost session, `no_session`, stays bound: the next heartbeat revives it.)
+fn on_store_error(
+    cx: &SocketContext,
+    conn: &Conn,
+    socket: &SocketRef,
+    used: u64,
+    e: StoreError,
+) -> WireError {
+    if matches!(e, StoreError::StaleEpoch { .. }) {
+        if let Some(b) = conn.unbind_superseded(used) {
+            tracing::debug!(epoch = used, error = %e, "a newer connection owns the session; unbinding");
+            cx.node.session_unbound();
+            for room in b.rooms.keys() {
+                socket.leave(room.as_str().to_owned());
+                cx.fanout.leave(room, socket.id);
+            }
+        }
+    }
+    e.into()
+}
+
+pub(super) async fn hello(
+    cx: &SocketContext,
+    conn: &Conn,
+    socket: SocketRef,
+    v: Value,
+    ack: AckSender,
+) {
+    let r = async {
+        let subject = conn.grant.as_ref().map(|g| &g.user_id);
+        let req = wire::hello(&v, &cx.limits, subject)?;
+        conn.begin_hello()?;
+        let claimed = cx
+            .store
+            .hello(Hello {
+                session_id: req.session_id,
+                user_id: req.user_id.clone(),
+                handle: req.handle.clone(),
+                meta: req.meta.clone(),
+                activity: req.activity,
+                node_id: cx.node.id.clone(),
+            })
+            .await;
+        let claimed = match claimed {
+            Ok(c) => c,
+            Err(e) => {
+                conn.end_hello(None);
+                return Err(e.into());
+            }
+        };
+        let bound = conn.end_hello(Some(Bound {
+            session: SessionRef {
+                session_id: claimed.session_id.clone(),
+                epoch: claimed.epoch,
+            },
+            user_id: req.user_id.clone(),
+            handle: req.handle,
+            meta: req.meta,
+            rooms: claimed.rooms.iter().map(|r| (r.clone(), None)).collect(),
+            revived_from: None,
+            restore: false,
+        }));
+        if bound {
+            cx.node.session_bound();
+        }
+        tracing::debug!(session_id = %claimed.session_id, user_id = %req.user_id, epoch = claimed.epoch, resumed = claimed.resumed, "hello");
+        Ok::<_, WireError>((claimed, req.user_id))
+    }
+    .await;
+    match r {
+        Ok((claimed, user_id)) => {
+            answer(
+                ack,
+                "presence:hello",
+                Ok(HelloAck {
+                    ok: True,
+                    session_id: &claimed.session_id,
+                    user_id: &user_id,
+                    epoch: claimed.epoch,
+                    resumed: claimed.resumed,
+                    rooms: &claimed.rooms,
+                    node_id: &cx.node.id,
+                    config: &cx.timings,
+                    limits: &cx.limits,
+                }),
+            );
+            // A resumed session is still in its rooms: send their snapshots.
+            for room in &claimed.rooms {
+                cx.fanout.join(room, socket.clone(), Reply::Snapshot);
+            }
+        }
+        Err(e) => answer::<Done>(ack, "presence:hello", Err(e)),
+    }
+}
+
+pub(super) async fn join(
+    cx: &SocketContext,
+    conn: &Conn,
+    socket: SocketRef,
+    v: Value,
+    ack: AckSender,
+) {
+    let r = async {
+        let req = wire::join(&v, &cx.limits)?;
+        let b = conn.bound()?;
+        if conn
+            .grant
+            .as_ref()
+            .is_some_and(|g| !g.rooms.allows(&req.room_id))
+        {
+            return Err(WireError::new(
+                ErrorCode::ForbiddenRoom,
+                format!("your token does not let you join {}", req.room_id),
+            ));
+        }
+        cx.store
+            .join(&b.session, &req.room_id, req.state.clone())
+            .await
+            .map_err(|e| on_store_error(cx, conn, &socket, b.session.epoch, e))?;
+        conn.with_bound(|bound| {
+            let known = bound.rooms.entry(req.room_id.clone()).or_default();
+            if req.state.is_some() {
+                *known = req.state;
+            }
+        });
+        tracing::debug!(session_id = %b.session.session_id, room_id = %req.room_id, "join");
+        Ok((req.room_id, b.session))
+    }
+    .await;
+    match r {
+        // The hub answers with the snapshot, then adds the socket to the room.
+        Ok((room, me)) => {
+            crate::metrics::request("presence:join", "ok");
+            cx.fanout.join(&room, socket, Reply::JoinAck(ack, me))
+        }
+        Err(e) => answer::<Done>(ack, "presence:join", Err(e)),
+    }
+}
+
+/// Re-creates a lost session with the same id, user and rooms (with the
+/// states this connection set). Returns the new epoch.
+async fn revive(
+    cx: &SocketContext,
+    conn: &Conn,
+    b: Bound,
+    activity: Option<Activity>,
+) -> Result<u64, StoreError> {
+    conn.begin_revival()?;
+    let r = revive_now(cx, conn, b, activity).await;
+    conn.end_revival(r.is_ok());
+    r
+}
+
+async fn revive_now(
+    cx: &SocketContext,
+    conn: &Conn,
+    b: Bound,
+    activity: Option<Activity>,
+) -> Result<u64, StoreError> {
+    let claimed = cx
+        .store
+        .hello(Hello {
+            session_id: Some(b.session.session_id.clone()),
+            user_id: b.user_id.clone(),
+            handle: b.handle.clone(),
+            meta: b.meta.clone(),
+            activity: activity.unwrap_or(Activity::Active),
+            node_id: cx.node.id.clone(),
+        })
+        .await?;
+    let b = conn
+        .with_bound(|bound| {
+            bound.revived_from = Some(b.session.epoch);
+            bound.session.epoch = claimed.epoch;
+            bound.restore = true;
+            bound.clone()
+        })
+        .ok_or(StoreError::NoSession)?;
+    restore_rooms(cx, conn, &b).await?;
+    tracing::info!(session_id = %b.session.session_id, epoch = b.session.epoch, rooms = b.rooms.len(), "session re-created after the store lost it");
+    Ok(b.session.epoch)
+}
+
+/// Re-joins the rooms of a re-created session (with the states this
+/// connection set). Until it succeeds, every heartbeat tries again.
+async fn restore_rooms(cx: &SocketContext, conn: &Conn, b: &Bound) -> Result<(), StoreError> {
+    for (room, state) in &b.rooms {
+        cx.store.join(&b.session, room, state.clone()).await?;
+    }
+    conn.with_bound(|bound| {
+        if bound.session.epoch == b.session.epoch {
+            bound.restore = false;
+        }
+    });
+    Ok(())
+}
+
+pub(super) async fn heartbeat(
+    cx: &SocketContext,
+    conn: &Conn,
+    socket: SocketRef,
+    v: Value,
+    ack: AckSender,
+) {
+    let r = async {
+        let req = wire::heartbeat(&v)?;
+        let (me, restore) = conn.session_at(req.epoch)?;
+        let revived = match cx.store.heartbeat(&me, req.activity).await {
+            Ok(()) if !restore => {
+                return Ok(HeartbeatAck {
+                    ok: True,
+                    epoch: me.epoch,
+                    revived: false,
+                })
+            }
+            Ok(()) => {
+                let b = conn.bound()?;
+                restore_rooms(cx, conn, &b).await.map(|()| b.session.epoch)
+            }
+            // The store lost the session while this connection is alive (Redis
+            // restarted empty, or it was culled while the client was silent),
+            // or a re-creation's answer was lost: (re-)create it.
+            Err(StoreError::NoSession) => revive(cx, conn, conn.bound()?, req.activity).await,
+            Err(StoreError::StaleEpoch { .. }) if conn.revival_unconfirmed() => {
+                revive(cx, conn, conn.bound()?, req.activity).await
+            }
+            Err(e) => Err(e),
+        };
+        let epoch = revived.map_err(|e| on_store_error(cx, conn, &socket, me.epoch, e))?;
+        Ok(HeartbeatAck {
+            ok: True,
+            epoch,
+            revived: true,
+        })
+    }
+    .await;
+    answer(ack, "presence:heartbeat", r);
+}
+
+pub(super) async fn state(
+    cx: &SocketContext,
+    conn: &Conn,
+    socket: SocketRef,
+    v: Value,
+    ack: AckSender,
+) {
+    let r = async {
+        let req = wire::state(&v, &cx.limits)?;
+        let b = conn.bound_at(req.epoch)?;
+        cx.store
+            .update_state(&b.session, &req.room_id, req.patch.clone())
+            .await
+            .map_err(|e| on_store_error(cx, conn, &socket, b.session.epoch, e))?;
+        // What this connection set is kept, to restore a lost session with.
+        conn.with_bound(|bound| {
+            if let Some(known) = bound.rooms.get_mut(&req.room_id) {
+                *known = presence_core::state::merge(known.take(), req.patch);
+            }
+        });
+        Ok(Done { ok: True })
+    }
+    .await;
+    answer(ack, "presence:state", r);
+}
+
+pub(super) async fn signal(
+    cx: &SocketContext,
+    conn: &Conn,
+    socket: SocketRef,
+    v: Value,
+    ack: AckSender,
+) {
+    let r = async {
+        let req = wire::signal(&v, &cx.limits)?;
+        let b = conn.bound()?;
+        if !b.rooms.contains_key(&req.room_id) {
+            return Err(WireError::new(
+                ErrorCode::NotJoined,
+                format!("session is not in room {}", req.room_id),
+            ));
+        }
+        if conn.signals.check().is_err() {
+            return Err(WireError::new(
+                ErrorCode::RateLimited,
+                "too many signals; slow down",
+            ));
+        }
+        let signal = Signal {
+            room_id: req.room_id,
+            session_id: b.session.session_id,
+            user_id: b.user_id,
+            node_id: cx.node.id.clone(),
+            data: req.data,
+        };
+        if let Err(e) = socket
+            .to(signal.room_id.as_str().to_owned())
+            .emit("presence:signal", &SignalMsg::from(&signal))
+            .await
+        {
+            tracing::debug!(error = %e, "signal relay failed");
+        }
+        // The room's sockets on other nodes get it through Redis.
+        cx.store.publish_signal(&signal).await?;
+        Ok(Done { ok: True })
+    }
+    .await;
+    answer(ack, "presence:signal", r);
+}
+
+pub(super) async fn leave(
+    cx: &SocketContext,
+    conn: &Conn,
+    socket: SocketRef,
+    v: Value,
+    ack: AckSender,
+) {
+    let req = match wire::leave(&v) {
+        Ok(req) => req,
+        Err(e) => return answer::<Done>(ack, "presence:leave", Err(e)),
+    };
+    match req.room_id {
+        Some(room) => {
+            let r = async {
+                let b = conn.bound()?;
+                cx.store
+                    .leave(&b.session, &room)
+                    .await
+                    .map_err(|e| on_store_error(cx, conn, &socket, b.session.epoch, e))?;
+                conn.with_bound(|bound| bound.rooms.remove(&room));
+                socket.leave(room.as_str().to_owned());
+                cx.fanout.leave(&room, socket.id);
+                Ok(())
+            }
+            .await;
+            let r = r.map(|()| RoomLeft {
+                ok: True,
+                room_id: &room,
+            });
+            answer(ack, "presence:leave", r);
+        }
+        None => {
+            let r = async {
+                let b = conn.bound()?;
+                let left = cx
+                    .store
+                    .end(&b.session)
+                    .await
+                    .map_err(|e| on_store_error(cx, conn, &socket, b.session.epoch, e))?;
+                if conn.unbind().is_some() {
+                    cx.node.session_unbound();
+                }
+                for room in b.rooms.keys() {
+                    socket.leave(room.as_str().to_owned());
+                    cx.fanout.leave(room, socket.id);
+                }
+                tracing::debug!(session_id = %b.session.session_id, "session ended");
+                Ok(left)
+            }
+            .await;
+            match r {
+                Ok(left) => answer(
+                    ack,
+                    "presence:leave",
+                    Ok(SessionEnded {
+                        ok: True,
+                        rooms: &left,
+                    }),
+                ),
+                Err(e) => answer::<Done>(ack, "presence:leave", Err(e)),
+            }
+        }
+    }
+}
+
+pub(super) async fn disconnect(cx: &SocketContext, conn: &Conn, socket: SocketRef) {
+    crate::metrics::connection_closed();
+    let Some(b) = conn.unbind() else { return };
+    cx.node.session_unbound();
+    for room in b.rooms.keys() {
+        cx.fanout.leave(room, socket.id);
+    }
+    if cx.node.draining() {
+        // This node closed the connection to shut down and asked the client
+        // to reconnect elsewhere: the session stays as it is (no stale
+        // flicker for observers) and resumes there, or decays if it never
+        // comes back.
+        tracing::debug!(session_id = %b.session.session_id, "closed for shutdown; left for the client to resume");
+        return;
+    }
+    // Not a leave: the session turns stale and can be resumed within the
+    // grace window. Refused (and harmless) if a newer connection owns it.
+    match cx.store.disconnect(&b.session).await {
+        Ok(()) => {
+            tracing::debug!(session_id = %b.session.session_id, epoch = b.session.epoch, "disconnected; kept for the grace window")
+        }
+        Err(e) => {
+            tracing::debug!(session_id = %b.session.session_id, error = %e, "disconnect not applied")
+        }
+    }
+}

@@ -1,0 +1,561 @@
+//! The Redis store: every session a TTL hash, every mutation one Lua script.
+//!
+//! Every script touches the keys of one hash slot, so the store runs unchanged
+//! on Redis Cluster. An operation that spans slots runs the session's script
+//! first (the session hash is the truth, and its script does the epoch
+//! fencing), then the projections into rooms and the user index; projections
+//! carry the session's version, so a late or repeated one is ignored.
+//!
+//! Layout:
+//! - this file: [`RedisStore`] and its [`PresenceStore`] implementation;
+//! - [`keys`]: every key and channel name, and the key layout table;
+//! - [`conn`]: options, URLs, TLS, reconnects, what a Redis error means;
+//! - `scripts`: loading the scripts of `lua/` and running them through one
+//!   typed boundary; `session_scripts`, `room_scripts`, `index_scripts`:
+//!   each script's typed arguments and reply;
+//! - `project`: carrying a session script's outcome into rooms, the user
+//!   index and the sharded indexes;
+//! - `reads`: a user's live sessions (who's online, bulk status);
+//! - `sweep`: the reaper's sweep and its repairs.
+
+pub mod conn;
+mod index_scripts;
+pub mod keys;
+mod project;
+mod reads;
+mod room_scripts;
+mod scripts;
+mod session_scripts;
+mod sweep;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use fred::prelude::*;
+use futures::future::join_all;
+use presence_core::user::{derive_user, SessionSignal};
+use presence_core::view::build_view;
+use presence_core::{
+    Activity, Clock, JsonMap, Limits, Millis, NodeId, PresenceEvent, RoomId, RoomView, Timings,
+    UserId, UserSummary,
+};
+use tokio::sync::{broadcast, watch};
+
+pub use conn::{normalize_url, PubSub, RedisOptions};
+
+use self::conn::{connect_error, unavailable};
+use self::index_scripts::{ReadNodes, RegisterNode, ReleaseLease, TakeLease};
+use self::keys::{field, Keys, SHARDS};
+use self::room_scripts::{PutKind, ReadRoom};
+use self::scripts::{Fenced, Refusal, ScriptCall, Scripts};
+use self::session_scripts::{
+    timings_json, Claim, Disconnect, Heartbeat, Join, Leave, On, SetState,
+};
+use crate::api::{
+    first_epoch, new_session_id, Claimed, Hello, Joined, Lease, NodeInfo, Online, Page,
+    PresenceStore, RoomStats, SessionRef, Signal, SweepReport,
+};
+use crate::bus::EventBus;
+use crate::error::StoreError;
+
+/// How often a state update is retried when the session changed under it.
+const STATE_RETRIES: usize = 8;
+
+/// The Redis-backed [`PresenceStore`].
+pub struct RedisStore {
+    pool: Pool,
+    scripts: Scripts,
+    keys: Keys,
+    clock: Arc<dyn Clock>,
+    /// The timings as every session script takes them.
+    timings: String,
+    limits: Limits,
+    /// Pub/Sub: the rooms this node follows.
+    bus: Arc<EventBus>,
+}
+
+impl RedisStore {
+    /// Connects, loads the scripts on every master and starts the event bus.
+    pub async fn connect(
+        opts: RedisOptions,
+        clock: Arc<dyn Clock>,
+        timings: Timings,
+        limits: Limits,
+    ) -> Result<Self, StoreError> {
+        let builder = conn::builder(&opts)?;
+        let pool = builder
+            .build_pool(opts.pool_size.max(1))
+            .map_err(unavailable)?;
+        pool.init().await.map_err(connect_error)?;
+        let subscriber = conn::subscriber(&builder).await?;
+        let mode = PubSub::of_server(pool.next()).await?;
+        let bus = EventBus::start(subscriber, pool.next().clone(), &opts.prefix, mode);
+        let scripts = Scripts::new();
+        scripts.load(&pool).await?;
+        Ok(Self {
+            pool,
+            scripts,
+            keys: Keys::new(&opts.prefix),
+            clock,
+            timings: timings_json(&timings),
+            limits,
+            bus,
+        })
+    }
+
+    fn now(&self) -> Millis {
+        self.clock.now_ms()
+    }
+
+    /// What a session script of `session` takes first, at `now`.
+    fn on<'a>(&'a self, session: &'a str, now: Millis) -> On<'a> {
+        On {
+            session,
+            now,
+            timings: &self.timings,
+        }
+    }
+
+    /// Runs one script call.
+    async fn run<C: ScriptCall>(&self, call: C) -> Result<C::Reply, StoreError> {
+        self.scripts.run(&self.pool, &self.keys, call).await
+    }
+
+    /// Runs a session script; a refusal becomes its [`StoreError`] (`room`
+    /// names the room of a `NotJoined`).
+    async fn run_fenced<T, C>(&self, call: C, room: Option<&RoomId>) -> Result<T, StoreError>
+    where
+        C: ScriptCall<Reply = Fenced<T>>,
+    {
+        self.run(call).await?.map_err(|r| refused(r, room))
+    }
+}
+
+/// The error a session script's refusal stands for.
+fn refused(r: Refusal, room: Option<&RoomId>) -> StoreError {
+    match r {
+        Refusal::NoSession => StoreError::NoSession,
+        Refusal::StaleEpoch { current } => StoreError::StaleEpoch { current },
+        Refusal::Forbidden => {
+            StoreError::Forbidden("this sessionId belongs to another user".into())
+        }
+        Refusal::TooManyRooms { limit } => StoreError::TooManyRooms { limit },
+        Refusal::NotJoined => match room {
+            Some(room) => StoreError::NotJoined(room.clone()),
+            None => StoreError::Internal("not_joined from a call without a room".into()),
+        },
+        Refusal::Retry => StoreError::Unavailable("state update kept conflicting; retry".into()),
+    }
+}
+
+#[async_trait]
+impl PresenceStore for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn hello(&self, req: Hello) -> Result<Claimed, StoreError> {
+        let now = self.now();
+        let sid = req.session_id.unwrap_or_else(new_session_id);
+        let call = Claim {
+            on: self.on(sid.as_str(), now),
+            user_id: req.user_id.as_str(),
+            handle: req.handle.as_deref(),
+            meta: req.meta.map(|m| serde_json::Value::Object(m).to_string()),
+            activity: req.activity,
+            node_id: req.node_id.as_str(),
+            first_epoch: first_epoch(now),
+        };
+        let c = self.run_fenced(call, None).await?;
+        if let Some(old) = &c.buried {
+            self.remove_from_rooms(sid.as_str(), old.version, &old.dels)
+                .await?;
+            self.remove_from_user(&old.user_id, sid.as_str(), old.version)
+                .await?;
+        }
+        if let Err(e) = self.add_to_user(&c.user_id, sid.as_str(), c.version).await {
+            if matches!(e, StoreError::TooManySessions { .. }) {
+                // Undo the claim: the new session never shows anywhere.
+                let me = SessionRef {
+                    session_id: sid.clone(),
+                    epoch: c.epoch,
+                };
+                if let Err(undo) = self.end(&me).await {
+                    tracing::warn!(session_id = %sid, error = %undo, "cannot undo a refused session");
+                }
+            }
+            return Err(e);
+        }
+        self.put_rooms(
+            sid.as_str(),
+            &c.user_id,
+            c.version,
+            PutKind::Status,
+            &c.puts,
+        )
+        .await?;
+        self.file_deadline(sid.as_str(), c.deadline).await?;
+        let rooms = if c.resumed {
+            c.puts
+                .iter()
+                .filter_map(|p| RoomId::new(&p.room).ok())
+                .collect()
+        } else {
+            vec![]
+        };
+        Ok(Claimed {
+            session_id: sid,
+            epoch: c.epoch,
+            resumed: c.resumed,
+            rooms,
+        })
+    }
+
+    async fn join(
+        &self,
+        s: &SessionRef,
+        room: &RoomId,
+        state: Option<JsonMap>,
+    ) -> Result<Joined, StoreError> {
+        let state = state.map(|m| serde_json::Value::Object(m).to_string());
+        if let Some(j) = &state {
+            self.check_state_len(j.len())?;
+        }
+        let sid = s.session_id.as_str();
+        let call = Join {
+            on: self.on(sid, self.now()),
+            epoch: s.epoch,
+            room: room.as_str(),
+            state: state.as_deref(),
+            max_rooms: self.limits.max_rooms_per_session,
+        };
+        let j = self.run_fenced(call, Some(room)).await?;
+        let kind = if j.already && j.changed {
+            PutKind::Update
+        } else {
+            PutKind::Join
+        };
+        let mut seq = self
+            .put_room(sid, &j.user_id, j.version, kind, &j.put)
+            .await?;
+        if seq == 0 {
+            let cur: Option<u64> = self
+                .pool
+                .get(self.keys.room(room.as_str()).seq)
+                .await
+                .map_err(unavailable)?;
+            seq = cur.unwrap_or(0);
+        }
+        Ok(Joined {
+            seq,
+            already: j.already,
+        })
+    }
+
+    async fn heartbeat(
+        &self,
+        s: &SessionRef,
+        activity: Option<Activity>,
+    ) -> Result<(), StoreError> {
+        let sid = s.session_id.as_str();
+        let call = Heartbeat {
+            on: self.on(sid, self.now()),
+            epoch: s.epoch,
+            activity,
+        };
+        let b = self.run_fenced(call, None).await?;
+        if b.changed {
+            self.put_rooms(sid, &b.user_id, b.version, PutKind::Status, &b.puts)
+                .await?;
+        }
+        self.file_deadline(sid, b.deadline).await
+    }
+
+    async fn update_state(
+        &self,
+        s: &SessionRef,
+        room: &RoomId,
+        patch: JsonMap,
+    ) -> Result<(), StoreError> {
+        let sid = s.session_id.as_str();
+        let key = self.keys.session(sid);
+        let state_field = field::room_state(room.as_str());
+        for _ in 0..STATE_RETRIES {
+            let (version, cur): (Option<String>, Option<String>) = self
+                .pool
+                .hmget(&key, vec![field::VERSION, state_field.as_str()])
+                .await
+                .map_err(unavailable)?;
+            let known = match cur.as_deref() {
+                Some(raw) if !raw.is_empty() => serde_json::from_str(raw).ok(),
+                _ => None,
+            };
+            let merged = presence_core::state::merge(known, patch.clone())
+                .map(|m| serde_json::Value::Object(m).to_string())
+                .unwrap_or_default();
+            // Refused only if the caller may write at all (else the script says why not).
+            if cur.is_some() {
+                self.check_state_len(merged.len())?;
+            }
+            let call = SetState {
+                on: self.on(sid, self.now()),
+                epoch: s.epoch,
+                room: room.as_str(),
+                based_on: version,
+                merged,
+            };
+            let set = match self.run(call).await? {
+                Err(Refusal::Retry) => continue,
+                other => other.map_err(|r| refused(r, Some(room)))?,
+            };
+            if let Some(put) = &set.put {
+                self.put_room(sid, &set.user_id, set.version, PutKind::Update, put)
+                    .await?;
+            }
+            return Ok(());
+        }
+        Err(refused(Refusal::Retry, Some(room)))
+    }
+
+    async fn leave(&self, s: &SessionRef, room: &RoomId) -> Result<(), StoreError> {
+        let sid = s.session_id.as_str();
+        let call = Leave {
+            on: self.on(sid, self.now()),
+            epoch: s.epoch,
+            room: Some(room.as_str()),
+        };
+        let left = self.run_fenced(call, Some(room)).await?;
+        self.remove_from_rooms(sid, left.version, &left.dels).await
+    }
+
+    async fn end(&self, s: &SessionRef) -> Result<Vec<RoomId>, StoreError> {
+        let sid = s.session_id.as_str();
+        let call = Leave {
+            on: self.on(sid, self.now()),
+            epoch: s.epoch,
+            room: None,
+        };
+        let left = self.run_fenced(call, None).await?;
+        self.remove_from_rooms(sid, left.version, &left.dels)
+            .await?;
+        self.remove_from_user(&left.user_id, sid, left.version)
+            .await?;
+        self.unfile_deadline(sid).await?;
+        Ok(left
+            .dels
+            .iter()
+            .filter_map(|d| RoomId::new(&d.room).ok())
+            .collect())
+    }
+
+    async fn disconnect(&self, s: &SessionRef) -> Result<(), StoreError> {
+        let sid = s.session_id.as_str();
+        let call = Disconnect {
+            on: self.on(sid, self.now()),
+            epoch: s.epoch,
+        };
+        let d = self.run_fenced(call, None).await?;
+        if d.changed {
+            self.put_rooms(sid, &d.user_id, d.version, PutKind::Status, &d.puts)
+                .await?;
+        }
+        self.file_deadline(sid, d.deadline).await
+    }
+
+    async fn sweep(&self, term: u64) -> Result<SweepReport, StoreError> {
+        self.sweep_at(self.now(), term).await
+    }
+
+    async fn room_view(&self, room: &RoomId) -> Result<RoomView, StoreError> {
+        let now = self.now();
+        let entries = self
+            .run(ReadRoom {
+                room: room.as_str(),
+            })
+            .await?;
+        let mut members = Vec::with_capacity(entries.members.len());
+        for (sid, raw) in &entries.members {
+            match room_scripts::MemberEntry::parse(raw).and_then(|e| e.member(sid)) {
+                Some(m) => members.push(m),
+                None => {
+                    tracing::warn!(room_id = %room, session_id = %sid, "unreadable member projection")
+                }
+            }
+        }
+        Ok(RoomView::build(room.clone(), entries.seq, now, members))
+    }
+
+    async fn room_stats(&self, room: &RoomId) -> Result<RoomStats, StoreError> {
+        let k = self.keys.room(room.as_str());
+        let (sessions, users): (u64, u64) =
+            tokio::try_join!(async { self.pool.hlen::<u64, _>(k.members).await }, async {
+                self.pool.hlen::<u64, _>(k.users).await
+            })
+            .map_err(unavailable)?;
+        Ok(RoomStats { sessions, users })
+    }
+
+    async fn whos_online(&self, page: Page) -> Result<Online, StoreError> {
+        let now = self.now();
+        let min = match &page.after {
+            Some(u) => format!("({u}"),
+            None => "-".to_owned(),
+        };
+        let want = page.limit as i64 + 1;
+        let reads = (0..SHARDS).map(|k| {
+            let key = self.keys.online(k);
+            let min = min.clone();
+            async move {
+                self.pool
+                    .zrangebylex::<Vec<String>, _, _, _>(key, min, "+", Some((0, want)))
+                    .await
+            }
+        });
+        let mut users = BTreeSet::new();
+        for r in join_all(reads).await {
+            users.extend(r.map_err(unavailable)?);
+        }
+        let users: Vec<String> = users.into_iter().take(page.limit + 1).collect();
+        let more = users.len() > page.limit;
+        let users = &users[..users.len().min(page.limit)];
+        let mut members = Vec::new();
+        for uid in users {
+            members.extend(self.user_members(uid).await?);
+        }
+        Ok(Online {
+            generated_at: now,
+            entries: build_view(members),
+            next_cursor: if more {
+                users.last().and_then(|u| UserId::new(u).ok())
+            } else {
+                None
+            },
+        })
+    }
+
+    async fn users_status(
+        &self,
+        users: &[UserId],
+    ) -> Result<BTreeMap<UserId, UserSummary>, StoreError> {
+        let mut out = BTreeMap::new();
+        for uid in users {
+            let signals =
+                self.user_members(uid.as_str())
+                    .await?
+                    .into_iter()
+                    .map(|m| SessionSignal {
+                        status: m.status,
+                        last_heartbeat_at: m.last_heartbeat_at,
+                        last_active_at: m.last_active_at,
+                    });
+            out.insert(uid.clone(), derive_user(signals));
+        }
+        Ok(out)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = self.pool.ping(None).await.map_err(unavailable)?;
+        // Without its subscription a node would serve calls but send no diffs.
+        if !self.bus.is_connected() {
+            return Err(StoreError::Unavailable(
+                "the subscription to presence events is reconnecting".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn events(&self) -> broadcast::Receiver<PresenceEvent> {
+        self.bus.events()
+    }
+
+    fn resyncs(&self) -> watch::Receiver<u64> {
+        self.bus.resyncs()
+    }
+
+    async fn follow_room(&self, room: &RoomId) -> Result<(), StoreError> {
+        self.bus.follow(room).await
+    }
+
+    async fn unfollow_room(&self, room: &RoomId) -> Result<(), StoreError> {
+        self.bus.unfollow(room).await
+    }
+
+    async fn publish_signal(&self, signal: &Signal) -> Result<(), StoreError> {
+        self.bus.publish_signal(signal).await
+    }
+
+    fn signals(&self) -> broadcast::Receiver<Signal> {
+        self.bus.signals()
+    }
+
+    async fn acquire_lease(&self, node: &NodeId, lease_ms: Millis) -> Result<Lease, StoreError> {
+        self.run(TakeLease {
+            node_id: node,
+            now: self.now(),
+            lease_ms,
+        })
+        .await
+    }
+
+    async fn release_lease(&self, node: &NodeId, term: u64) -> Result<(), StoreError> {
+        self.run(ReleaseLease {
+            node_id: node,
+            term,
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn current_lease(&self) -> Result<Option<Lease>, StoreError> {
+        let text: Option<String> = self
+            .pool
+            .get(self.keys.lease().lease)
+            .await
+            .map_err(unavailable)?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    async fn register_node(&self, node: &NodeInfo, ttl_ms: Millis) -> Result<(), StoreError> {
+        self.run(RegisterNode {
+            node,
+            now: self.now(),
+            ttl_ms,
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn deregister_node(&self, node_id: &NodeId) -> Result<(), StoreError> {
+        let _: () = self
+            .pool
+            .zrem(self.keys.nodes(), node_id.as_str())
+            .await
+            .map_err(unavailable)?;
+        let _: () = self
+            .pool
+            .hdel(self.keys.nodes_info(), node_id.as_str())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        Ok(self.run(ReadNodes { now: self.now() }).await?.0)
+    }
+}
+
+impl RedisStore {
+    /// Refuses a state larger than the limit.
+    fn check_state_len(&self, size: usize) -> Result<(), StoreError> {
+        if size > self.limits.max_state_bytes {
+            return Err(StoreError::StateTooLarge {
+                size,
+                limit: self.limits.max_state_bytes,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+//! Reads that span sessions: a user's live sessions, for who's online and
+//! bulk user status (a room's view is one script call, see room_read.lua).
+
+use std::collections::BTreeMap;
+
+use fred::prelude::*;
+use futures::future::join_all;
+use presence_core::view::Member;
+use presence_core::{SessionId, SessionStatus, UserId};
+
+use super::conn::unavailable;
+use super::keys::field;
+use super::RedisStore;
+use crate::error::StoreError;
+
+impl RedisStore {
+    /// The live sessions of a user (entries whose session is gone are skipped).
+    pub(super) async fn user_members(&self, uid: &str) -> Result<Vec<Member>, StoreError> {
+        let sids: BTreeMap<String, String> = self
+            .pool
+            .hgetall(self.keys.user(uid))
+            .await
+            .map_err(unavailable)?;
+        let ids: Vec<String> = sids.into_keys().collect();
+        let facts = self.sessions(&ids).await?;
+        Ok(ids
+            .iter()
+            .zip(facts)
+            .filter_map(|(sid, f)| f.and_then(|f| member_of(sid, &f)))
+            .collect())
+    }
+
+    /// The hashes of live sessions, read at once (`None`: gone or a tombstone).
+    async fn sessions(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<Option<BTreeMap<String, String>>>, StoreError> {
+        let reads = ids.iter().map(|sid| {
+            let key = self.keys.session(sid);
+            async move {
+                let m: BTreeMap<String, String> =
+                    self.pool.hgetall(key).await.map_err(unavailable)?;
+                let live = !m.is_empty() && m.get(field::DEAD).map(String::as_str) != Some("1");
+                Ok::<_, StoreError>(live.then_some(m))
+            }
+        });
+        join_all(reads).await.into_iter().collect()
+    }
+}
+
+/// A member from the session's own hash (who's online: no room, no state).
+fn member_of(sid: &str, f: &BTreeMap<String, String>) -> Option<Member> {
+    let time = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    Some(Member {
+        session_id: SessionId::new(sid).ok()?,
+        user_id: UserId::new(f.get(field::USER_ID)?).ok()?,
+        handle: f.get(field::HANDLE).filter(|h| !h.is_empty()).cloned(),
+        status: SessionStatus::parse(f.get(field::STATUS)?)?,
+        last_heartbeat_at: time(field::LAST_HEARTBEAT_AT),
+        last_active_at: time(field::LAST_ACTIVE_AT),
+        state: None,
+        state_updated_at: 0,
+    })
+}

@@ -1,0 +1,377 @@
+//! The room scripts (`room_put`, `room_del`, `room_read`, `room_due`,
+//! `rooms_settle`): their typed arguments and replies, and the member entry
+//! a room keeps (`<version>|<userId>|<member JSON>`).
+
+use fred::types::scripts::Script;
+use fred::types::Value;
+use presence_core::view::Member;
+use presence_core::{JsonMap, Millis, SessionId, SessionStatus, UserId};
+use serde::Deserialize;
+
+use super::conn::PubSub;
+use super::keys::Keys;
+use super::scripts::{integer, Decode, ScriptCall, Scripts};
+use super::session_scripts::RoomPut;
+use crate::error::StoreError;
+
+/// Why a session is projected into a room: the `type` of the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PutKind {
+    /// Only a join may add a member.
+    Join,
+    /// Its state in the room changed.
+    Update,
+    /// Its status (or epoch) changed.
+    Status,
+}
+
+impl PutKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            PutKind::Join => "join",
+            PutKind::Update => "update",
+            PutKind::Status => "status",
+        }
+    }
+}
+
+/// `room_put.lua`: a room learns that a session joined it or changed.
+pub(super) struct PutMember<'a> {
+    pub session: &'a str,
+    pub user_id: &'a str,
+    /// The session's version the projection carries.
+    pub version: u64,
+    pub kind: PutKind,
+    pub put: &'a RoomPut,
+    pub pubsub: PubSub,
+}
+
+/// What `room_put.lua` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct MemberPut {
+    /// The room's seq after the call (0: nothing applied, or nothing visible changed).
+    pub seq: u64,
+    /// The room's entry in the rooms-by-deadline index must come down to this.
+    pub list_at: Option<i64>,
+    /// The room's expiry index was empty before: set that entry outright
+    /// (see room_put.lua).
+    pub fresh: bool,
+}
+
+impl Decode for MemberPut {
+    fn decode(v: Value) -> Result<Self, StoreError> {
+        let reply: Vec<i64> = v
+            .convert()
+            .map_err(|e| StoreError::Internal(format!("room_put.lua: {e}")))?;
+        match reply[..] {
+            [seq, list, fresh] => Ok(MemberPut {
+                seq: seq.max(0) as u64,
+                list_at: (list > 0).then_some(list),
+                fresh: fresh == 1,
+            }),
+            _ => Err(StoreError::Internal(format!(
+                "room_put.lua: bad reply {reply:?}"
+            ))),
+        }
+    }
+}
+
+impl ScriptCall for PutMember<'_> {
+    type Reply = MemberPut;
+    fn script(s: &Scripts) -> &Script {
+        &s.room_put
+    }
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        keys.room(&self.put.room).all()
+    }
+    fn args(self, keys: &Keys) -> Vec<String> {
+        let channel = keys.events_channel(&self.put.room);
+        vec![
+            self.session.to_owned(),
+            self.user_id.to_owned(),
+            self.version.to_string(),
+            self.kind.as_str().to_owned(),
+            self.put.event.clone(),
+            channel,
+            if self.put.visible { "1" } else { "0" }.to_owned(),
+            self.put.member.clone(),
+            self.put.check_at.to_string(),
+            self.pubsub.publish_command().to_owned(),
+        ]
+    }
+}
+
+/// `room_del.lua`: a session left a room, or the sweeper removes a member
+/// its session no longer holds.
+pub(super) struct RemoveMember<'a> {
+    pub room: &'a str,
+    pub session: &'a str,
+    /// Applied only over an older projection.
+    pub version: u64,
+    /// The `leave` or `expire` event, with a `%SEQ%` placeholder.
+    pub event: &'a str,
+    pub pubsub: PubSub,
+}
+
+/// What `room_del.lua` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct MemberRemoved {
+    /// The room's seq after the removal; `None` when nothing was removed.
+    pub seq: Option<u64>,
+}
+
+impl Decode for MemberRemoved {
+    fn decode(v: Value) -> Result<Self, StoreError> {
+        let seq = integer("room_del.lua", v)?;
+        Ok(MemberRemoved {
+            seq: (seq > 0).then_some(seq as u64),
+        })
+    }
+}
+
+impl ScriptCall for RemoveMember<'_> {
+    type Reply = MemberRemoved;
+    fn script(s: &Scripts) -> &Script {
+        &s.room_del
+    }
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        keys.room(self.room).all()
+    }
+    fn args(self, keys: &Keys) -> Vec<String> {
+        vec![
+            self.session.to_owned(),
+            self.version.to_string(),
+            self.event.to_owned(),
+            keys.events_channel(self.room),
+            self.pubsub.publish_command().to_owned(),
+        ]
+    }
+}
+
+/// `room_read.lua`: a room's seq and every member's entry, at once.
+pub(super) struct ReadRoom<'a> {
+    pub room: &'a str,
+}
+
+/// What `room_read.lua` returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct RoomEntries {
+    pub seq: u64,
+    /// sessionId and its entry (see [`MemberEntry`]).
+    pub members: Vec<(String, String)>,
+}
+
+impl Decode for RoomEntries {
+    fn decode(v: Value) -> Result<Self, StoreError> {
+        let mut it = v.into_array().into_iter();
+        let seq = it.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        Ok(RoomEntries {
+            seq,
+            members: pairs(it),
+        })
+    }
+}
+
+impl ScriptCall for ReadRoom<'_> {
+    type Reply = RoomEntries;
+    fn script(s: &Scripts) -> &Script {
+        &s.room_read
+    }
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        let k = keys.room(self.room);
+        vec![k.members, k.seq]
+    }
+    fn args(self, _: &Keys) -> Vec<String> {
+        vec![]
+    }
+}
+
+/// `room_due.lua`: the members whose session the sweeper must check.
+pub(super) struct DueMembers<'a> {
+    pub room: &'a str,
+    pub now: Millis,
+    pub limit: i64,
+}
+
+/// sessionId and its entry (see [`MemberEntry`]), for each due member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Due(pub Vec<(String, String)>);
+
+impl Decode for Due {
+    fn decode(v: Value) -> Result<Self, StoreError> {
+        Ok(Due(pairs(v.into_array().into_iter())))
+    }
+}
+
+impl ScriptCall for DueMembers<'_> {
+    type Reply = Due;
+    fn script(s: &Scripts) -> &Script {
+        &s.room_due
+    }
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        let k = keys.room(self.room);
+        vec![k.members, k.expiry]
+    }
+    fn args(self, _: &Keys) -> Vec<String> {
+        vec![self.now.to_string(), self.limit.to_string()]
+    }
+}
+
+/// `rooms_settle.lua`: moves a room's entry in the rooms-by-deadline index
+/// after the sweeper checked it, unless a writer moved it first.
+pub(super) struct SettleRoom<'a> {
+    pub shard: u32,
+    pub room: &'a str,
+    /// The entry's score when the sweeper read it.
+    pub seen: i64,
+    /// The room's earliest expiry entry now (`None`: the room has none).
+    pub earliest: Option<i64>,
+}
+
+/// Whether `rooms_settle.lua` moved the entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Settled(pub bool);
+
+impl Decode for Settled {
+    fn decode(v: Value) -> Result<Self, StoreError> {
+        Ok(Settled(integer("rooms_settle.lua", v)? == 1))
+    }
+}
+
+impl ScriptCall for SettleRoom<'_> {
+    type Reply = Settled;
+    fn script(s: &Scripts) -> &Script {
+        &s.rooms_settle
+    }
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        vec![keys.rooms_due(self.shard)]
+    }
+    fn args(self, _: &Keys) -> Vec<String> {
+        vec![
+            self.room.to_owned(),
+            self.seen.to_string(),
+            self.earliest.map(|e| e.to_string()).unwrap_or_default(),
+        ]
+    }
+}
+
+/// `[k1, v1, k2, v2, ...]` as pairs of strings (others are skipped).
+fn pairs(mut it: impl Iterator<Item = Value>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        if let (Some(k), Some(v)) = (k.as_string(), v.as_string()) {
+            out.push((k, v));
+        }
+    }
+    out
+}
+
+/// A member as a room keeps it: `<version>|<userId>|<member JSON>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct MemberEntry<'a> {
+    /// The session's version at its last projection into the room.
+    pub version: u64,
+    pub user_id: &'a str,
+    json: &'a str,
+}
+
+/// The member JSON of an entry (`member_json` in lua/lib/prelude.lua).
+#[derive(Debug, Deserialize)]
+pub(super) struct Projection {
+    #[serde(default, rename = "h")]
+    pub handle: String,
+    #[serde(rename = "st")]
+    pub status: String,
+    #[serde(default, rename = "hb")]
+    pub last_heartbeat_at: i64,
+    #[serde(default, rename = "la")]
+    pub last_active_at: i64,
+    #[serde(default, rename = "su")]
+    pub state_updated_at: i64,
+    #[serde(default, rename = "s")]
+    pub state: Option<JsonMap>,
+    /// The epoch of the connection that owned the session.
+    #[serde(default, rename = "e")]
+    pub epoch: u64,
+    /// That connection's node.
+    #[serde(default, rename = "n")]
+    pub node_id: String,
+}
+
+impl<'a> MemberEntry<'a> {
+    /// Splits an entry; `None` when it is not one.
+    pub fn parse(entry: &'a str) -> Option<Self> {
+        let mut parts = entry.splitn(3, '|');
+        Some(MemberEntry {
+            version: parts.next()?.parse().ok()?,
+            user_id: parts.next()?,
+            json: parts.next()?,
+        })
+    }
+
+    /// The member JSON, decoded.
+    pub fn projection(&self) -> Option<Projection> {
+        serde_json::from_str(self.json).ok()
+    }
+
+    /// The member as a room's view shows it.
+    pub fn member(&self, sid: &str) -> Option<Member> {
+        let p = self.projection()?;
+        Some(Member {
+            session_id: SessionId::new(sid).ok()?,
+            user_id: UserId::new(self.user_id).ok()?,
+            handle: (!p.handle.is_empty()).then_some(p.handle),
+            status: SessionStatus::parse(&p.status)?,
+            last_heartbeat_at: p.last_heartbeat_at,
+            last_active_at: p.last_active_at,
+            state: p.state,
+            state_updated_at: p.state_updated_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_entry_reads_back_as_the_member() {
+        let raw =
+            r#"7|alice|{"h":"Al","st":"idle","hb":5,"la":4,"su":3,"e":9,"n":"n1","s":{"x":1}}"#;
+        let entry = MemberEntry::parse(raw).unwrap();
+        assert_eq!((entry.version, entry.user_id), (7, "alice"));
+        let p = entry.projection().unwrap();
+        assert_eq!((p.epoch, p.node_id.as_str()), (9, "n1"));
+        let m = entry.member("s1").unwrap();
+        assert_eq!(m.handle.as_deref(), Some("Al"));
+        assert_eq!(m.status, SessionStatus::Idle);
+        assert_eq!((m.last_heartbeat_at, m.last_active_at), (5, 4));
+        assert_eq!(m.state_updated_at, 3);
+        assert_eq!(m.state.unwrap()["x"], 1);
+        assert!(MemberEntry::parse("x|alice|{}").is_none());
+        assert!(MemberEntry::parse("7|alice").is_none());
+    }
+
+    #[test]
+    fn room_put_replies_are_read_by_position() {
+        let r = MemberPut::decode(Value::Array(vec![4.into(), 0.into(), 0.into()])).unwrap();
+        assert_eq!(
+            r,
+            MemberPut {
+                seq: 4,
+                list_at: None,
+                fresh: false
+            }
+        );
+        let r = MemberPut::decode(Value::Array(vec![0.into(), 99.into(), 1.into()])).unwrap();
+        assert_eq!(
+            r,
+            MemberPut {
+                seq: 0,
+                list_at: Some(99),
+                fresh: true
+            }
+        );
+        assert!(MemberPut::decode(Value::Array(vec![1.into()])).is_err());
+    }
+}

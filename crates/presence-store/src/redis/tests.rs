@@ -1,0 +1,519 @@
+//! The Redis store against real servers: the conformance suite on a
+//! standalone server, a 3-master Cluster and TLS, and the tests that pin
+//! what only Redis has (command counts, TTLs, script reloads, repairs).
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use presence_core::{Activity, Limits, RoomId, Timings, UserId};
+
+use super::keys::SHARDS;
+use super::{RedisOptions, RedisStore};
+use crate::api::{Hello, Page, PresenceStore, SessionRef, SweepReport};
+use crate::error::StoreError;
+
+mod standalone {
+    use std::sync::{Arc, OnceLock};
+
+    use presence_testkit::RedisServer;
+
+    use super::*;
+    use crate::conformance::Env;
+
+    fn server() -> &'static RedisServer {
+        static SERVER: OnceLock<RedisServer> = OnceLock::new();
+        SERVER.get_or_init(|| RedisServer::start().expect("redis-server starts"))
+    }
+
+    async fn make(env: Env) -> Arc<dyn PresenceStore> {
+        let mut opts = RedisOptions::new(&server().url());
+        opts.prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let store = RedisStore::connect(opts, Arc::new(env.clock), env.timings, env.limits)
+            .await
+            .expect("connects");
+        Arc::new(store)
+    }
+
+    conformance_suite!(make);
+
+    /// A store on its own server (the command counts are the server's),
+    /// and a connected session of user `uid`.
+    async fn own_store(uid: &str) -> (RedisServer, RedisStore, SessionRef) {
+        let (own, store, me, _) = own_store_clocked(uid).await;
+        (own, store, me)
+    }
+
+    /// [`own_store`], with the clock the store reads.
+    async fn own_store_clocked(
+        uid: &str,
+    ) -> (
+        RedisServer,
+        RedisStore,
+        SessionRef,
+        Arc<presence_core::ManualClock>,
+    ) {
+        let own = RedisServer::start().unwrap();
+        let clock = Arc::new(presence_core::ManualClock::new(crate::conformance::T0));
+        let store = RedisStore::connect(
+            RedisOptions::new(&own.url()),
+            clock.clone(),
+            Timings::default(),
+            Limits::default(),
+        )
+        .await
+        .unwrap();
+        let me = hello(&store, uid).await;
+        (own, store, me, clock)
+    }
+
+    /// Lets `ms` pass in steps of 5 s, `alive` heartbeating and the
+    /// store sweeping at each step; returns the sweeps' sums.
+    async fn live_through(
+        store: &RedisStore,
+        clock: &presence_core::ManualClock,
+        alive: &[&SessionRef],
+        ms: i64,
+    ) -> SweepReport {
+        let mut sum = SweepReport::default();
+        for _ in 0..ms / 5_000 {
+            clock.advance(5_000);
+            for s in alive {
+                store.heartbeat(s, Some(Activity::Active)).await.unwrap();
+            }
+            let r = store.sweep(1).await.unwrap();
+            sum.expired += r.expired;
+            sum.status_changes += r.status_changes;
+            sum.orphans += r.orphans;
+        }
+        sum
+    }
+
+    fn zcard_all(port: u16, key: impl Fn(u32) -> String) -> u64 {
+        (0..SHARDS)
+            .map(|k| {
+                presence_testkit::redis_cli(port, &["ZCARD", &key(k)])
+                    .unwrap()
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap()
+            })
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn a_session_is_a_hash_with_a_ttl_that_heartbeats_push_back() {
+        let (own, store, me, clock) = own_store_clocked("alice").await;
+        let key = store.keys.session(me.session_id.as_str());
+        let field = |f: &str| {
+            presence_testkit::redis_cli(own.port(), &["HGET", &key, f])
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        let pttl = || -> i64 {
+            presence_testkit::redis_cli(own.port(), &["PTTL", &key])
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(field("userId"), "alice");
+        assert_eq!(field("epoch"), me.epoch.to_string());
+        assert_eq!(field("lastHeartbeatAt"), crate::conformance::T0.to_string());
+        // Removal deadline (heartbeat timeout + grace) plus a minute.
+        let t = Timings::default();
+        let full = t.heartbeat_timeout_ms + t.reconnect_grace_ms + 60_000;
+        let first = pttl();
+        assert!(first > full - 5_000 && first <= full, "{first}");
+        clock.advance(10_000);
+        store.heartbeat(&me, Some(Activity::Active)).await.unwrap();
+        assert_eq!(
+            field("lastHeartbeatAt"),
+            (crate::conformance::T0 + 10_000).to_string()
+        );
+        let pushed = pttl();
+        assert!(pushed > full - 5_000 && pushed <= full, "{pushed}");
+    }
+
+    /// The tombstone's lifetime comes from Rust (`TOMBSTONE_MS`, the memory
+    /// store's too): an ended session's hash lives exactly that long.
+    #[tokio::test]
+    async fn a_tombstone_lives_as_long_as_the_memory_stores() {
+        let (own, store, me) = own_store("tomb").await;
+        store.end(&me).await.unwrap();
+        let key = store.keys.session(me.session_id.as_str());
+        let cli = |args: &[&str]| {
+            presence_testkit::redis_cli(own.port(), args)
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        assert_eq!(cli(&["HGET", &key, "dead"]), "1");
+        let pttl: i64 = cli(&["PTTL", &key]).parse().unwrap();
+        let tomb = crate::api::TOMBSTONE_MS;
+        assert!(pttl > tomb - 5_000 && pttl <= tomb, "{pttl}");
+    }
+
+    #[tokio::test]
+    async fn scripts_are_loaded_again_after_a_script_flush() {
+        let (own, store, me) = own_store("flush").await;
+        let room = RoomId::new("flush").unwrap();
+        store.join(&me, &room, None).await.unwrap();
+        // What a restarted or failed-over Redis looks like to the scripts.
+        presence_testkit::redis_cli(own.port(), &["SCRIPT", "FLUSH"]).unwrap();
+        presence_testkit::redis_cli(own.port(), &["CONFIG", "RESETSTAT"]).unwrap();
+        store.heartbeat(&me, Some(Activity::Idle)).await.unwrap();
+        store
+            .update_state(&me, &room, serde_json::from_str(r#"{"a":1}"#).unwrap())
+            .await
+            .unwrap();
+        let view = store.room_view(&room).await.unwrap();
+        assert_eq!(view.sessions.len(), 1);
+        let c = calls(own.port());
+        let loads = c
+            .iter()
+            .find(|(n, _)| n == "script|load")
+            .map(|x| x.1)
+            .unwrap_or(0);
+        assert!(
+            loads >= 3,
+            "each script is loaded again on its NOSCRIPT: {c:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_member_whose_session_vanished_leaves_its_room() {
+        let (own, store, alice, clock) = own_store_clocked("alice").await;
+        let bob = hello(&store, "bob").await;
+        let room = RoomId::new("orphans").unwrap();
+        store.join(&alice, &room, None).await.unwrap();
+        store.join(&bob, &room, None).await.unwrap();
+        assert_eq!(zcard_all(own.port(), |k| store.keys.rooms_due(k)), 1);
+        store.follow_room(&room).await.unwrap();
+        let mut rx = store.events();
+        // Alice's session hash is lost (its TTL ran out while no node
+        // swept, say): the deadline index alone cannot tell her rooms.
+        let key = store.keys.session(alice.session_id.as_str());
+        presence_testkit::redis_cli(own.port(), &["DEL", &key]).unwrap();
+        presence_testkit::redis_cli(own.port(), &["CONFIG", "RESETSTAT"]).unwrap();
+        // Past her entry in the room's expiry index (removal deadline
+        // + 60 s = 95 s); bob stays alive all along.
+        let sum = live_through(&store, &clock, &[&bob], 100_000).await;
+        assert_eq!(sum.orphans, 1);
+        assert_eq!(sum.expired, 0);
+        let view = store.room_view(&room).await.unwrap();
+        let left: Vec<_> = view.sessions.keys().cloned().collect();
+        assert_eq!(left, vec![bob.session_id.clone()], "bob stays, alice goes");
+        assert_eq!(store.room_stats(&room).await.unwrap().sessions, 1);
+        let ev = loop {
+            let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("alice's expire event")
+                .unwrap();
+            if ev.session_id == alice.session_id {
+                break ev;
+            }
+        };
+        assert_eq!(ev.kind, presence_core::EventKind::Expire);
+        assert_eq!(ev.epoch, alice.epoch);
+        assert_eq!(ev.node_id.as_str(), "n");
+        // Found through the indexes: no key was ever listed.
+        let c = calls(own.port());
+        assert!(!c.iter().any(|(n, _)| n == "keys" || n == "scan"), "{c:?}");
+        // Bob's entry was filed again while he lived; once he is gone
+        // and the room is empty, its index entries go too.
+        store.end(&bob).await.unwrap();
+        live_through(&store, &clock, &[], 100_000).await;
+        assert_eq!(zcard_all(own.port(), |k| store.keys.rooms_due(k)), 0);
+        let x = store.keys.room(room.as_str()).expiry;
+        let exists = presence_testkit::redis_cli(own.port(), &["EXISTS", &x]).unwrap();
+        assert_eq!(exists.trim(), "0");
+    }
+
+    #[tokio::test]
+    async fn a_removal_that_never_reached_the_room_is_repaired() {
+        let (own, store, alice, clock) = own_store_clocked("alice").await;
+        let room = RoomId::new("lost-leave").unwrap();
+        store.join(&alice, &room, None).await.unwrap();
+        // The session side of a leave ran, then its node died before
+        // telling the room.
+        let key = store.keys.session(alice.session_id.as_str());
+        presence_testkit::redis_cli(own.port(), &["HDEL", &key, "r:lost-leave"]).unwrap();
+        assert_eq!(store.room_stats(&room).await.unwrap().sessions, 1);
+        let sum = live_through(&store, &clock, &[&alice], 100_000).await;
+        assert_eq!(sum.orphans, 1);
+        assert_eq!(store.room_stats(&room).await.unwrap().sessions, 0);
+        // Alice herself is alive and online.
+        let online = store
+            .whos_online(Page {
+                limit: 10,
+                after: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(online.entries.users.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn members_that_live_on_are_never_dropped() {
+        let (_own, store, alice, clock) = own_store_clocked("alice").await;
+        let rooms: Vec<RoomId> = (0..3)
+            .map(|i| RoomId::new(&format!("long-{i}")).unwrap())
+            .collect();
+        for r in &rooms {
+            store.join(&alice, r, None).await.unwrap();
+        }
+        // Ten minutes: each room checks her session several times.
+        let sum = live_through(&store, &clock, &[&alice], 600_000).await;
+        assert_eq!((sum.orphans, sum.expired), (0, 0));
+        for r in &rooms {
+            assert_eq!(store.room_stats(r).await.unwrap().sessions, 1);
+        }
+    }
+
+    async fn hello(store: &RedisStore, uid: &str) -> SessionRef {
+        let c = store
+            .hello(Hello {
+                session_id: None,
+                user_id: UserId::new(uid).unwrap(),
+                handle: None,
+                meta: None,
+                activity: Activity::Active,
+                node_id: presence_core::NodeId::new("n").unwrap(),
+            })
+            .await
+            .unwrap();
+        SessionRef {
+            session_id: c.session_id,
+            epoch: c.epoch,
+        }
+    }
+
+    /// The server's command counts since the last `CONFIG RESETSTAT`,
+    /// sorted (commands run inside scripts count too).
+    fn calls(port: u16) -> Vec<(String, u64)> {
+        let stats = presence_testkit::redis_cli(port, &["INFO", "commandstats"]).unwrap();
+        let mut calls: Vec<(String, u64)> = stats
+            .lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let n = rest
+                    .split(',')
+                    .next()?
+                    .strip_prefix("calls=")?
+                    .parse()
+                    .ok()?;
+                Some((name.to_owned(), n))
+            })
+            .filter(|(name, _)| !matches!(name.as_str(), "config|resetstat" | "info"))
+            .collect();
+        calls.sort();
+        calls
+    }
+
+    fn counts(list: &[(&str, u64)]) -> Vec<(String, u64)> {
+        list.iter().map(|(c, n)| (c.to_string(), *n)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_is_one_evalsha() {
+        let (own, store, me) = own_store("hb").await;
+        store
+            .join(&me, &RoomId::new("big").unwrap(), None)
+            .await
+            .unwrap();
+        presence_testkit::redis_cli(own.port(), &["CONFIG", "RESETSTAT"]).unwrap();
+        for _ in 0..100 {
+            store.heartbeat(&me, Some(Activity::Active)).await.unwrap();
+        }
+        // One EVALSHA each; inside it one read of the few fields that
+        // decide the status (not the whole hash: its rooms and states),
+        // two writes of the session hash, and nothing per room.
+        assert_eq!(
+            calls(own.port()),
+            counts(&[
+                ("evalsha", 100),
+                ("hmget", 100),
+                ("hset", 100),
+                ("pexpire", 100)
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_events_reaches_subscribers_whole() {
+        let (_own, store, _) = own_store("burst").await;
+        for r in 0..30 {
+            store
+                .follow_room(&RoomId::new(&format!("burst-{r}")).unwrap())
+                .await
+                .unwrap();
+        }
+        let mut rx = store.events();
+        let mut sessions = Vec::new();
+        for i in 0..10 {
+            sessions.push(hello(&store, &format!("b{i}")).await);
+        }
+        let pairs: Vec<(&SessionRef, RoomId)> = sessions
+            .iter()
+            .flat_map(|s| (0..30).map(move |r| (s, RoomId::new(&format!("burst-{r}")).unwrap())))
+            .collect();
+        let joins = pairs.iter().map(|(s, room)| store.join(s, room, None));
+        for r in join_all(joins).await {
+            r.unwrap();
+        }
+        let mut got = 0;
+        while got < 300 {
+            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                Ok(Ok(_)) => got += 1,
+                other => panic!("after {got} events: {other:?}"),
+            }
+        }
+        // And the stream still flows afterwards.
+        store
+            .leave(&sessions[0], &RoomId::new("burst-0").unwrap())
+            .await
+            .unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert!(matches!(ev, Ok(Ok(_))), "{ev:?}");
+    }
+
+    #[tokio::test]
+    async fn a_lost_subscription_comes_back_and_asks_for_a_resync() {
+        let (own, store, me) = own_store("resub").await;
+        let room = RoomId::new("resub").unwrap();
+        store.follow_room(&room).await.unwrap();
+        let mut rx = store.events();
+        let mut resyncs = store.resyncs();
+        assert_eq!(*resyncs.borrow_and_update(), 0);
+        // Only the subscriber's connection goes: the pool stays up.
+        let killed =
+            presence_testkit::redis_cli(own.port(), &["CLIENT", "KILL", "TYPE", "pubsub"]).unwrap();
+        assert_eq!(killed.trim(), "1", "one subscriber connection");
+        tokio::time::timeout(Duration::from_secs(10), resyncs.changed())
+            .await
+            .expect("a resync is signalled")
+            .unwrap();
+        assert_eq!(*resyncs.borrow(), 1);
+        store.ping().await.expect("ready again");
+        // The new subscription delivers events.
+        store.join(&me, &room, None).await.unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("an event after the resubscription")
+            .unwrap();
+        assert_eq!(ev.room_id, room);
+    }
+
+    #[tokio::test]
+    async fn a_join_and_its_snapshot_are_three_evalsha_whatever_the_room_size() {
+        let (own, store, me) = own_store("joiner").await;
+        let room = RoomId::new("big").unwrap();
+        for i in 0..50 {
+            let other = hello(&store, &format!("u{i}")).await;
+            store.join(&other, &room, None).await.unwrap();
+        }
+        presence_testkit::redis_cli(own.port(), &["CONFIG", "RESETSTAT"]).unwrap();
+        store.join(&me, &room, None).await.unwrap();
+        let view = store.room_view(&room).await.unwrap();
+        assert_eq!(view.sessions.len(), 51);
+        assert_eq!(view.seq, 51);
+        // join.lua (the session), room_put.lua (the room, with the
+        // event), room_read.lua (the whole view): no read per member.
+        let c = calls(own.port());
+        assert_eq!(
+            c.iter().find(|(n, _)| n == "evalsha").map(|x| x.1),
+            Some(3),
+            "{c:?}"
+        );
+        assert_eq!(
+            c.iter().find(|(n, _)| n == "hgetall").map(|x| x.1),
+            Some(2),
+            "{c:?}"
+        );
+    }
+}
+
+mod cluster {
+    use std::sync::{Arc, OnceLock};
+
+    use presence_testkit::RedisCluster;
+
+    use super::*;
+    use crate::conformance::Env;
+
+    fn cluster() -> &'static RedisCluster {
+        static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+        CLUSTER.get_or_init(|| RedisCluster::start(3).expect("a 3-master cluster starts"))
+    }
+
+    async fn make(env: Env) -> Arc<dyn PresenceStore> {
+        let mut opts = RedisOptions::new(&cluster().url());
+        opts.prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let store = RedisStore::connect(opts, Arc::new(env.clock), env.timings, env.limits)
+            .await
+            .expect("connects");
+        Arc::new(store)
+    }
+
+    conformance_suite!(make);
+}
+
+/// The whole suite again over TLS (`rediss://`, a private CA).
+mod tls {
+    use std::sync::{Arc, OnceLock};
+
+    use presence_testkit::RedisServer;
+
+    use super::*;
+    use crate::conformance::Env;
+
+    fn server() -> &'static RedisServer {
+        static SERVER: OnceLock<RedisServer> = OnceLock::new();
+        SERVER.get_or_init(|| RedisServer::start_tls().expect("a TLS redis-server starts"))
+    }
+
+    fn options() -> RedisOptions {
+        let mut opts = RedisOptions::new(&server().tls_url().unwrap());
+        opts.ca_file = server().ca_file();
+        opts.prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        opts
+    }
+
+    async fn make(env: Env) -> Arc<dyn PresenceStore> {
+        let store = RedisStore::connect(options(), Arc::new(env.clock), env.timings, env.limits)
+            .await
+            .expect("connects over TLS");
+        Arc::new(store)
+    }
+
+    conformance_suite!(make);
+
+    async fn connect(opts: RedisOptions) -> Result<RedisStore, StoreError> {
+        let clock = Arc::new(presence_core::ManualClock::new(crate::conformance::T0));
+        RedisStore::connect(opts, clock, Timings::default(), Limits::default()).await
+    }
+
+    /// Without the CA the server's certificate is not trusted: no silent
+    /// fallback to plain TCP or to no verification.
+    #[tokio::test]
+    async fn an_untrusted_certificate_is_refused() {
+        let mut opts = options();
+        opts.ca_file = None;
+        opts.command_timeout = Duration::from_millis(500);
+        let r = connect(opts).await;
+        let Err(e) = r else { panic!("connected") };
+        // Said at once, not retried as if Redis were away.
+        assert!(matches!(e, StoreError::Internal(_)), "{e:?}");
+        assert!(e.to_string().contains("certificate"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_ca_file_needs_a_tls_url() {
+        let mut opts = RedisOptions::new(&server().url());
+        opts.ca_file = server().ca_file();
+        let r = connect(opts).await;
+        let Err(e) = r else { panic!("connected") };
+        assert!(e.to_string().contains("rediss://"), "{e}");
+    }
+}
