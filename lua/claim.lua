@@ -8,13 +8,14 @@
 -- ARGV[8]  nodeId          ARGV[9] first epoch of a new session (now in ms)
 --
 -- Reply (JSON): { ok, e, v, resumed, uid, st, changed, ix, puts: [{room, ev, m, visible, x}],
---   buried?: { uid, v, dels: [{room, ev}] } }, or { err = 'forbidden' }.
+--   buried?: { uid, v, dels: [{room, ev}] }, superseded?: { node, epoch } }, or { err = 'forbidden' }.
 --
 -- Epochs are issued here only. A session past its removal deadline that the
 -- sweeper has not reached yet is gone: it is buried (its rooms are reported
 -- in `buried` so the caller removes it there) and a new one starts. A
--- tombstone keeps the last epoch and version of a removed session, so a
--- reused id starts above them and no old connection can write to the new one.
+-- tombstone keeps the last epoch, version and user of a removed session, so
+-- a reused id starts above them, no old connection can write to the new one,
+-- and no other user can take the id over while the tombstone lives.
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
 local T = cjson.decode(ARGV[2])
@@ -23,6 +24,10 @@ local first_epoch = tonumber(ARGV[9])
 
 local f = load_session(key)
 local reply = { ok = true, puts = {} }
+
+-- A session id stays its user's, alive or ended (its tombstone keeps the
+-- user): no one else may claim it, and nothing is written for them.
+if f ~= nil and f.userId ~= nil and f.userId ~= uid then return cjson.encode({ err = 'forbidden' }) end
 
 if f ~= nil and f.dead ~= '1' and liveness(f, now, T) == 'expired' then
   local dels = room_dels(f, 'expire', now)
@@ -33,7 +38,11 @@ if f ~= nil and f.dead ~= '1' and liveness(f, now, T) == 'expired' then
 end
 
 if f ~= nil and f.dead ~= '1' then
-  if f.userId ~= uid then return cjson.encode({ err = 'forbidden' }) end
+  -- The connection that held it, unless it had disconnected: its node must
+  -- unbind it now (it would otherwise go on receiving until its next write).
+  if f.d == nil or f.d == '' then
+    reply.superseded = { node = f.n, epoch = tonumber(f.epoch) }
+  end
   f.epoch = tonumber(f.epoch) + 1
   f.v = tonumber(f.v) + 1
   f.n = node

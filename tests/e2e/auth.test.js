@@ -5,24 +5,15 @@ import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
 import { io } from "socket.io-client";
-import { startNode, connect, closeAll, call, enter, getJson, sleep, waitFor, FAST } from "./helpers.js";
+import { startNode, connect, closeAll, call, enter, getJson, sleep, waitFor, jwt as sign, FAST } from "./helpers.js";
 
 const SECRET = "e2e-secret-0123456789abcdef-0123456789";
+const now = () => Math.floor(Date.now() / 1000);
+/** A JWT with `claims`, HS256 with `secret` or RS256 with `key`. */
+const jwt = (claims, { secret = SECRET, ...rest } = {}) => sign(claims, { secret, ...rest });
 const API_KEY = "e2e-api-key-0123456789";
 const { publicKey, privateKey } = crypto.generateKeyPairSync("rsa", { modulusLength: 2048 });
 const PUBLIC_PEM = publicKey.export({ type: "spki", format: "pem" });
-
-const b64 = (x) => Buffer.from(typeof x === "string" ? x : JSON.stringify(x)).toString("base64url");
-const now = () => Math.floor(Date.now() / 1000);
-
-/** A JWT with `claims`, HS256 with `secret` or RS256 with `key`. */
-function jwt(claims, { secret = SECRET, key = null, alg = key ? "RS256" : "HS256" } = {}) {
-  const data = `${b64({ alg, typ: "JWT" })}.${b64(claims)}`;
-  const sig = alg === "RS256"
-    ? crypto.sign("RSA-SHA256", Buffer.from(data), key)
-    : alg === "none" ? Buffer.alloc(0) : crypto.createHmac("sha256", secret).update(data).digest();
-  return `${data}.${sig.toString("base64url")}`;
-}
 
 /** Connects with `auth`; resolves with the socket, or rejects with the connect_error. */
 function dial(url, auth) {

@@ -3,6 +3,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
+import { io } from "socket.io-client";
 import { startNode, FAST } from "./helpers.js";
 
 const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
@@ -95,4 +96,48 @@ test("avatars with initials and colours; idle and background badges", async () =
   await until(async () => (await badgeOf(ben, "Ann Lee")) === "stale", "Ann stale after her tab closed");
   await until(async () => (await badgeOf(ben, "Ann Lee")) === null, "Ann gone after the grace window");
   await benCtx.close();
+});
+
+test("ids and handles from other users cannot pollute or inject into the page", async () => {
+  const ctx = await browser.newContext();
+  const page = await open(ctx, "Viewer", "demo3");
+  // Users that arrive by diff while the page watches: names that plain objects
+  // already have, and a handle that is markup.
+  const others = [];
+  for (const [userId, handle] of [["toString", "<img src=x onerror=window.__pwned=1>"], ["hasOwnProperty", "Has Own"], ["valueOf", "Value Of"]]) {
+    const s = io(node.url, { forceNew: true, reconnection: false, transports: ["websocket"] });
+    others.push(s);
+    await new Promise((r) => s.once("connect", r));
+    const hello = await s.timeout(5000).emitWithAck("presence:hello", { userId, handle });
+    assert.ok(hello.ok, JSON.stringify(hello));
+    assert.ok((await s.timeout(5000).emitWithAck("presence:join", { roomId: "demo3" })).ok);
+  }
+  const names = await until(async () => {
+    const n = await page.$$eval("#users .user b", (els) => els.map((e) => e.textContent));
+    return n.length === 4 ? n : null;
+  }, "all four users shown");
+  assert.ok(names.includes("<img src=x onerror=window.__pwned=1>"), JSON.stringify(names));
+  assert.ok(names.includes("Has Own") && names.includes("Value Of"), JSON.stringify(names));
+  assert.equal(await page.$$eval("#users img", (els) => els.length), 0, "a handle is text, never markup");
+  assert.equal(await page.evaluate(() => window.__pwned), undefined);
+  assert.equal(await page.evaluate(() => ({}).handle), undefined, "Object.prototype untouched");
+  for (const s of others) s.close();
+  await ctx.close();
+});
+
+test("a stored session id that is not the user's starts a new session", async () => {
+  // Someone else's session id ends up in this tab's storage (a shared link, a
+  // copied profile, an attacker's squat): the page must not stay stuck.
+  const mallory = io(node.url, { forceNew: true, reconnection: false, transports: ["websocket"] });
+  await new Promise((r) => mallory.once("connect", r));
+  const theirs = await mallory.timeout(5000).emitWithAck("presence:hello", { userId: "mallory" });
+  const ctx = await browser.newContext();
+  await ctx.addInitScript((sid) => sessionStorage.setItem("presence.sessionId", sid), theirs.sessionId);
+  const page = await open(ctx, "Ann Lee", "demo4");
+  const mine = await page.textContent("#my-session");
+  assert.notEqual(mine, theirs.sessionId);
+  await until(async () => (await page.textContent("#log")).includes("forbidden"), "the refusal in the log");
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("presence.sessionId")), mine);
+  mallory.close();
+  await ctx.close();
 });

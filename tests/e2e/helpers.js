@@ -6,6 +6,8 @@ import net from "node:net";
 import os from "node:os";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
+import assert from "node:assert/strict";
+import crypto from "node:crypto";
 import { io } from "socket.io-client";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
@@ -498,4 +500,41 @@ export async function startCluster(ids, flags) {
       await redis.stop();
     },
   };
+}
+
+/** A JWT with `claims`, as an issuer makes it: HS256 with `secret`, or RS256
+ * with the private `key` (`alg: "none"` makes an unsigned one). */
+export function jwt(claims, { secret, key = null, alg = key ? "RS256" : "HS256" } = {}) {
+  const b64 = (x) => Buffer.from(typeof x === "string" ? x : JSON.stringify(x)).toString("base64url");
+  const data = `${b64({ alg, typ: "JWT" })}.${b64(claims)}`;
+  const sig = alg === "RS256"
+    ? crypto.sign("RSA-SHA256", Buffer.from(data), key)
+    : alg === "none" ? Buffer.alloc(0) : crypto.createHmac("sha256", secret).update(data).digest();
+  return `${data}.${sig.toString("base64url")}`;
+}
+
+/** A takeover on `newUrl` of a session held by a connection on `oldUrl`: the
+ * old connection is unbound at once, wherever it is (it gets no more of the
+ * session's rooms, and hears that it was superseded), not at its next write. */
+export async function takeoverUnbindsAtOnce(oldUrl, newUrl, tag) {
+  const roomId = `takeover-${tag}`;
+  const member = await connect(oldUrl);
+  const m = await enter(member, `member-${tag}`, roomId);
+  const old = await connect(oldUrl);
+  const eo = await enter(old, `owner-${tag}`, roomId);
+  const nu = await connect(newUrl);
+  const taken = await call(nu, "presence:hello", { userId: `owner-${tag}`, sessionId: eo.sessionId });
+  assert.equal(taken.resumed, true, JSON.stringify(taken));
+  const notice = await waitFor(old, "presence:error", (e) => e.error.code === "stale_epoch", { timeoutMs: 3000 });
+  assert.match(notice.error.message, /newer connection/);
+  assert.ok((await call(nu, "presence:leave", { roomId })).ok);
+  const from = old.received.length;
+  assert.ok((await call(member, "presence:signal", { roomId, data: { n: 1 } })).ok);
+  assert.ok((await call(member, "presence:state", { roomId, epoch: m.epoch, patch: { n: 2 } })).ok);
+  await sleep(300);
+  assert.deepEqual(old.received.slice(from).filter((r) => r.payload?.roomId === roomId), [],
+    "the superseded connection gets nothing of the room");
+  const refused = await call(old, "presence:signal", { roomId, data: { n: 3 } });
+  assert.equal(refused.error?.code, "stale_epoch", JSON.stringify(refused));
+  assert.equal((await call(old, "presence:heartbeat", { epoch: eo.epoch })).error?.code, "stale_epoch");
 }

@@ -31,6 +31,7 @@ test("Redis down: not ready, calls answer unavailable, the node stays up; back e
   const eb = await enter(b, "bob", "r-restart");
   const ka = keepAlive(a, ea.epoch, 200);
   const kb = keepAlive(b, eb.epoch, 200);
+  const seen = [a.received.length, b.received.length];
   try {
     await sleep(300);
     await redis.stop();
@@ -88,6 +89,14 @@ test("Redis down: not ready, calls answer unavailable, the node stays up; back e
       await sleep(100);
     }
     assert.equal(ready.status, 200, JSON.stringify(ready.body));
+    // Neither observer was ever shown the other (or itself) leaving: the
+    // sessions never left, Redis only forgot them for a moment.
+    for (const [who, socket, from] of [["alice", a, seen[0]], ["bob", b, seen[1]]]) {
+      const gone = socket.received.slice(from).filter((r) => r.event === "presence:diff" &&
+        (r.payload.sessions[ea.sessionId] === null || r.payload.sessions[eb.sessionId] === null ||
+          r.payload.users.alice === null || r.payload.users.bob === null));
+      assert.deepEqual(gone.map((r) => r.payload), [], `${who} was shown a session leaving`);
+    }
   } finally {
     ka.stop();
     kb.stop();
@@ -122,5 +131,34 @@ test("rediss:// without the CA: the node refuses the certificate and says so", a
     );
   } finally {
     await tls.stop();
+  }
+});
+
+test("/readyz answers within 250 ms even while Redis hangs (SIGSTOP)", async () => {
+  const stalled = await startRedis();
+  const n = await startNode({ ...FAST, "--redis-url": stalled.url });
+  try {
+    assert.equal((await getJson(`${n.url}/readyz`)).status, 200);
+    stalled.proc.kill("SIGSTOP");
+    for (let i = 0; i < 3; i++) {
+      const t0 = Date.now();
+      const r = await getJson(`${n.url}/readyz`);
+      const took = Date.now() - t0;
+      assert.equal(r.status, 503);
+      assert.equal(r.body.error.code, "unavailable");
+      assert.ok(took < 250, `answered in ${took} ms`);
+    }
+    stalled.proc.kill("SIGCONT");
+    let ready;
+    for (let i = 0; i < 50; i++) {
+      ready = await getJson(`${n.url}/readyz`);
+      if (ready.status === 200) break;
+      await sleep(100);
+    }
+    assert.equal(ready.status, 200);
+  } finally {
+    stalled.proc?.kill("SIGCONT");
+    await n.stop();
+    await stalled.stop();
   }
 });

@@ -3,7 +3,7 @@
 // one node to the other without observers seeing it leave.
 import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
-import { startRedis, startNode, connect, closeAll, call, waitFor, sleep, enter, diffs } from "./helpers.js";
+import { startRedis, startNode, connect, closeAll, call, waitFor, sleep, enter, diffs, takeoverUnbindsAtOnce } from "./helpers.js";
 
 let redis, a, b;
 before(async () => {
@@ -71,6 +71,10 @@ test("a takeover while the old connection is still open fences it", async () => 
   const room = await fetch(`${b.url}/api/rooms/r-fence/presence`).then((r) => r.json());
   assert.equal(room.sessions[eo.sessionId].status, "active");
   assert.equal((await call(nu, "presence:heartbeat", { epoch: hello.epoch })).ok, true);
+});
+
+test("a takeover on node B unbinds the old connection on node A at once", async () => {
+  await takeoverUnbindsAtOnce(a.url, b.url, "cross-node");
 });
 
 test("presence:signal crosses nodes, once, and never echoes", async () => {

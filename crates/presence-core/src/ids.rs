@@ -1,8 +1,9 @@
 //! Validated identifiers.
 //!
-//! Every id that crosses the wire is 1..=128 bytes of `[A-Za-z0-9_.:@-]`.
-//! Validating once, at the edge, lets the rest of the system (Redis keys,
-//! channel names, logs) use ids without escaping.
+//! Every id that crosses the wire is 1..=128 bytes of `[A-Za-z0-9_.:@-]`,
+//! and none of [`RESERVED_IDS`]. Validating once, at the edge, lets the rest
+//! of the system (Redis keys, channel names, logs, the objects clients key
+//! by id) use ids without escaping.
 
 use std::fmt;
 use std::sync::Arc;
@@ -11,6 +12,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The longest id accepted, in bytes.
 pub const MAX_ID_LEN: usize = 128;
+
+/// Names that JavaScript objects already have: a client that keys a plain
+/// object by id (`users[id] = ...`) would write into the prototype
+/// (`__proto__`) or shadow built-ins (`constructor`, `prototype`).
+pub const RESERVED_IDS: [&str; 3] = ["__proto__", "constructor", "prototype"];
 
 /// Why a string is not a valid id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,6 +30,9 @@ pub enum IdError {
     /// The string has a byte outside `[A-Za-z0-9_.:@-]`.
     #[error("may only contain A-Z a-z 0-9 _ . : @ -")]
     BadChar,
+    /// The string is one of [`RESERVED_IDS`].
+    #[error("must not be __proto__, constructor or prototype")]
+    Reserved,
 }
 
 /// Checks the id rules shared by every id type.
@@ -39,6 +48,9 @@ pub fn validate_id(s: &str) -> Result<(), IdError> {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-'))
     {
         return Err(IdError::BadChar);
+    }
+    if RESERVED_IDS.contains(&s) {
+        return Err(IdError::Reserved);
     }
     Ok(())
 }
@@ -145,6 +157,17 @@ mod tests {
         for bad in ["a b", "a/b", "é", "a\n", "{room}", "*"] {
             assert_eq!(UserId::new(bad), Err(IdError::BadChar), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn names_javascript_objects_already_have_are_refused() {
+        for name in RESERVED_IDS {
+            assert_eq!(UserId::new(name), Err(IdError::Reserved), "{name}");
+            assert_eq!(RoomId::new(name), Err(IdError::Reserved), "{name}");
+        }
+        // Only the exact names: ids that contain them are fine.
+        assert!(UserId::new("constructors").is_ok());
+        assert!(UserId::new("toString").is_ok());
     }
 
     #[test]

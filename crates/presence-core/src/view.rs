@@ -118,6 +118,22 @@ impl RoomView {
         }
     }
 
+    /// This view, also showing the users and sessions of `previous` that it
+    /// lacks, as `previous` showed them. What observers see while a store
+    /// that lost its data is being refilled: no one is shown leaving who may
+    /// be back a moment later. A user this view has keeps this view's entry.
+    pub fn keeping(mut self, previous: &RoomView) -> RoomView {
+        for (sid, s) in &previous.sessions {
+            self.sessions
+                .entry(sid.clone())
+                .or_insert_with(|| s.clone());
+        }
+        for (uid, u) in &previous.users {
+            self.users.entry(uid.clone()).or_insert_with(|| u.clone());
+        }
+        self
+    }
+
     /// An empty view of `room_id`.
     pub fn empty(room_id: RoomId) -> Self {
         Self {
@@ -195,6 +211,37 @@ pub fn build_view(members: impl IntoIterator<Item = Member>) -> Entries {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn keeping_shows_who_is_missing_as_before_and_nothing_else_changes() {
+        let before = RoomView::build(
+            RoomId::new("r").unwrap(),
+            9,
+            100,
+            [
+                member("s1", "u1", SessionStatus::Active, 1),
+                member("s2", "u2", SessionStatus::Idle, 1),
+            ],
+        );
+        let refilling = RoomView::build(
+            RoomId::new("r").unwrap(),
+            1,
+            200,
+            [member("s1", "u1", SessionStatus::Active, 2)],
+        );
+        let held = refilling.clone().keeping(&before);
+        assert_eq!(held.seq, 1);
+        assert_eq!(held.sessions["s1"], refilling.sessions["s1"]);
+        assert_eq!(held.sessions["s2"], before.sessions["s2"]);
+        assert_eq!(held.users["u2"], before.users["u2"]);
+        assert_eq!(held.users["u1"], refilling.users["u1"]);
+        let d = crate::diff::diff(&before, &held);
+        assert!(
+            d.sessions.values().all(Option::is_some),
+            "no one shown leaving: {d:?}"
+        );
+        assert!(d.users.values().all(Option::is_some), "{d:?}");
+    }
 
     fn member(s: &str, u: &str, status: SessionStatus, state_at: Millis) -> Member {
         Member {

@@ -40,6 +40,9 @@ pub struct HelloAck<'a> {
     pub resumed: bool,
     /// The rooms a resumed session is in (their snapshots follow).
     pub rooms: &'a [RoomId],
+    /// The rooms a resumed session was in that this connection's token does
+    /// not grant: the session left them.
+    pub dropped_rooms: &'a [RoomId],
     /// The node that answered.
     pub node_id: &'a NodeId,
     /// The lifecycle timings clients pace themselves by.

@@ -14,7 +14,7 @@ use presence_store::{MemoryStore, PresenceStore, RedisOptions, RedisStore, Store
 use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
-use socketioxide::SocketIo;
+use socketioxide::{ParserConfig, SocketIo};
 use tokio::net::TcpListener;
 
 use crate::auth::AuthError;
@@ -61,15 +61,27 @@ impl App {
         config.verifier()?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let store = open_store(&config, clock.clone(), timings, limits).await?;
+        // The protocol has no binary payloads. socketioxide would otherwise
+        // hold up to 10 MB of attachments per socket waiting for a packet to
+        // complete, even before the connection is authenticated: a packet
+        // that announces any attachment closes the connection (counted as
+        // `bad_packet`), and nothing of it is buffered.
+        let parser = ParserConfig::common()
+            .max_incoming_binaries(0)
+            .max_incoming_binary_buf_size(config.max_payload_bytes as usize)
+            .packet_completion_timeout(Duration::from_secs(1));
         let (layer, io) = SocketIo::builder()
             .max_payload(config.max_payload_bytes)
             .ws_max_message_size(config.max_payload_bytes as usize)
+            .with_parser(parser)
             .build_layer();
         let fanout = Fanout::new(
             io.clone(),
             node_id.clone(),
             store.clone(),
             config.emit_debounce(),
+            // A live client heartbeats (and so re-creates its session) within this.
+            Duration::from_millis(timings.heartbeat_timeout_ms.max(0) as u64),
         );
         Ok(App {
             node: Arc::new(LocalNode::new(node_id, addr, clock)),
@@ -94,6 +106,8 @@ impl App {
             verifier: self.config.verifier()?,
             events_per_sec: per_sec(self.config.rate_limit_per_sec),
             signals_per_sec: per_sec(self.config.signal_rate_per_sec),
+            hello_timeout: Duration::from_millis(self.config.hello_timeout_ms),
+            bindings: Default::default(),
         })
     }
 
@@ -128,6 +142,7 @@ impl App {
             // socketioxide sends the CONNECT packet: a client emits as soon as
             // it sees it, and an event that arrives before its handler exists
             // would be dropped (its ack never sent).
+            let cx = cx.clone();
             let admit = move |s: SocketRef, TryData(auth): TryData<serde_json::Value>| {
                 let cx = cx.clone();
                 async move {
@@ -139,6 +154,28 @@ impl App {
             let connected = |_: SocketRef| std::future::ready(());
             self.io.ns("/", connected.with(admit));
         }
+        let takeovers = {
+            // Another node took over a session one of this node's connections
+            // holds: unbind that connection now.
+            let mut rx = self
+                .store
+                .listen_takeovers(&self.node.id)
+                .await
+                .map_err(StartError::Redis)?;
+            let cx = cx.clone();
+            tokio::spawn(async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(t) => crate::socket::superseded(&cx, &t),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            // Those connections are fenced all the same: their next write is refused.
+                            tracing::warn!(missed = n, "takeover notices lagged");
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            })
+        };
         let dispatcher = self.fanout.spawn_dispatcher();
         let lease = LeaseSlot::default();
         let reaper = tokio::spawn(
@@ -158,8 +195,13 @@ impl App {
             self.config.node_ttl_ms,
         ));
 
+        let origins: Arc<[String]> = self.config.allowed_origins.clone().into();
         let mut router = crate::http::router(self.api_state())
             .layer(self.layer)
+            .layer(axum::middleware::from_fn_with_state(
+                origins,
+                crate::http::check_origin,
+            ))
             .layer(axum::middleware::map_request(
                 crate::http::detach_request_buffers,
             ));
@@ -199,6 +241,7 @@ impl App {
         let result = finish(server, signalled).await;
         dispatcher.abort();
         registry.abort();
+        takeovers.abort();
         // The drain has released the lease; this waits for it (bounded).
         let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
         match tokio::time::timeout(

@@ -101,6 +101,8 @@ struct Claims {
     sub: Option<String>,
     exp: Option<u64>,
     #[serde(default)]
+    iat: Option<u64>,
+    #[serde(default)]
     rooms: Option<Vec<String>>,
 }
 
@@ -109,7 +111,12 @@ struct Claims {
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    /// The longest lifetime a token may claim, in seconds.
+    max_ttl_secs: u64,
 }
+
+/// The longest token lifetime accepted by default (`PRESENCE_JWT_MAX_TTL_S`).
+pub const DEFAULT_MAX_TTL_SECS: u64 = 86_400;
 
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -168,7 +175,18 @@ impl Verifier {
         validation.leeway = LEEWAY_SECS;
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_nbf = true;
-        Ok(Some(Verifier { key, validation }))
+        Ok(Some(Verifier {
+            key,
+            validation,
+            max_ttl_secs: DEFAULT_MAX_TTL_SECS,
+        }))
+    }
+
+    /// Refuses tokens whose `exp` is more than `secs` after their `iat`, or
+    /// after now: a token that never expires cannot be revoked by waiting.
+    pub fn with_max_ttl(mut self, secs: u64) -> Self {
+        self.max_ttl_secs = secs;
+        self
     }
 
     /// Verifies the handshake's auth payload (`{ token }`).
@@ -211,6 +229,14 @@ impl Verifier {
         let exp = c
             .exp
             .ok_or_else(|| AuthError::InvalidClaims("exp is required".into()))?;
+        let now = jsonwebtoken::get_current_timestamp();
+        let too_long = |from: u64| exp > from.saturating_add(self.max_ttl_secs + LEEWAY_SECS);
+        if too_long(now) || c.iat.is_some_and(too_long) {
+            return Err(AuthError::InvalidClaims(format!(
+                "exp is more than {} s after iat or now (PRESENCE_JWT_MAX_TTL_S)",
+                self.max_ttl_secs
+            )));
+        }
         let user_id = UserId::new(&sub)
             .map_err(|e| AuthError::InvalidClaims(format!("sub is not a valid user id: it {e}")))?;
         Ok(Grant {
@@ -227,9 +253,14 @@ impl Verifier {
 /// (`subtle`), so the comparison does not leak how much of a guess was right.
 pub fn api_key_matches(header: Option<&str>, key: &str) -> bool {
     use subtle::ConstantTimeEq;
-    let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+    // The scheme is case-insensitive (RFC 7235): `bearer` works as `Bearer`.
+    let Some((scheme, given)) = header.and_then(|h| h.split_once(' ')) else {
         return false;
     };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return false;
+    }
+    let given = given.trim_start_matches(' ');
     given.as_bytes().ct_eq(key.as_bytes()).into()
 }
 
@@ -370,6 +401,29 @@ mod tests {
     }
 
     #[test]
+    fn a_token_may_not_live_longer_than_the_maximum() {
+        let v = verifier().with_max_ttl(3600);
+        let now = jsonwebtoken::get_current_timestamp();
+        let grant = |claims| v.verify(Some(&token(claims, SECRET)));
+        assert!(grant(serde_json::json!({ "sub": "a", "exp": now + 3000 })).is_ok());
+        assert!(grant(serde_json::json!({ "sub": "a", "iat": now, "exp": now + 3000 })).is_ok());
+        for claims in [
+            serde_json::json!({ "sub": "a", "exp": now + 7200 }),
+            serde_json::json!({ "sub": "a", "exp": 1_000_000_000_000u64 }),
+            serde_json::json!({ "sub": "a", "exp": u64::MAX }),
+            // An old iat with a fresh exp: issued for longer than allowed.
+            serde_json::json!({ "sub": "a", "iat": now - 7200, "exp": now + 60 }),
+        ] {
+            match grant(claims.clone()) {
+                Err(AuthError::InvalidClaims(why)) => {
+                    assert!(why.contains("PRESENCE_JWT_MAX_TTL_S"), "{why}")
+                }
+                other => panic!("{claims}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn weak_or_conflicting_keys_are_refused_at_start() {
         let refused = |secret, public_key| Verifier::from_keys(secret, public_key).unwrap_err().0;
         assert!(refused(Some("short"), None).contains("32 bytes"));
@@ -379,12 +433,30 @@ mod tests {
     }
 
     #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let key = "api-key-0123456789";
+        for h in [
+            "Bearer api-key-0123456789",
+            "bearer api-key-0123456789",
+            "BEARER  api-key-0123456789",
+        ] {
+            assert!(api_key_matches(Some(h), key), "{h}");
+        }
+        for h in [
+            "Basic api-key-0123456789",
+            "Bearerapi-key-0123456789",
+            "Bearer",
+        ] {
+            assert!(!api_key_matches(Some(h), key), "{h}");
+        }
+    }
+
+    #[test]
     fn the_api_key_must_match_exactly() {
         assert!(api_key_matches(Some("Bearer s3cret"), "s3cret"));
         assert!(!api_key_matches(Some("Bearer s3cre"), "s3cret"));
         assert!(!api_key_matches(Some("Bearer s3cretX"), "s3cret"));
         assert!(!api_key_matches(Some("s3cret"), "s3cret"));
-        assert!(!api_key_matches(Some("bearer s3cret"), "s3cret"));
         assert!(!api_key_matches(None, "s3cret"));
     }
 }

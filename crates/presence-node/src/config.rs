@@ -114,6 +114,11 @@ pub struct Config {
     /// more gets `limit_exceeded`.
     #[arg(long, env = "PRESENCE_MAX_SESSIONS_PER_USER", default_value_t = 32)]
     pub max_sessions_per_user: usize,
+    /// How long a connection may hold no session: one that has not sent
+    /// `presence:hello` this long after connecting, or after its session
+    /// ended, is closed (idle sockets cost memory and a file descriptor).
+    #[arg(long, env = "PRESENCE_HELLO_TIMEOUT_MS", default_value_t = 10_000)]
+    pub hello_timeout_ms: u64,
     /// Events per second one socket may send (all presence:* events, with a
     /// burst of as many); more get `rate_limited`, and a socket that keeps
     /// flooding at ten times the rate for a second is disconnected.
@@ -128,6 +133,11 @@ pub struct Config {
     /// text or the path of a PEM file.
     #[arg(long, env = "PRESENCE_JWT_PUBLIC_KEY", allow_hyphen_values = true)]
     pub jwt_public_key: Option<String>,
+    /// The longest lifetime a token may have, in seconds: a token whose
+    /// `exp` is further than this after its `iat` (or after now) is refused,
+    /// so that no token outlives a revocation by more than this.
+    #[arg(long, env = "PRESENCE_JWT_MAX_TTL_S", default_value_t = crate::auth::DEFAULT_MAX_TTL_SECS)]
+    pub jwt_max_ttl_s: u64,
     /// Protects the HTTP API (`/api/*`, `/metrics`): requests must send
     /// `Authorization: Bearer <key>`. `/`, `/healthz` and `/readyz` stay open.
     #[arg(long, env = "PRESENCE_API_KEY", hide_env_values = true)]
@@ -136,6 +146,14 @@ pub struct Config {
     /// HTTP API and open Socket.IO polling connections. Unset: same origin only.
     #[arg(long, env = "PRESENCE_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+
+    /// Origins (comma-separated) whose pages may open Socket.IO connections
+    /// (WebSocket or polling): a request with another `Origin` is refused
+    /// with 403, so a page elsewhere cannot ride a user's cookies or network
+    /// position. Unset: any origin. Requests without `Origin` (not from a
+    /// browser) are not affected.
+    #[arg(long, env = "PRESENCE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 
     /// Log format.
     #[arg(long, env = "PRESENCE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -187,7 +205,10 @@ impl Config {
 
     /// The token verifier the keys ask for (`None`: token auth is off).
     pub fn verifier(&self) -> Result<Option<Verifier>, ConfigError> {
-        Verifier::from_keys(self.jwt_secret.as_deref(), self.jwt_public_key.as_deref())
+        Ok(
+            Verifier::from_keys(self.jwt_secret.as_deref(), self.jwt_public_key.as_deref())?
+                .map(|v| v.with_max_ttl(self.jwt_max_ttl_s)),
+        )
     }
 
     /// Checks everything that can be checked before start.
@@ -206,11 +227,21 @@ impl Config {
         if self.rate_limit_per_sec == 0 {
             return Err("PRESENCE_RATE_LIMIT_PER_SEC must be > 0".into());
         }
+        if self.hello_timeout_ms == 0 {
+            return Err("PRESENCE_HELLO_TIMEOUT_MS must be > 0".into());
+        }
         if self.max_sessions_per_user == 0 {
             return Err("PRESENCE_MAX_SESSIONS_PER_USER must be > 0".into());
         }
         if self.api_key.as_ref().is_some_and(|k| k.len() < 16) {
             return Err("PRESENCE_API_KEY must be at least 16 bytes".into());
+        }
+        for o in &self.allowed_origins {
+            if axum::http::HeaderValue::from_str(o).is_err() || o == "*" {
+                return Err(ConfigError(format!(
+                    "PRESENCE_ALLOWED_ORIGINS: {o:?} is not an origin (scheme://host[:port])"
+                )));
+            }
         }
         for o in &self.cors_origins {
             if o != "*" && axum::http::HeaderValue::from_str(o).is_err() {

@@ -17,7 +17,7 @@
 //! already has. Since the hub re-reads the room rather than trusting event
 //! contents, a lost or lagged event only delays a diff, it never corrupts one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,8 +43,11 @@ pub enum Reply {
 
 enum HubMsg {
     Changed,
+    /// The store's subscription was re-established: events may be lost, and
+    /// the store may have lost its data (Redis restarted empty).
+    Resync,
     Join(SocketRef, Reply),
-    Leave(Sid),
+    Leave(SocketRef),
 }
 
 /// The per-room hubs of one node.
@@ -58,16 +61,20 @@ struct Inner {
     node_id: NodeId,
     store: Arc<dyn PresenceStore>,
     debounce: Duration,
+    /// How long after a resync a hub shows no one leaving (see [`Hub::hold_until`]).
+    hold: Duration,
     hubs: Mutex<HashMap<RoomId, mpsc::UnboundedSender<HubMsg>>>,
 }
 
 impl Fanout {
-    /// Hubs that emit through `io` and read views from `store`, on node `node_id`.
+    /// Hubs that emit through `io` and read views from `store`, on node
+    /// `node_id`; after a resync they show no one leaving for `hold`.
     pub fn new(
         io: SocketIo,
         node_id: NodeId,
         store: Arc<dyn PresenceStore>,
         debounce: Duration,
+        hold: Duration,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -75,6 +82,7 @@ impl Fanout {
                 node_id,
                 store,
                 debounce,
+                hold,
                 hubs: Mutex::new(HashMap::new()),
             }),
         }
@@ -112,7 +120,7 @@ impl Fanout {
                     // A store that never resyncs may drop its sender: stop watching then.
                     Ok(()) = resyncs.changed() => {
                         tracing::info!("events may have been lost; re-reading every room");
-                        this.wake_all();
+                        this.wake_all_with(|| HubMsg::Resync);
                     }
                 }
             }
@@ -132,8 +140,12 @@ impl Fanout {
     }
 
     fn wake_all(&self) {
+        self.wake_all_with(|| HubMsg::Changed);
+    }
+
+    fn wake_all_with(&self, msg: impl Fn() -> HubMsg) {
         for tx in self.inner.lock().values() {
-            let _ = tx.send(HubMsg::Changed);
+            let _ = tx.send(msg());
         }
     }
 
@@ -154,9 +166,23 @@ impl Fanout {
         tokio::spawn(run_hub(self.inner.clone(), room.clone(), rx));
     }
 
-    /// Removes a socket from a room's hub (the caller removes it from the Socket.IO room).
-    pub fn leave(&self, room: &RoomId, sid: Sid) {
-        self.send_existing(room, HubMsg::Leave(sid));
+    /// Takes a socket out of a room: out of its hub, and out of the
+    /// Socket.IO room (no more diffs or signals of it). The hub does both, after
+    /// answering a join of the socket still queued there: the join's snapshot
+    /// is what adds a socket to the Socket.IO room, so a leave handled
+    /// anywhere else could be undone by a join answered after it.
+    pub fn leave(&self, room: &RoomId, socket: SocketRef) {
+        let hubs = self.inner.lock();
+        match hubs.get(room) {
+            Some(tx) => {
+                if let Err(mpsc::error::SendError(HubMsg::Leave(socket))) =
+                    tx.send(HubMsg::Leave(socket))
+                {
+                    socket.leave(room.as_str().to_owned());
+                }
+            }
+            None => socket.leave(room.as_str().to_owned()),
+        }
     }
 
     /// How many rooms have local sockets.
@@ -191,10 +217,20 @@ impl Inner {
 struct Hub {
     inner: Arc<Inner>,
     room: RoomId,
-    members: HashSet<Sid>,
+    /// The sockets that got the room's snapshot and are in its Socket.IO room.
+    members: HashMap<Sid, SocketRef>,
     pending: Vec<(SocketRef, Reply)>,
     last: Option<RoomView>,
     dirty: bool,
+    /// Until when, after a resync, the hub shows no one leaving. Redis may
+    /// have come back empty: each session is re-created by its node as soon
+    /// as its client heartbeats (within the heartbeat timeout), and observers
+    /// must not see everyone leave and come back meanwhile. Whoever is still
+    /// missing when it ends is removed then, in one diff.
+    hold_until: Option<Instant>,
+    /// A flush during the hold kept someone the room no longer had: flush
+    /// again when the hold ends.
+    holding: bool,
 }
 
 async fn run_hub(inner: Arc<Inner>, room: RoomId, mut rx: mpsc::UnboundedReceiver<HubMsg>) {
@@ -217,20 +253,28 @@ async fn run_hub(inner: Arc<Inner>, room: RoomId, mut rx: mpsc::UnboundedReceive
     let mut hub = Hub {
         inner: inner.clone(),
         room: room.clone(),
-        members: HashSet::new(),
+        members: HashMap::new(),
         pending: Vec::new(),
         last: None,
         dirty: false,
+        hold_until: None,
+        holding: false,
     };
     let mut next_flush = Instant::now();
     loop {
-        let due = hub.dirty || !hub.pending.is_empty();
+        let wake_at = if hub.dirty || !hub.pending.is_empty() {
+            Some(next_flush)
+        } else if hub.holding {
+            hub.hold_until
+        } else {
+            None
+        };
         tokio::select! {
             msg = rx.recv() => match msg {
                 Some(msg) => hub.handle(msg).await,
                 None => return,
             },
-            _ = tokio::time::sleep_until(next_flush), if due => {
+            _ = tokio::time::sleep_until(wake_at.unwrap_or_else(Instant::now)), if wake_at.is_some() => {
                 hub.flush().await;
                 next_flush = Instant::now() + inner.debounce;
             }
@@ -248,19 +292,28 @@ impl Hub {
     async fn handle(&mut self, msg: HubMsg) {
         match msg {
             HubMsg::Changed => self.dirty = true,
+            HubMsg::Resync => {
+                self.dirty = true;
+                self.hold_until = Some(Instant::now() + self.inner.hold);
+            }
             HubMsg::Join(socket, reply) => self.pending.push((socket, reply)),
-            HubMsg::Leave(sid) => {
-                if self.pending.iter().any(|(s, _)| s.id == sid) {
+            HubMsg::Leave(socket) => {
+                if self.pending.iter().any(|(s, _)| s.id == socket.id) {
                     // Answer its join before it goes.
                     self.flush().await;
                 }
-                self.members.remove(&sid);
+                self.members.remove(&socket.id);
+                socket.leave(self.room.as_str().to_owned());
             }
         }
     }
 
     async fn flush(&mut self) {
-        let view = match self.inner.store.room_view(&self.room).await {
+        // A socket that closed without a leave reaching the hub is not kept:
+        // the hub (and the node's subscription to the room) must not outlive
+        // its last live socket.
+        self.members.retain(|_, s| s.connected());
+        let read = match self.inner.store.room_view(&self.room).await {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(room_id = %self.room, error = %e, "cannot read room view");
@@ -269,6 +322,18 @@ impl Hub {
                     answer_error(socket, reply, &err);
                 }
                 return;
+            }
+        };
+        let view = match (&self.last, self.hold_until) {
+            (Some(last), Some(until)) if Instant::now() < until => {
+                let held = read.clone().keeping(last);
+                self.holding = held.sessions.len() > read.sessions.len();
+                held
+            }
+            _ => {
+                self.hold_until = None;
+                self.holding = false;
+                read
             }
         };
         if let Some(last) = &self.last {
@@ -310,7 +375,7 @@ impl Hub {
             if sent.is_ok() {
                 crate::metrics::snapshot_sent();
                 socket.join(self.room.as_str().to_owned());
-                self.members.insert(socket.id);
+                self.members.insert(socket.id, socket);
             }
         }
         self.last = Some(view);

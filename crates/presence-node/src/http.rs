@@ -53,6 +53,9 @@ pub const MAX_STATUS_USERS: usize = 1000;
 pub const DEFAULT_PAGE: usize = 1000;
 /// Largest page of `/api/whos-online`.
 pub const MAX_PAGE: usize = 10_000;
+/// How long `/readyz` waits for the store before answering 503.
+pub const READY_WITHIN: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Largest HTTP request body.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
@@ -174,6 +177,34 @@ async fn require_api_key(State(api): State<ApiState>, req: Request, next: Next) 
     res
 }
 
+/// Refuses Socket.IO requests (WebSocket upgrades and polling) whose
+/// `Origin` is not in `allowed` (`PRESENCE_ALLOWED_ORIGINS`); runs before the
+/// Socket.IO layer. No list, or no `Origin` header (not a browser): let through.
+pub async fn check_origin(
+    State(allowed): State<Arc<[String]>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if allowed.is_empty() || !req.uri().path().starts_with("/socket.io") {
+        return next.run(req).await;
+    }
+    match req.headers().get(header::ORIGIN).map(|o| o.to_str()) {
+        None => next.run(req).await,
+        Some(Ok(o)) if allowed.iter().any(|a| a == o) => next.run(req).await,
+        Some(_) => {
+            crate::metrics::request("connect", "forbidden_origin");
+            ApiError(
+                StatusCode::FORBIDDEN,
+                WireError::new(
+                    ErrorCode::Forbidden,
+                    "this page's origin may not connect (PRESENCE_ALLOWED_ORIGINS)",
+                ),
+            )
+            .into_response()
+        }
+    }
+}
+
 /// CORS for browser pages of other origins (`PRESENCE_CORS_ORIGINS`): none
 /// when unset, so only same-origin pages can call the API with a browser.
 /// Listed origins may send credentials (the load balancer's affinity cookie
@@ -232,9 +263,20 @@ async fn readyz(State(api): State<ApiState>) -> Response {
         ))
         .into_response();
     }
-    match api.store.ping().await {
-        Ok(()) => Json(json!({ "ok": true, "store": api.store.kind() })).into_response(),
-        Err(e) => ApiError::from(e).into_response(),
+    // A load balancer probing readiness must get an answer quickly, whatever
+    // Redis does (a stalled server would otherwise hold the probe for the
+    // whole command timeout): no answer in time is "not ready".
+    match tokio::time::timeout(READY_WITHIN, api.store.ping()).await {
+        Ok(Ok(())) => Json(json!({ "ok": true, "store": api.store.kind() })).into_response(),
+        Ok(Err(e)) => ApiError::from(e).into_response(),
+        Err(_) => ApiError::from(WireError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "the presence store did not answer within {} ms",
+                READY_WITHIN.as_millis()
+            ),
+        ))
+        .into_response(),
     }
 }
 

@@ -26,6 +26,13 @@ pub fn request(event: &'static str, result: &'static str) {
     metrics::counter!("presence_requests_total", "event" => event, "result" => result).increment(1);
 }
 
+/// A connection the node closed, by reason (`hello_timeout`: no session in
+/// time; `bad_packet`: a packet it could not or would not parse, such as
+/// binary attachments).
+pub fn connection_cut(reason: &'static str) {
+    metrics::counter!("presence_connections_cut_total", "reason" => reason).increment(1);
+}
+
 /// A Socket.IO connection opened.
 pub fn connection_opened() {
     metrics::gauge!("presence_connections").increment(1.0);

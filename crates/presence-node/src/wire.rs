@@ -214,6 +214,21 @@ pub struct LeaveReq {
     pub room_id: Option<RoomId>,
 }
 
+/// Characters that make a handle show differently from what it is: zero-width
+/// ones (two handles that look the same) and bidirectional controls (text
+/// shown in another order than it is written, e.g. to fake a file name).
+fn hides_or_reorders(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// The reply to a payload nested deeper than the JSON parser follows.
+pub fn too_deep() -> WireError {
+    WireError::bad(
+        "payload",
+        "is nested too deeply (JSON deeper than 128 levels is refused)",
+    )
+}
+
 /// The longest handle accepted, in bytes.
 pub const MAX_HANDLE_LEN: usize = 128;
 
@@ -309,6 +324,12 @@ pub fn hello(v: &Value, limits: &Limits, subject: Option<&UserId>) -> Result<Hel
                 return Err(WireError::bad(
                     "handle",
                     "must not contain control characters",
+                ));
+            }
+            if h.chars().any(hides_or_reorders) {
+                return Err(WireError::bad(
+                    "handle",
+                    "must not contain zero-width or bidirectional control characters",
                 ));
             }
             Some(h.clone())
@@ -465,6 +486,30 @@ mod tests {
             ),
             (
                 hello(&json!({ "userId": "u", "handle": "a\u{0007}" }), &l(), None),
+                "handle",
+            ),
+            (
+                hello(
+                    &json!({ "userId": "u", "handle": "ad\u{200B}min" }),
+                    &l(),
+                    None,
+                ),
+                "handle",
+            ),
+            (
+                hello(
+                    &json!({ "userId": "u", "handle": "evil\u{202E}txt.exe" }),
+                    &l(),
+                    None,
+                ),
+                "handle",
+            ),
+            (
+                hello(
+                    &json!({ "userId": "u", "handle": "x\u{2066}y" }),
+                    &l(),
+                    None,
+                ),
                 "handle",
             ),
             (join(&json!({}), &l()).map(|_| h()), "roomId"),

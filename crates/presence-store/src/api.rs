@@ -51,6 +51,30 @@ pub struct Claimed {
     pub resumed: bool,
     /// The rooms the session is in (non-empty only when resumed).
     pub rooms: Vec<RoomId>,
+    /// The connection this claim took the session from, when one still held
+    /// it (it had not disconnected): its node must unbind it at once.
+    pub superseded: Option<Superseded>,
+}
+
+/// A connection that lost its session to a newer one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Superseded {
+    /// The node holding that connection.
+    pub node_id: NodeId,
+    /// The epoch it held.
+    pub epoch: u64,
+}
+
+/// A node's notice to another that one of its connections was superseded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Takeover {
+    /// The session.
+    pub session_id: SessionId,
+    /// The epoch the superseded connection holds.
+    pub epoch: u64,
+    /// The epoch of the connection that holds it now.
+    pub current: u64,
 }
 
 /// The identity a connection writes with.
@@ -260,6 +284,16 @@ pub trait PresenceStore: Send + Sync + 'static {
 
     /// Signals relayed by other nodes to the rooms this node follows.
     fn signals(&self) -> broadcast::Receiver<Signal>;
+
+    /// Tells node `node` that one of its connections lost its session to a
+    /// newer one (on Redis: over the node's channel).
+    async fn notify_takeover(&self, node: &NodeId, takeover: &Takeover) -> Result<(), StoreError>;
+
+    /// Starts receiving the takeovers other nodes send to `node` (this node).
+    async fn listen_takeovers(
+        &self,
+        node: &NodeId,
+    ) -> Result<broadcast::Receiver<Takeover>, StoreError>;
 
     /// Takes the reaper lease for `node` if no one holds it (with a new
     /// term), or renews it if `node` holds it; returns the lease as it is

@@ -9,6 +9,10 @@
 //! a second channel of the room, `<prefix>:signals:{<roomId>}` (same slot),
 //! so that backend subscribers of the events channel see events only.
 //!
+//! A node's own bus also listens to the node's channel
+//! `<prefix>:node:{<nodeId>}`, on which other nodes tell it that one of its
+//! connections lost its session to a newer one ([`EventBus::follow_node`]).
+//!
 //! An [`EventBus`] owns one subscriber connection and subscribes to exactly
 //! the rooms someone follows ([`EventBus::follow`] counts followers per room
 //! and unsubscribes after the last one goes). A node follows the rooms it has
@@ -27,12 +31,12 @@ use std::collections::HashMap;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use futures::Stream;
-use presence_core::{PresenceEvent, RoomId};
+use presence_core::{NodeId, PresenceEvent, RoomId};
 use tokio::sync::{broadcast, watch, Mutex};
 
 pub use crate::redis::conn::PubSub;
 
-use crate::api::{Signal, EVENT_BUFFER};
+use crate::api::{Signal, Takeover, EVENT_BUFFER};
 use crate::error::StoreError;
 use crate::redis::conn::{self, unavailable, RedisOptions};
 use crate::redis::keys::Keys;
@@ -57,6 +61,9 @@ pub struct EventBus {
     rooms: Mutex<HashMap<RoomId, usize>>,
     events: broadcast::Sender<PresenceEvent>,
     signals: broadcast::Sender<Signal>,
+    /// The node whose channel this bus listens to (a node's own bus), if any.
+    node: Mutex<Option<NodeId>>,
+    takeovers: broadcast::Sender<Takeover>,
     resyncs: watch::Sender<u64>,
     /// Publishes signals (a subscriber connection cannot).
     publisher: Client,
@@ -90,6 +97,8 @@ impl EventBus {
             rooms: Mutex::new(HashMap::new()),
             events,
             signals,
+            node: Mutex::new(None),
+            takeovers: broadcast::Sender::new(1024),
             resyncs: watch::Sender::new(0),
             publisher,
         });
@@ -123,6 +132,32 @@ impl EventBus {
         }
         .map_err(unavailable)?;
         Ok(())
+    }
+
+    /// Tells `node` that one of its connections was superseded.
+    pub async fn publish_takeover(&self, node: &NodeId, t: &Takeover) -> Result<(), StoreError> {
+        let channel = self.keys.node_channel(node.as_str());
+        let msg = serde_json::to_string(t).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let _: u64 = match self.mode {
+            PubSub::Sharded => self.publisher.spublish(channel, msg).await,
+            PubSub::Plain => self.publisher.publish(channel, msg).await,
+        }
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Listens to `node`'s own channel (again after every reconnect), for
+    /// the takeovers other nodes send it.
+    pub async fn follow_node(
+        &self,
+        node: &NodeId,
+    ) -> Result<broadcast::Receiver<Takeover>, StoreError> {
+        let rx = self.takeovers.subscribe();
+        let mut followed = self.node.lock().await;
+        self.subscribe_to(vec![self.keys.node_channel(node.as_str())])
+            .await?;
+        *followed = Some(node.clone());
+        Ok(rx)
     }
 
     /// Signals of the followed rooms, from now on.
@@ -210,7 +245,12 @@ impl EventBus {
 
     /// Subscribes to a room's two channels (one slot: one call on Cluster).
     async fn subscribe(&self, room: &str) -> Result<(), StoreError> {
-        let channels = vec![self.channel(room), self.signal_channel(room)];
+        self.subscribe_to(vec![self.channel(room), self.signal_channel(room)])
+            .await
+    }
+
+    /// Subscribes to channels of one slot.
+    async fn subscribe_to(&self, channels: Vec<String>) -> Result<(), StoreError> {
         match self.mode {
             PubSub::Sharded => self.subscriber.ssubscribe(channels).await,
             PubSub::Plain => self.subscriber.subscribe(channels).await,
@@ -223,7 +263,9 @@ impl EventBus {
         let mut rx = self.subscriber.message_rx();
         let tx = self.events.clone();
         let signals = self.signals.clone();
+        let takeovers = self.takeovers.clone();
         let signal_prefix = self.keys.signals_prefix();
+        let node_prefix = self.keys.node_prefix();
         tokio::spawn(async move {
             loop {
                 let msg = match rx.recv().await {
@@ -239,6 +281,15 @@ impl EventBus {
                 let Some(text) = msg.value.as_string() else {
                     continue;
                 };
+                if msg.channel.starts_with(&node_prefix) {
+                    match serde_json::from_str::<Takeover>(&text) {
+                        Ok(t) => {
+                            let _ = takeovers.send(t);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "undecodable node notice"),
+                    }
+                    continue;
+                }
                 if msg.channel.starts_with(&signal_prefix) {
                     match serde_json::from_str::<Signal>(&text) {
                         Ok(s) => {
@@ -276,6 +327,14 @@ impl EventBus {
                     }
                 }
                 drop(rooms);
+                let node = bus.node.lock().await.clone();
+                if let Some(node) = node {
+                    let channel = bus.keys.node_channel(node.as_str());
+                    if let Err(e) = bus.subscribe_to(vec![channel]).await {
+                        failed += 1;
+                        tracing::warn!(node_id = %node, error = %e, "cannot resubscribe to the node channel");
+                    }
+                }
                 if failed == 0 {
                     tracing::info!("resubscribed to presence events after a reconnect");
                 }

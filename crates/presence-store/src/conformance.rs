@@ -491,6 +491,19 @@ cases! {
         assert_eq!(v.sessions["s1"].user_id.as_str(), "alice");
     }
 
+    /// Session ids are visible in snapshots: once its owner ended it, the id
+    /// stays the owner's (for the tombstone's life), so no one can squat it
+    /// and lock the owner out; the owner may use it again.
+    async fn an_ended_sessions_id_stays_its_users(store, env) {
+        let s = claim(store, "alice", "s1").await;
+        store.end(&s).await.unwrap();
+        assert!(matches!(store.hello(hello("mallory", Some("s1"))).await, Err(StoreError::Forbidden(_))));
+        assert!(store.whos_online(Page { limit: 10, after: None }).await.unwrap().entries.users.is_empty(), "nothing written for mallory");
+        let again = claim(store, "alice", "s1").await;
+        assert!(again.epoch > s.epoch);
+        store.heartbeat(&again, None).await.unwrap();
+    }
+
     /// No heartbeat: active, stale after the timeout, removed after the grace window.
     async fn silent_sessions_go_stale_then_expire(store, env) {
         let s = claim(store, "alice", "s1").await;

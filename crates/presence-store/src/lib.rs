@@ -28,7 +28,7 @@ pub mod redis;
 
 pub use api::{
     Claimed, Hello, Joined, Lease, NodeInfo, Online, Page, PresenceStore, RoomStats, SessionRef,
-    Signal, SweepReport, EVENT_BUFFER, TOMBSTONE_MS,
+    Signal, Superseded, SweepReport, Takeover, EVENT_BUFFER, TOMBSTONE_MS,
 };
 pub use bus::{BusMessage, EventBus};
 pub use error::StoreError;

@@ -22,7 +22,8 @@ use tokio::sync::{broadcast, watch};
 
 use crate::api::{
     first_epoch, new_session_id, Claimed, Hello, Joined, Lease, NodeInfo, Online, Page,
-    PresenceStore, RoomStats, SessionRef, Signal, SweepReport, EVENT_BUFFER, TOMBSTONE_MS,
+    PresenceStore, RoomStats, SessionRef, Signal, Superseded, SweepReport, Takeover, EVENT_BUFFER,
+    TOMBSTONE_MS,
 };
 use crate::error::StoreError;
 
@@ -37,6 +38,9 @@ pub struct MemoryStore {
     resyncs: watch::Sender<u64>,
     /// Never carries anything: there is no other node.
     signals: broadcast::Sender<Signal>,
+    /// Takeovers to this (the only) node; the node handles its own takeovers
+    /// without it, so this carries only what `notify_takeover` is given.
+    takeovers: broadcast::Sender<Takeover>,
 }
 
 #[derive(Default)]
@@ -51,7 +55,7 @@ struct Inner {
     /// [`TOMBSTONE_MS`] (and until the clock passed the epoch), so that a reused
     /// session id starts higher and a connection that had lost the session
     /// stays fenced.
-    tombstones: HashMap<SessionId, (u64, Millis)>,
+    tombstones: HashMap<SessionId, Tombstone>,
     /// Registered nodes and when their registration lapses.
     nodes: BTreeMap<NodeId, (NodeInfo, Millis)>,
     /// The reaper lease, and the last term handed out.
@@ -59,6 +63,16 @@ struct Inner {
     term: u64,
     /// The highest term a sweep came with.
     swept_term: u64,
+}
+
+/// What is left of a removed session.
+struct Tombstone {
+    /// Its last epoch: a reused id starts above it.
+    epoch: u64,
+    /// When it was removed.
+    at: Millis,
+    /// Its user: only that user may use the id again.
+    user_id: UserId,
 }
 
 struct SessionEntry {
@@ -109,6 +123,7 @@ impl MemoryStore {
             events,
             resyncs: watch::Sender::new(0),
             signals: broadcast::Sender::new(1),
+            takeovers: broadcast::Sender::new(64),
         }
     }
 
@@ -170,7 +185,7 @@ impl MemoryStore {
             // Removed: its last owner may claim it again; an older connection
             // had lost it before that.
             return Err(match inner.tombstones.get(&s.session_id) {
-                Some(&(last, _)) if s.epoch < last => StoreError::StaleEpoch { current: last },
+                Some(t) if s.epoch < t.epoch => StoreError::StaleEpoch { current: t.epoch },
                 _ => StoreError::NoSession,
             });
         };
@@ -249,9 +264,14 @@ impl MemoryStore {
             self.leave_room(inner, session, room, kind, now);
         }
         if let Some(e) = inner.sessions.remove(session) {
-            inner
-                .tombstones
-                .insert(session.clone(), (e.facts.epoch, now));
+            inner.tombstones.insert(
+                session.clone(),
+                Tombstone {
+                    epoch: e.facts.epoch,
+                    at: now,
+                    user_id: e.facts.user_id.clone(),
+                },
+            );
             inner.deadlines.remove(&(e.deadline, session.clone()));
             if let Some(set) = inner.users.get_mut(&e.facts.user_id) {
                 set.remove(session);
@@ -302,6 +322,18 @@ impl PresenceStore for MemoryStore {
         let mut inner = self.lock();
         let inner = &mut *inner;
         if let Some(id) = &req.session_id {
+            // A session id stays its user's, alive or ended (for the
+            // tombstone's life): no one else may claim it.
+            let owner = match (inner.sessions.get(id), inner.tombstones.get(id)) {
+                (Some(e), _) => Some(&e.facts.user_id),
+                (None, Some(t)) => Some(&t.user_id),
+                (None, None) => None,
+            };
+            if owner.is_some_and(|u| *u != req.user_id) {
+                return Err(StoreError::Forbidden(
+                    "this sessionId belongs to another user".into(),
+                ));
+            }
             // A session past its deadline but not yet swept is gone, not resumable.
             if let Some(e) = inner.sessions.get(id) {
                 if e.facts.liveness(now, &self.timings) == Liveness::Expired {
@@ -314,6 +346,11 @@ impl PresenceStore for MemoryStore {
                         "this sessionId belongs to another user".into(),
                     ));
                 }
+                // The connection that held it, unless it had disconnected.
+                let superseded = e.facts.disconnected_at.is_none().then(|| Superseded {
+                    node_id: e.facts.node_id.clone(),
+                    epoch: e.facts.epoch,
+                });
                 e.facts.epoch += 1;
                 e.facts.node_id = req.node_id;
                 e.facts.disconnected_at = None;
@@ -332,6 +369,7 @@ impl PresenceStore for MemoryStore {
                     epoch: e.facts.epoch,
                     resumed: true,
                     rooms: e.rooms.keys().cloned().collect(),
+                    superseded,
                 };
                 self.rederive(inner, id, now);
                 return Ok(claimed);
@@ -359,7 +397,8 @@ impl PresenceStore for MemoryStore {
             user_id: req.user_id.clone(),
             handle: req.handle,
             node_id: req.node_id,
-            epoch: first_epoch(now).max(inner.tombstones.get(&session_id).map_or(0, |t| t.0 + 1)),
+            epoch: first_epoch(now)
+                .max(inner.tombstones.get(&session_id).map_or(0, |t| t.epoch + 1)),
             activity: req.activity,
             last_heartbeat_at: now,
             last_active_at: now,
@@ -394,6 +433,7 @@ impl PresenceStore for MemoryStore {
             epoch,
             resumed: false,
             rooms: vec![],
+            superseded: None,
         })
     }
 
@@ -540,7 +580,7 @@ impl PresenceStore for MemoryStore {
         let past = first_epoch(now);
         inner
             .tombstones
-            .retain(|_, (epoch, at)| *epoch >= past || now - *at < TOMBSTONE_MS);
+            .retain(|_, t| t.epoch >= past || now - t.at < TOMBSTONE_MS);
         while let Some((deadline, session)) = inner.deadlines.first().cloned() {
             if deadline > now {
                 break;
@@ -655,6 +695,18 @@ impl PresenceStore for MemoryStore {
 
     fn signals(&self) -> broadcast::Receiver<Signal> {
         self.signals.subscribe()
+    }
+
+    async fn notify_takeover(&self, _node: &NodeId, t: &Takeover) -> Result<(), StoreError> {
+        let _ = self.takeovers.send(t.clone());
+        Ok(())
+    }
+
+    async fn listen_takeovers(
+        &self,
+        _node: &NodeId,
+    ) -> Result<broadcast::Receiver<Takeover>, StoreError> {
+        Ok(self.takeovers.subscribe())
     }
 
     async fn acquire_lease(&self, node: &NodeId, lease_ms: Millis) -> Result<Lease, StoreError> {

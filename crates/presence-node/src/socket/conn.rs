@@ -39,6 +39,9 @@ enum ConnState {
     /// though its answer was lost (a failover), so a `stale_epoch` then
     /// means "claim again", not "another connection won".
     Reviving { bound: Bound, in_flight: bool },
+    /// A newer connection took the session over (`current` is its epoch):
+    /// writes answer `stale_epoch`; a new `presence:hello` is welcome.
+    Superseded { current: u64 },
 }
 
 /// The session a connection is bound to.
@@ -59,17 +62,20 @@ pub(super) struct Bound {
 }
 
 impl ConnState {
-    fn bound(&self) -> Option<&Bound> {
+    fn bound(&self) -> Result<&Bound, WireError> {
         match self {
-            ConnState::Bound(b) | ConnState::Reviving { bound: b, .. } => Some(b),
-            ConnState::Unbound | ConnState::Greeting => None,
+            ConnState::Bound(b) | ConnState::Reviving { bound: b, .. } => Ok(b),
+            ConnState::Superseded { current } => {
+                Err(StoreError::StaleEpoch { current: *current }.into())
+            }
+            ConnState::Unbound | ConnState::Greeting => Err(no_session()),
         }
     }
 
     fn bound_mut(&mut self) -> Option<&mut Bound> {
         match self {
             ConnState::Bound(b) | ConnState::Reviving { bound: b, .. } => Some(b),
-            ConnState::Unbound | ConnState::Greeting => None,
+            _ => None,
         }
     }
 }
@@ -103,7 +109,7 @@ impl Conn {
 
     /// The bound session, with its rooms.
     pub fn bound(&self) -> Result<Bound, WireError> {
-        self.lock().bound().cloned().ok_or_else(no_session)
+        self.lock().bound().cloned()
     }
 
     /// The session this connection writes with, after checking the epoch the
@@ -111,7 +117,7 @@ impl Conn {
     /// rooms or states: this is the heartbeat path.
     pub fn session_at(&self, epoch: u64) -> Result<(SessionRef, bool), WireError> {
         let st = self.lock();
-        let b = st.bound().ok_or_else(no_session)?;
+        let b = st.bound()?;
         if b.session.epoch != epoch && b.revived_from != Some(epoch) {
             return Err(WireError::new(
                 ErrorCode::StaleEpoch,
@@ -139,7 +145,7 @@ impl Conn {
     /// session or another hello is under way.
     pub fn begin_hello(&self) -> Result<(), WireError> {
         let mut st = self.lock();
-        if !matches!(*st, ConnState::Unbound) {
+        if !matches!(*st, ConnState::Unbound | ConnState::Superseded { .. }) {
             return Err(WireError::bad(
                 "payload",
                 "this connection already has a session; leave it first or open a new connection",
@@ -173,20 +179,36 @@ impl Conn {
     pub fn unbind(&self) -> Option<Bound> {
         match std::mem::replace(&mut *self.lock(), ConnState::Unbound) {
             ConnState::Bound(b) | ConnState::Reviving { bound: b, .. } => Some(b),
-            ConnState::Unbound | ConnState::Greeting => None,
+            _ => None,
         }
     }
 
-    /// Unbinds the connection if it still writes with `epoch` and is not
-    /// re-creating its session (whose refusals are about the past).
-    pub fn unbind_superseded(&self, epoch: u64) -> Option<Bound> {
+    /// The store refused a write of this connection with `stale_epoch`: a
+    /// newer connection (at `current`) owns the session. Unbinds it if it
+    /// still writes with `epoch` and is not re-creating its session (whose
+    /// refusals are about the past).
+    pub fn unbind_superseded(&self, epoch: u64, current: u64) -> Option<Bound> {
         let mut st = self.lock();
         match &*st {
             ConnState::Bound(b) if b.session.epoch == epoch => {}
             _ => return None,
         }
-        match std::mem::replace(&mut *st, ConnState::Unbound) {
+        match std::mem::replace(&mut *st, ConnState::Superseded { current }) {
             ConnState::Bound(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// A newer connection (at `current`) took over the session this
+    /// connection holds at `epoch`: unbinds it.
+    pub fn supersede(&self, epoch: u64, current: u64) -> Option<Bound> {
+        let mut st = self.lock();
+        match st.bound() {
+            Ok(b) if b.session.epoch == epoch => {}
+            _ => return None,
+        }
+        match std::mem::replace(&mut *st, ConnState::Superseded { current }) {
+            ConnState::Bound(b) | ConnState::Reviving { bound: b, .. } => Some(b),
             _ => None,
         }
     }
@@ -235,6 +257,14 @@ impl Conn {
             // whatever it is now stays.
             other => other,
         };
+    }
+
+    /// The connection holds no session and no hello is under way.
+    pub fn wants_hello(&self) -> bool {
+        matches!(
+            *self.lock(),
+            ConnState::Unbound | ConnState::Superseded { .. }
+        )
     }
 
     /// A re-creation started and has not succeeded yet.
@@ -303,9 +333,13 @@ mod tests {
         let c = conn();
         c.begin_hello().unwrap();
         c.end_hello(Some(bound(5)));
-        assert!(c.unbind_superseded(4).is_none());
-        assert!(c.unbind_superseded(5).is_some());
-        assert!(c.bound().is_err());
+        assert!(c.unbind_superseded(4, 6).is_none());
+        assert!(c.unbind_superseded(5, 6).is_some());
+        // Its writes answer stale_epoch from now on; a new hello is welcome.
+        assert_eq!(c.bound().unwrap_err().code, ErrorCode::StaleEpoch);
+        assert_eq!(c.session_at(5).unwrap_err().code, ErrorCode::StaleEpoch);
+        assert!(c.wants_hello());
+        c.begin_hello().unwrap();
     }
 
     #[test]
@@ -322,12 +356,24 @@ mod tests {
         c.end_revival(false);
         assert!(c.revival_unconfirmed());
         // A stale_epoch now may be its own lost claim: no unbinding.
-        assert!(c.unbind_superseded(5).is_none());
+        assert!(c.unbind_superseded(5, 6).is_none());
         c.begin_revival().unwrap();
         c.with_bound(|b| b.session.epoch = 9);
         c.end_revival(true);
         assert!(!c.revival_unconfirmed());
         assert_eq!(c.session_at(9).unwrap().0.epoch, 9);
+    }
+
+    #[test]
+    fn a_takeover_unbinds_the_connection_that_held_that_epoch() {
+        let c = conn();
+        c.begin_hello().unwrap();
+        c.end_hello(Some(bound(5)));
+        assert!(c.supersede(4, 6).is_none(), "not the epoch it holds");
+        assert!(c.bound().is_ok());
+        assert!(c.supersede(5, 6).is_some());
+        assert_eq!(c.bound().unwrap_err().code, ErrorCode::StaleEpoch);
+        assert!(c.unbind().is_none(), "nothing left to unbind on close");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! One handler per `presence:*` event, and the connection's close.
 
-use presence_core::Activity;
-use presence_store::{Hello, SessionRef, Signal, StoreError};
+use presence_core::{Activity, RoomId};
+use std::sync::Arc;
+
+use presence_store::{Hello, SessionRef, Signal, StoreError, Takeover};
 use serde_json::Value;
 use socketioxide::extract::{AckSender, SocketRef};
 
@@ -18,18 +20,18 @@ use crate::wire::{self, ErrorCode, WireError};
 /// (A lost session, `no_session`, stays bound: the next heartbeat revives it.)
 fn on_store_error(
     cx: &SocketContext,
-    conn: &Conn,
+    conn: &Arc<Conn>,
     socket: &SocketRef,
     used: u64,
     e: StoreError,
 ) -> WireError {
-    if matches!(e, StoreError::StaleEpoch { .. }) {
-        if let Some(b) = conn.unbind_superseded(used) {
+    if let StoreError::StaleEpoch { current } = e {
+        if let Some(b) = conn.unbind_superseded(used, current) {
             tracing::debug!(epoch = used, error = %e, "a newer connection owns the session; unbinding");
+            cx.bindings.unbind(&b.session.session_id, used);
             cx.node.session_unbound();
             for room in b.rooms.keys() {
-                socket.leave(room.as_str().to_owned());
-                cx.fanout.leave(room, socket.id);
+                cx.fanout.leave(room, socket.clone());
             }
         }
     }
@@ -38,11 +40,11 @@ fn on_store_error(
 
 pub(super) async fn hello(
     cx: &SocketContext,
-    conn: &Conn,
+    conn: &Arc<Conn>,
     socket: SocketRef,
     v: Value,
     ack: AckSender,
-) {
+) -> bool {
     let r = async {
         let subject = conn.grant.as_ref().map(|g| &g.user_id);
         let req = wire::hello(&v, &cx.limits, subject)?;
@@ -58,18 +60,28 @@ pub(super) async fn hello(
                 node_id: cx.node.id.clone(),
             })
             .await;
-        let claimed = match claimed {
+        let mut claimed = match claimed {
             Ok(c) => c,
             Err(e) => {
                 conn.end_hello(None);
                 return Err(e.into());
             }
         };
+        // A resumed session keeps only the rooms this connection's token
+        // grants: it may have joined others under an earlier token.
+        let me = SessionRef {
+            session_id: claimed.session_id.clone(),
+            epoch: claimed.epoch,
+        };
+        let dropped = match drop_ungranted(cx, conn, &me, &mut claimed.rooms).await {
+            Ok(dropped) => dropped,
+            Err(e) => {
+                conn.end_hello(None);
+                return Err(e.into());
+            }
+        };
         let bound = conn.end_hello(Some(Bound {
-            session: SessionRef {
-                session_id: claimed.session_id.clone(),
-                epoch: claimed.epoch,
-            },
+            session: me,
             user_id: req.user_id.clone(),
             handle: req.handle,
             meta: req.meta,
@@ -77,15 +89,29 @@ pub(super) async fn hello(
             revived_from: None,
             restore: false,
         }));
+        if let Some(prev) = &claimed.superseded {
+            let t = Takeover {
+                session_id: claimed.session_id.clone(),
+                epoch: prev.epoch,
+                current: claimed.epoch,
+            };
+            if prev.node_id == cx.node.id {
+                superseded(cx, &t);
+            } else if let Err(e) = cx.store.notify_takeover(&prev.node_id, &t).await {
+                // Its next write is refused all the same (the store fences it).
+                tracing::warn!(node_id = %prev.node_id, error = %e, "cannot tell a node that its connection was superseded");
+            }
+        }
         if bound {
             cx.node.session_bound();
+            cx.bindings.bind(&claimed.session_id, claimed.epoch, conn, &socket);
         }
         tracing::debug!(session_id = %claimed.session_id, user_id = %req.user_id, epoch = claimed.epoch, resumed = claimed.resumed, "hello");
-        Ok::<_, WireError>((claimed, req.user_id))
+        Ok::<_, WireError>((claimed, req.user_id, dropped))
     }
     .await;
     match r {
-        Ok((claimed, user_id)) => {
+        Ok((claimed, user_id, dropped)) => {
             answer(
                 ack,
                 "presence:hello",
@@ -96,6 +122,7 @@ pub(super) async fn hello(
                     epoch: claimed.epoch,
                     resumed: claimed.resumed,
                     rooms: &claimed.rooms,
+                    dropped_rooms: &dropped,
                     node_id: &cx.node.id,
                     config: &cx.timings,
                     limits: &cx.limits,
@@ -105,31 +132,60 @@ pub(super) async fn hello(
             for room in &claimed.rooms {
                 cx.fanout.join(room, socket.clone(), Reply::Snapshot);
             }
+            false
         }
         Err(e) => answer::<Done>(ack, "presence:hello", Err(e)),
     }
 }
 
+/// Leaves the rooms of a resumed session that this connection's grant does
+/// not cover (observers see it leave them); returns them. Without token auth
+/// every room is granted.
+async fn drop_ungranted(
+    cx: &SocketContext,
+    conn: &Arc<Conn>,
+    me: &SessionRef,
+    rooms: &mut Vec<RoomId>,
+) -> Result<Vec<RoomId>, StoreError> {
+    let Some(grant) = &conn.grant else {
+        return Ok(Vec::new());
+    };
+    let (kept, dropped): (Vec<RoomId>, Vec<RoomId>) =
+        rooms.drain(..).partition(|r| grant.rooms.allows(r));
+    *rooms = kept;
+    for room in &dropped {
+        match cx.store.leave(me, room).await {
+            Ok(()) | Err(StoreError::NotJoined(_)) => {}
+            Err(e) => return Err(e),
+        }
+        tracing::debug!(session_id = %me.session_id, room_id = %room, "left a room the new token does not grant");
+    }
+    Ok(dropped)
+}
+
+/// Refuses a write or a delivery into a room the connection's token does
+/// not grant.
+fn check_grant(conn: &Arc<Conn>, room: &RoomId) -> Result<(), WireError> {
+    match &conn.grant {
+        Some(g) if !g.rooms.allows(room) => Err(WireError::new(
+            ErrorCode::ForbiddenRoom,
+            format!("your token does not grant room {room}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub(super) async fn join(
     cx: &SocketContext,
-    conn: &Conn,
+    conn: &Arc<Conn>,
     socket: SocketRef,
     v: Value,
     ack: AckSender,
-) {
+) -> bool {
     let r = async {
         let req = wire::join(&v, &cx.limits)?;
         let b = conn.bound()?;
-        if conn
-            .grant
-            .as_ref()
-            .is_some_and(|g| !g.rooms.allows(&req.room_id))
-        {
-            return Err(WireError::new(
-                ErrorCode::ForbiddenRoom,
-                format!("your token does not let you join {}", req.room_id),
-            ));
-        }
+        check_grant(conn, &req.room_id)?;
         cx.store
             .join(&b.session, &req.room_id, req.state.clone())
             .await
@@ -148,7 +204,8 @@ pub(super) async fn join(
         // The hub answers with the snapshot, then adds the socket to the room.
         Ok((room, me)) => {
             crate::metrics::request("presence:join", "ok");
-            cx.fanout.join(&room, socket, Reply::JoinAck(ack, me))
+            cx.fanout.join(&room, socket, Reply::JoinAck(ack, me));
+            false
         }
         Err(e) => answer::<Done>(ack, "presence:join", Err(e)),
     }
@@ -158,19 +215,27 @@ pub(super) async fn join(
 /// states this connection set). Returns the new epoch.
 async fn revive(
     cx: &SocketContext,
-    conn: &Conn,
+    conn: &Arc<Conn>,
+    socket: &SocketRef,
     b: Bound,
     activity: Option<Activity>,
 ) -> Result<u64, StoreError> {
     conn.begin_revival()?;
+    let old = b.session.clone();
     let r = revive_now(cx, conn, b, activity).await;
     conn.end_revival(r.is_ok());
+    if let Ok(epoch) = r {
+        // The re-created session is held at its new epoch. (Its claim names
+        // this very connection as the one it took over: nothing to unbind.)
+        cx.bindings.unbind(&old.session_id, old.epoch);
+        cx.bindings.bind(&old.session_id, epoch, conn, socket);
+    }
     r
 }
 
 async fn revive_now(
     cx: &SocketContext,
-    conn: &Conn,
+    conn: &Arc<Conn>,
     b: Bound,
     activity: Option<Activity>,
 ) -> Result<u64, StoreError> {
@@ -200,7 +265,7 @@ async fn revive_now(
 
 /// Re-joins the rooms of a re-created session (with the states this
 /// connection set). Until it succeeds, every heartbeat tries again.
-async fn restore_rooms(cx: &SocketContext, conn: &Conn, b: &Bound) -> Result<(), StoreError> {
+async fn restore_rooms(cx: &SocketContext, conn: &Arc<Conn>, b: &Bound) -> Result<(), StoreError> {
     for (room, state) in &b.rooms {
         cx.store.join(&b.session, room, state.clone()).await?;
     }
@@ -214,11 +279,11 @@ async fn restore_rooms(cx: &SocketContext, conn: &Conn, b: &Bound) -> Result<(),
 
 pub(super) async fn heartbeat(
     cx: &SocketContext,
-    conn: &Conn,
+    conn: &Arc<Conn>,
     socket: SocketRef,
     v: Value,
     ack: AckSender,
-) {
+) -> bool {
     let r = async {
         let req = wire::heartbeat(&v)?;
         let (me, restore) = conn.session_at(req.epoch)?;
@@ -237,9 +302,11 @@ pub(super) async fn heartbeat(
             // The store lost the session while this connection is alive (Redis
             // restarted empty, or it was culled while the client was silent),
             // or a re-creation's answer was lost: (re-)create it.
-            Err(StoreError::NoSession) => revive(cx, conn, conn.bound()?, req.activity).await,
+            Err(StoreError::NoSession) => {
+                revive(cx, conn, &socket, conn.bound()?, req.activity).await
+            }
             Err(StoreError::StaleEpoch { .. }) if conn.revival_unconfirmed() => {
-                revive(cx, conn, conn.bound()?, req.activity).await
+                revive(cx, conn, &socket, conn.bound()?, req.activity).await
             }
             Err(e) => Err(e),
         };
@@ -251,19 +318,20 @@ pub(super) async fn heartbeat(
         })
     }
     .await;
-    answer(ack, "presence:heartbeat", r);
+    answer(ack, "presence:heartbeat", r)
 }
 
 pub(super) async fn state(
     cx: &SocketContext,
-    conn: &Conn,
+    conn: &Arc<Conn>,
     socket: SocketRef,
     v: Value,
     ack: AckSender,
-) {
+) -> bool {
     let r = async {
         let req = wire::state(&v, &cx.limits)?;
         let b = conn.bound_at(req.epoch)?;
+        check_grant(conn, &req.room_id)?;
         cx.store
             .update_state(&b.session, &req.room_id, req.patch.clone())
             .await
@@ -277,19 +345,20 @@ pub(super) async fn state(
         Ok(Done { ok: True })
     }
     .await;
-    answer(ack, "presence:state", r);
+    answer(ack, "presence:state", r)
 }
 
 pub(super) async fn signal(
     cx: &SocketContext,
-    conn: &Conn,
+    conn: &Arc<Conn>,
     socket: SocketRef,
     v: Value,
     ack: AckSender,
-) {
+) -> bool {
     let r = async {
         let req = wire::signal(&v, &cx.limits)?;
         let b = conn.bound()?;
+        check_grant(conn, &req.room_id)?;
         if !b.rooms.contains_key(&req.room_id) {
             return Err(WireError::new(
                 ErrorCode::NotJoined,
@@ -321,16 +390,16 @@ pub(super) async fn signal(
         Ok(Done { ok: True })
     }
     .await;
-    answer(ack, "presence:signal", r);
+    answer(ack, "presence:signal", r)
 }
 
 pub(super) async fn leave(
     cx: &SocketContext,
-    conn: &Conn,
+    conn: &Arc<Conn>,
     socket: SocketRef,
     v: Value,
     ack: AckSender,
-) {
+) -> bool {
     let req = match wire::leave(&v) {
         Ok(req) => req,
         Err(e) => return answer::<Done>(ack, "presence:leave", Err(e)),
@@ -344,8 +413,7 @@ pub(super) async fn leave(
                     .await
                     .map_err(|e| on_store_error(cx, conn, &socket, b.session.epoch, e))?;
                 conn.with_bound(|bound| bound.rooms.remove(&room));
-                socket.leave(room.as_str().to_owned());
-                cx.fanout.leave(&room, socket.id);
+                cx.fanout.leave(&room, socket.clone());
                 Ok(())
             }
             .await;
@@ -353,7 +421,7 @@ pub(super) async fn leave(
                 ok: True,
                 room_id: &room,
             });
-            answer(ack, "presence:leave", r);
+            answer(ack, "presence:leave", r)
         }
         None => {
             let r = async {
@@ -364,11 +432,11 @@ pub(super) async fn leave(
                     .await
                     .map_err(|e| on_store_error(cx, conn, &socket, b.session.epoch, e))?;
                 if conn.unbind().is_some() {
+                    cx.bindings.unbind(&b.session.session_id, b.session.epoch);
                     cx.node.session_unbound();
                 }
                 for room in b.rooms.keys() {
-                    socket.leave(room.as_str().to_owned());
-                    cx.fanout.leave(room, socket.id);
+                    cx.fanout.leave(room, socket.clone());
                 }
                 tracing::debug!(session_id = %b.session.session_id, "session ended");
                 Ok(left)
@@ -389,12 +457,13 @@ pub(super) async fn leave(
     }
 }
 
-pub(super) async fn disconnect(cx: &SocketContext, conn: &Conn, socket: SocketRef) {
+pub(super) async fn disconnect(cx: &SocketContext, conn: &Arc<Conn>, socket: SocketRef) {
     crate::metrics::connection_closed();
     let Some(b) = conn.unbind() else { return };
+    cx.bindings.unbind(&b.session.session_id, b.session.epoch);
     cx.node.session_unbound();
     for room in b.rooms.keys() {
-        cx.fanout.leave(room, socket.id);
+        cx.fanout.leave(room, socket.clone());
     }
     if cx.node.draining() {
         // This node closed the connection to shut down and asked the client
@@ -414,4 +483,25 @@ pub(super) async fn disconnect(cx: &SocketContext, conn: &Conn, socket: SocketRe
             tracing::debug!(session_id = %b.session.session_id, error = %e, "disconnect not applied")
         }
     }
+}
+
+/// A newer connection took over a session that a connection of this node
+/// holds (`t.epoch`): unbind that connection now, take it out of the
+/// session's rooms (no more diffs or signals), and tell its client. Its
+/// writes answer `stale_epoch` from now on.
+pub fn superseded(cx: &SocketContext, t: &Takeover) {
+    let Some((conn, socket)) = cx.bindings.take(&t.session_id, t.epoch) else {
+        return;
+    };
+    let Some(b) = conn.supersede(t.epoch, t.current) else {
+        return;
+    };
+    tracing::debug!(session_id = %t.session_id, epoch = t.epoch, current = t.current, "superseded by a newer connection; unbinding");
+    crate::metrics::request("takeover", "superseded");
+    cx.node.session_unbound();
+    for room in b.rooms.keys() {
+        cx.fanout.leave(room, socket.clone());
+    }
+    let e = WireError::from(StoreError::StaleEpoch { current: t.current });
+    socket.emit("presence:error", &e).ok();
 }

@@ -8,12 +8,19 @@
 //! simply not sent.
 //!
 //! - this file: what the handlers share ([`SocketContext`]), the handshake
-//!   check, routing, rate limits and answering;
+//!   check, the per-connection queue (events are handled one at a time, in
+//!   the order they were sent), the hello timeout, rate limits and answering;
 //! - `conn`: what one connection holds, its state as one enum;
+//! - `bindings`: which connection holds which session (to unbind one that
+//!   was taken over);
 //! - `handlers`: one handler per `presence:*` event, and the close.
 
+mod bindings;
 mod conn;
 mod handlers;
+
+pub use bindings::Bindings;
+pub use handlers::superseded;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -24,6 +31,9 @@ use presence_store::PresenceStore;
 use serde::Serialize;
 use serde_json::Value;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
+use socketioxide::socket::DisconnectReason;
+use tokio::sync::mpsc;
+use tokio::time::{Duration, Instant};
 
 use self::conn::Conn;
 use crate::auth::{AuthError, Grant, Verifier};
@@ -49,6 +59,10 @@ pub struct SocketContext {
     pub events_per_sec: NonZeroU32,
     /// Signals per second one socket may relay (`PRESENCE_SIGNAL_RATE_PER_SEC`).
     pub signals_per_sec: NonZeroU32,
+    /// How long a connection may hold no session (`PRESENCE_HELLO_TIMEOUT_MS`).
+    pub hello_timeout: Duration,
+    /// The sessions bound to this node's connections.
+    pub bindings: Bindings,
 }
 
 /// Checks the handshake token when auth is on (a Socket.IO connect
@@ -82,7 +96,59 @@ pub async fn authenticate(
 static LIMITER_CLOCK: std::sync::LazyLock<governor::clock::DefaultClock> =
     std::sync::LazyLock::new(governor::clock::DefaultClock::default);
 
+/// The events a connection may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    Hello,
+    Join,
+    Heartbeat,
+    State,
+    Signal,
+    Leave,
+}
+
+impl Event {
+    const ALL: [Event; 6] = [
+        Event::Hello,
+        Event::Join,
+        Event::Heartbeat,
+        Event::State,
+        Event::Signal,
+        Event::Leave,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Event::Hello => "presence:hello",
+            Event::Join => "presence:join",
+            Event::Heartbeat => "presence:heartbeat",
+            Event::State => "presence:state",
+            Event::Signal => "presence:signal",
+            Event::Leave => "presence:leave",
+        }
+    }
+}
+
+/// What a connection's worker does next, in the order the client sent it.
+enum Op {
+    Event {
+        event: Event,
+        socket: SocketRef,
+        payload: Result<Value, WireError>,
+        ack: AckSender,
+        queued_at: Instant,
+    },
+    Closed(SocketRef, DisconnectReason),
+}
+
 /// Registers the presence handlers on a new connection.
+///
+/// socketioxide runs each handler as a task of its own, so two events of one
+/// connection could otherwise be handled in either order (a leave sent right
+/// after a join could land first, and leave the socket in the room). The
+/// handlers here only queue the event, in the order the packets arrived (the
+/// closures are called in that order; only their futures are spawned), and
+/// one worker per connection handles the queue one event at a time.
 pub fn on_connect(socket: SocketRef, cx: Arc<SocketContext>) {
     crate::metrics::connection_opened();
     let flood = cx
@@ -100,34 +166,167 @@ pub fn on_connect(socket: SocketRef, cx: Arc<SocketContext>) {
         limiter(flood),
         limiter(cx.signals_per_sec),
     ));
+    // A burst within the rate fits; past it the rate limit answers first.
+    let capacity = (cx.events_per_sec.get() as usize).clamp(64, 4096);
+    let (queue, ops) = mpsc::channel::<Box<Op>>(capacity);
+    tokio::spawn(work(cx, conn.clone(), socket.clone(), ops));
 
-    macro_rules! route {
-        ($event:literal, $handler:path) => {{
-            let (cx, conn) = (cx.clone(), conn.clone());
-            socket.on(
-                $event,
-                move |s: SocketRef, TryData(v): TryData<Value>, ack: AckSender| {
-                    let (cx, conn) = (cx.clone(), conn.clone());
-                    async move {
-                        if let Some(ack) = admitted(&conn, &s, $event, ack) {
-                            $handler(&cx, &conn, s, payload(v), ack).await
+    for event in Event::ALL {
+        let (conn, queue) = (conn.clone(), queue.clone());
+        socket.on(
+            event.name(),
+            move |s: SocketRef, TryData(v): TryData<Value>, ack: AckSender| {
+                if let Some(ack) = admitted(&conn, &s, event.name(), ack) {
+                    let op = Box::new(Op::Event {
+                        event,
+                        socket: s,
+                        payload: payload(v),
+                        ack,
+                        queued_at: Instant::now(),
+                    });
+                    if let Err(mpsc::error::TrySendError::Full(op)) = queue.try_send(op) {
+                        if let Op::Event { ack, .. } = *op {
+                            answer::<()>(ack, event.name(), Err(too_many()));
                         }
                     }
-                },
-            );
-        }};
+                }
+                std::future::ready(())
+            },
+        );
     }
-    route!("presence:hello", handlers::hello);
-    route!("presence:join", handlers::join);
-    route!("presence:heartbeat", handlers::heartbeat);
-    route!("presence:state", handlers::state);
-    route!("presence:signal", handlers::signal);
-    route!("presence:leave", handlers::leave);
-
-    socket.on_disconnect(move |s: SocketRef| {
-        let (cx, conn) = (cx.clone(), conn.clone());
-        async move { handlers::disconnect(&cx, &conn, s).await }
+    {
+        // Unknown events do nothing, but they count against the rate like any
+        // other: a client cannot flood the node with them for free.
+        let conn = conn.clone();
+        socket.on_fallback(move |s: SocketRef, ack: AckSender| {
+            if let Some(ack) = admitted(&conn, &s, "unknown", ack) {
+                answer::<()>(
+                    ack,
+                    "unknown",
+                    Err(WireError::bad(
+                        "event",
+                        "no such event; see docs/protocol.md",
+                    )),
+                );
+            }
+            std::future::ready(())
+        });
+    }
+    socket.on_disconnect(move |s: SocketRef, reason: DisconnectReason| {
+        let queue = queue.clone();
+        async move {
+            // After every event queued before it; waits for room if need be.
+            let _ = queue.send(Box::new(Op::Closed(s, reason))).await;
+        }
     });
+}
+
+/// A connection's worker: its events one at a time, in order, until it
+/// closes. It also closes a connection that has no session for the hello
+/// timeout: one that never said hello, or whose session ended (or was taken
+/// over) and that did not say hello again.
+async fn work(
+    cx: Arc<SocketContext>,
+    conn: Arc<Conn>,
+    socket: SocketRef,
+    mut ops: mpsc::Receiver<Box<Op>>,
+) {
+    let mut hello_by = Some(Instant::now() + cx.hello_timeout);
+    // When the store last answered `unavailable`. The events queued before
+    // then are answered `unavailable` at once, in order, rather than each
+    // waiting out the store's timeout in turn (a heartbeat every interval
+    // would otherwise pile up behind a Redis outage, and its answer come
+    // after the client stopped waiting); the next event sent after it tries
+    // the store again.
+    let mut store_failed_at: Option<Instant> = None;
+    loop {
+        let op = tokio::select! {
+            op = ops.recv() => op,
+            _ = tokio::time::sleep_until(hello_by.unwrap_or_else(Instant::now)), if hello_by.is_some() => {
+                hello_by = None;
+                if conn.wants_hello() {
+                    cut_for_no_hello(&cx, &socket);
+                }
+                continue;
+            }
+        };
+        let Some(op) = op else { return };
+        match *op {
+            Op::Closed(s, reason) => {
+                if reason == DisconnectReason::PacketParsingError {
+                    crate::metrics::connection_cut("bad_packet");
+                }
+                handlers::disconnect(&cx, &conn, s).await;
+                return;
+            }
+            Op::Event {
+                event,
+                socket,
+                payload,
+                ack,
+                queued_at,
+            } => {
+                let (cx, conn) = (&*cx, &conn);
+                if store_failed_at.is_some_and(|failed| queued_at < failed) {
+                    answer::<()>(
+                        ack,
+                        event.name(),
+                        Err(WireError::new(
+                            ErrorCode::Unavailable,
+                            "presence store unavailable; retry",
+                        )),
+                    );
+                    continue;
+                }
+                let payload = match payload {
+                    Ok(v) => v,
+                    Err(e) => {
+                        answer::<()>(ack, event.name(), Err(e));
+                        continue;
+                    }
+                };
+                let unavailable = match event {
+                    Event::Hello => handlers::hello(cx, conn, socket, payload, ack).await,
+                    Event::Join => handlers::join(cx, conn, socket, payload, ack).await,
+                    Event::Heartbeat => handlers::heartbeat(cx, conn, socket, payload, ack).await,
+                    Event::State => handlers::state(cx, conn, socket, payload, ack).await,
+                    Event::Signal => handlers::signal(cx, conn, socket, payload, ack).await,
+                    Event::Leave => handlers::leave(cx, conn, socket, payload, ack).await,
+                };
+                if unavailable {
+                    store_failed_at = Some(Instant::now());
+                }
+            }
+        }
+        hello_by = if conn.wants_hello() {
+            hello_by.or_else(|| Some(Instant::now() + cx.hello_timeout))
+        } else {
+            None
+        };
+    }
+}
+
+/// Closes a connection that holds no session past the hello timeout: idle
+/// sockets cost the node memory and a file descriptor each.
+fn cut_for_no_hello(cx: &SocketContext, socket: &SocketRef) {
+    tracing::debug!(socket = %socket.id, "no presence:hello in time; closing");
+    crate::metrics::connection_cut("hello_timeout");
+    let e = WireError::new(
+        ErrorCode::NoSession,
+        format!(
+            "no presence:hello within {} ms; closing the connection",
+            cx.hello_timeout.as_millis()
+        ),
+    );
+    socket.emit("presence:error", &e).ok();
+    socket.clone().disconnect().ok();
+}
+
+fn too_many() -> WireError {
+    WireError::new(
+        ErrorCode::RateLimited,
+        "too many events from this connection; slow down",
+    )
 }
 
 /// Counts one event against the socket's rate. Past the rate the event gets
@@ -147,14 +346,7 @@ fn admitted(
         return None;
     }
     if conn.events.check().is_err() {
-        answer::<()>(
-            ack,
-            event,
-            Err(WireError::new(
-                ErrorCode::RateLimited,
-                "too many events from this connection; slow down",
-            )),
-        );
+        answer::<()>(ack, event, Err(too_many()));
         return None;
     }
     Some(ack)
@@ -181,30 +373,35 @@ fn expire_with_token(socket: &SocketRef, g: &Grant, now: presence_core::Millis) 
 
 /// The event's payload, `Null` when the client sent none. (An event with no
 /// argument is what fails to decode into a JSON value; every event but
-/// `presence:leave` then answers `bad_request`.)
-fn payload(v: Result<Value, socketioxide::ParserError>) -> Value {
+/// `presence:leave` then answers `bad_request`.) A payload nested deeper than
+/// the JSON parser follows is refused as such, not as a missing payload.
+fn payload(v: Result<Value, socketioxide::ParserError>) -> Result<Value, WireError> {
     match v {
-        Ok(Value::Array(a)) if a.is_empty() => Value::Null,
-        Ok(v) => v,
+        Ok(Value::Array(a)) if a.is_empty() => Ok(Value::Null),
+        Ok(v) => Ok(v),
+        Err(e) if e.to_string().contains("recursion limit") => Err(crate::wire::too_deep()),
         Err(e) => {
             tracing::trace!(error = %e, "no payload");
-            Value::Null
+            Ok(Value::Null)
         }
     }
 }
 
-/// Sends the ack of `event` (its typed success, or the error), and counts it.
-fn answer<T: Serialize>(ack: AckSender, event: &'static str, r: Result<T, WireError>) {
-    // Fails only when the socket is gone; nothing to do then.
-    let _ = match r {
+/// Sends the ack of `event` (its typed success, or the error), and counts
+/// it. Returns whether the store was unavailable.
+fn answer<T: Serialize>(ack: AckSender, event: &'static str, r: Result<T, WireError>) -> bool {
+    // Sending fails only when the socket is gone; nothing to do then.
+    match r {
         Ok(v) => {
             crate::metrics::request(event, "ok");
-            ack.send(&v)
+            let _ = ack.send(&v);
+            false
         }
         Err(e) => {
             tracing::debug!(event, code = ?e.code, message = %e.message, "request refused");
             crate::metrics::request(event, e.code.as_str());
-            ack.send(&e)
+            let _ = ack.send(&e);
+            e.code == ErrorCode::Unavailable
         }
-    };
+    }
 }

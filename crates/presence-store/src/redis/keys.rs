@@ -18,6 +18,7 @@
 //! | `P:rx:{<0..16>}` | sorted set | rooms by a time no later than their earliest expiry entry, sharded by room id |
 //! | `P:events:{<roomId>}` | channel | v1 events of the room (sharded Pub/Sub on Redis 7+) |
 //! | `P:signals:{<roomId>}` | channel | `presence:signal` messages relayed between nodes |
+//! | `P:node:{<nodeId>}` | channel | notices to one node (a connection of it was superseded) |
 //! | `P:lease:{lease}` | string | the reaper lease (JSON: nodeId, term, leaseUntil), with its TTL |
 //! | `P:lease:{lease}:term` | string | the last term handed out |
 //! | `P:nodes:{nodes}` | sorted set | registered nodes: nodeId → when the registration lapses (its TTL) |
@@ -182,6 +183,16 @@ impl Keys {
     /// What every signals channel starts with (tells signals from events).
     pub fn signals_prefix(&self) -> String {
         format!("{}:signals:", self.prefix)
+    }
+
+    /// A node's own channel (notices to that node only).
+    pub fn node_channel(&self, node_id: &str) -> String {
+        format!("{}:node:{{{node_id}}}", self.prefix)
+    }
+
+    /// What every node channel starts with.
+    pub fn node_prefix(&self) -> String {
+        format!("{}:node:", self.prefix)
     }
 }
 

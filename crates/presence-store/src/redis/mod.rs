@@ -56,7 +56,7 @@ use self::session_scripts::{
 };
 use crate::api::{
     first_epoch, new_session_id, Claimed, Hello, Joined, Lease, NodeInfo, Online, Page,
-    PresenceStore, RoomStats, SessionRef, Signal, SweepReport,
+    PresenceStore, RoomStats, SessionRef, Signal, Superseded, SweepReport, Takeover,
 };
 use crate::bus::EventBus;
 use crate::error::StoreError;
@@ -206,11 +206,18 @@ impl PresenceStore for RedisStore {
         } else {
             vec![]
         };
+        let superseded = c.superseded.and_then(|p| {
+            Some(Superseded {
+                node_id: NodeId::new(&p.node_id).ok()?,
+                epoch: p.epoch,
+            })
+        });
         Ok(Claimed {
             session_id: sid,
             epoch: c.epoch,
             resumed: c.resumed,
             rooms,
+            superseded,
         })
     }
 
@@ -489,6 +496,17 @@ impl PresenceStore for RedisStore {
 
     fn signals(&self) -> broadcast::Receiver<Signal> {
         self.bus.signals()
+    }
+
+    async fn notify_takeover(&self, node: &NodeId, takeover: &Takeover) -> Result<(), StoreError> {
+        self.bus.publish_takeover(node, takeover).await
+    }
+
+    async fn listen_takeovers(
+        &self,
+        node: &NodeId,
+    ) -> Result<broadcast::Receiver<Takeover>, StoreError> {
+        self.bus.follow_node(node).await
     }
 
     async fn acquire_lease(&self, node: &NodeId, lease_ms: Millis) -> Result<Lease, StoreError> {

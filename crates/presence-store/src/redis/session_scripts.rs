@@ -158,6 +158,17 @@ pub(super) struct Claimed {
     /// yet was buried first: remove it from its rooms and its user.
     #[serde(default)]
     pub buried: Option<Buried>,
+    /// The connection the claim took the session from, if it was connected.
+    #[serde(default)]
+    pub superseded: Option<PreviousOwner>,
+}
+
+/// The connection a claim took a session from.
+#[derive(Debug, Deserialize)]
+pub(super) struct PreviousOwner {
+    #[serde(rename = "node")]
+    pub node_id: String,
+    pub epoch: u64,
 }
 
 /// The earlier life of a session id, buried by a claim.
