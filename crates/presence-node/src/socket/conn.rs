@@ -2,7 +2,10 @@
 //! limiters.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
+
+use tokio::time::Instant;
 
 use governor::DefaultDirectRateLimiter;
 use presence_core::{JsonMap, RoomId, UserId};
@@ -14,6 +17,10 @@ use crate::wire::{ErrorCode, WireError};
 /// One connection.
 pub(super) struct Conn {
     state: Mutex<ConnState>,
+    /// Since when the connection has held no session (`None` while it has one).
+    idle_since: Mutex<Option<Instant>>,
+    /// A hello-timeout watch is running for it.
+    pub watched: AtomicBool,
     /// What the handshake token grants (`None` when auth is off).
     pub grant: Option<Grant>,
     /// Events per second this socket may send; more get `rate_limited`.
@@ -96,6 +103,8 @@ impl Conn {
     ) -> Self {
         Self {
             state: Mutex::new(ConnState::Unbound),
+            idle_since: Mutex::new(Some(Instant::now())),
+            watched: AtomicBool::new(false),
             grant,
             events,
             flood,
@@ -105,6 +114,36 @@ impl Conn {
 
     fn lock(&self) -> MutexGuard<'_, ConnState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records whether the connection holds a session now (called with the
+    /// state locked, after each change of it).
+    fn note(&self, st: &ConnState) {
+        let mut since = self.idle_since.lock().unwrap_or_else(|e| e.into_inner());
+        match st {
+            ConnState::Bound(_) | ConnState::Reviving { .. } => *since = None,
+            _ => {
+                since.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    /// Since when the connection has held no session; `None` while it has one.
+    pub fn no_session_since(&self) -> Option<Instant> {
+        let _st = self.lock();
+        *self.idle_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks a hello-timeout watch as running; false if one already is.
+    pub fn start_watch(&self) -> bool {
+        !self.watched.swap(true, Ordering::AcqRel)
+    }
+
+    /// The watch ends (it saw a session); true if it must go on after all
+    /// (the session ended again meanwhile and no other watch started).
+    pub fn end_watch(&self) -> bool {
+        self.watched.store(false, Ordering::Release);
+        self.no_session_since().is_some() && self.start_watch()
     }
 
     /// The bound session, with its rooms.
@@ -162,7 +201,7 @@ impl Conn {
         if !matches!(*st, ConnState::Greeting) {
             return false;
         }
-        match session {
+        let bound = match session {
             Some(b) => {
                 *st = ConnState::Bound(b);
                 true
@@ -171,13 +210,18 @@ impl Conn {
                 *st = ConnState::Unbound;
                 false
             }
-        }
+        };
+        self.note(&st);
+        bound
     }
 
     /// Unbinds the connection (its session ended, or it closed); returns
     /// what it was bound to.
     pub fn unbind(&self) -> Option<Bound> {
-        match std::mem::replace(&mut *self.lock(), ConnState::Unbound) {
+        let mut st = self.lock();
+        let was = std::mem::replace(&mut *st, ConnState::Unbound);
+        self.note(&st);
+        match was {
             ConnState::Bound(b) | ConnState::Reviving { bound: b, .. } => Some(b),
             _ => None,
         }
@@ -193,7 +237,9 @@ impl Conn {
             ConnState::Bound(b) if b.session.epoch == epoch => {}
             _ => return None,
         }
-        match std::mem::replace(&mut *st, ConnState::Superseded { current }) {
+        let was = std::mem::replace(&mut *st, ConnState::Superseded { current });
+        self.note(&st);
+        match was {
             ConnState::Bound(b) => Some(b),
             _ => None,
         }
@@ -207,7 +253,9 @@ impl Conn {
             Ok(b) if b.session.epoch == epoch => {}
             _ => return None,
         }
-        match std::mem::replace(&mut *st, ConnState::Superseded { current }) {
+        let was = std::mem::replace(&mut *st, ConnState::Superseded { current });
+        self.note(&st);
+        match was {
             ConnState::Bound(b) | ConnState::Reviving { bound: b, .. } => Some(b),
             _ => None,
         }
@@ -257,14 +305,6 @@ impl Conn {
             // whatever it is now stays.
             other => other,
         };
-    }
-
-    /// The connection holds no session and no hello is under way.
-    pub fn wants_hello(&self) -> bool {
-        matches!(
-            *self.lock(),
-            ConnState::Unbound | ConnState::Superseded { .. }
-        )
     }
 
     /// A re-creation started and has not succeeded yet.
@@ -338,7 +378,7 @@ mod tests {
         // Its writes answer stale_epoch from now on; a new hello is welcome.
         assert_eq!(c.bound().unwrap_err().code, ErrorCode::StaleEpoch);
         assert_eq!(c.session_at(5).unwrap_err().code, ErrorCode::StaleEpoch);
-        assert!(c.wants_hello());
+        assert!(c.no_session_since().is_some());
         c.begin_hello().unwrap();
     }
 

@@ -39,7 +39,7 @@ fn on_store_error(
 }
 
 pub(super) async fn hello(
-    cx: &SocketContext,
+    cx: &Arc<SocketContext>,
     conn: &Arc<Conn>,
     socket: SocketRef,
     v: Value,
@@ -176,7 +176,7 @@ fn check_grant(conn: &Arc<Conn>, room: &RoomId) -> Result<(), WireError> {
 }
 
 pub(super) async fn join(
-    cx: &SocketContext,
+    cx: &Arc<SocketContext>,
     conn: &Arc<Conn>,
     socket: SocketRef,
     v: Value,
@@ -278,7 +278,7 @@ async fn restore_rooms(cx: &SocketContext, conn: &Arc<Conn>, b: &Bound) -> Resul
 }
 
 pub(super) async fn heartbeat(
-    cx: &SocketContext,
+    cx: &Arc<SocketContext>,
     conn: &Arc<Conn>,
     socket: SocketRef,
     v: Value,
@@ -322,7 +322,7 @@ pub(super) async fn heartbeat(
 }
 
 pub(super) async fn state(
-    cx: &SocketContext,
+    cx: &Arc<SocketContext>,
     conn: &Arc<Conn>,
     socket: SocketRef,
     v: Value,
@@ -349,7 +349,7 @@ pub(super) async fn state(
 }
 
 pub(super) async fn signal(
-    cx: &SocketContext,
+    cx: &Arc<SocketContext>,
     conn: &Arc<Conn>,
     socket: SocketRef,
     v: Value,
@@ -394,7 +394,7 @@ pub(super) async fn signal(
 }
 
 pub(super) async fn leave(
-    cx: &SocketContext,
+    cx: &Arc<SocketContext>,
     conn: &Arc<Conn>,
     socket: SocketRef,
     v: Value,
@@ -457,7 +457,7 @@ pub(super) async fn leave(
     }
 }
 
-pub(super) async fn disconnect(cx: &SocketContext, conn: &Arc<Conn>, socket: SocketRef) {
+pub(super) async fn disconnect(cx: &Arc<SocketContext>, conn: &Arc<Conn>, socket: SocketRef) {
     crate::metrics::connection_closed();
     let Some(b) = conn.unbind() else { return };
     cx.bindings.unbind(&b.session.session_id, b.session.epoch);
@@ -489,7 +489,7 @@ pub(super) async fn disconnect(cx: &SocketContext, conn: &Arc<Conn>, socket: Soc
 /// holds (`t.epoch`): unbind that connection now, take it out of the
 /// session's rooms (no more diffs or signals), and tell its client. Its
 /// writes answer `stale_epoch` from now on.
-pub fn superseded(cx: &SocketContext, t: &Takeover) {
+pub fn superseded(cx: &Arc<SocketContext>, t: &Takeover) {
     let Some((conn, socket)) = cx.bindings.take(&t.session_id, t.epoch) else {
         return;
     };
@@ -504,4 +504,6 @@ pub fn superseded(cx: &SocketContext, t: &Takeover) {
     }
     let e = WireError::from(StoreError::StaleEpoch { current: t.current });
     socket.emit("presence:error", &e).ok();
+    // It holds no session now: it must say hello again in time.
+    super::watch_hello(cx, &conn, &socket);
 }

@@ -8,8 +8,9 @@
 //! simply not sent.
 //!
 //! - this file: what the handlers share ([`SocketContext`]), the handshake
-//!   check, the per-connection queue (events are handled one at a time, in
-//!   the order they were sent), the hello timeout, rate limits and answering;
+//!   check, routing into the connection's queue, the hello timeout, rate
+//!   limits and answering;
+//! - `queue`: a connection's events, handled one at a time in the order sent;
 //! - `conn`: what one connection holds, its state as one enum;
 //! - `bindings`: which connection holds which session (to unbind one that
 //!   was taken over);
@@ -18,6 +19,7 @@
 mod bindings;
 mod conn;
 mod handlers;
+mod queue;
 
 pub use bindings::Bindings;
 pub use handlers::superseded;
@@ -32,10 +34,10 @@ use serde::Serialize;
 use serde_json::Value;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::socket::DisconnectReason;
-use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
 
 use self::conn::Conn;
+use self::queue::{Pushed, Queue};
 use crate::auth::{AuthError, Grant, Verifier};
 use crate::fanout::Fanout;
 use crate::node::LocalNode;
@@ -129,7 +131,7 @@ impl Event {
     }
 }
 
-/// What a connection's worker does next, in the order the client sent it.
+/// A connection's event (or its close), queued in the order it arrived.
 enum Op {
     Event {
         event: Event,
@@ -143,12 +145,9 @@ enum Op {
 
 /// Registers the presence handlers on a new connection.
 ///
-/// socketioxide runs each handler as a task of its own, so two events of one
-/// connection could otherwise be handled in either order (a leave sent right
-/// after a join could land first, and leave the socket in the room). The
-/// handlers here only queue the event, in the order the packets arrived (the
-/// closures are called in that order; only their futures are spawned), and
-/// one worker per connection handles the queue one event at a time.
+/// The handlers only queue the event (see [`queue`]): a connection's events
+/// are handled one at a time, in the order it sent them, by a task that runs
+/// while events wait.
 pub fn on_connect(socket: SocketRef, cx: Arc<SocketContext>) {
     crate::metrics::connection_opened();
     let flood = cx
@@ -168,11 +167,11 @@ pub fn on_connect(socket: SocketRef, cx: Arc<SocketContext>) {
     ));
     // A burst within the rate fits; past it the rate limit answers first.
     let capacity = (cx.events_per_sec.get() as usize).clamp(64, 4096);
-    let (queue, ops) = mpsc::channel::<Box<Op>>(capacity);
-    tokio::spawn(work(cx, conn.clone(), socket.clone(), ops));
+    let queue = Arc::new(Queue::new(capacity));
+    watch_hello(&cx, &conn, &socket);
 
     for event in Event::ALL {
-        let (conn, queue) = (conn.clone(), queue.clone());
+        let (cx, conn, queue) = (cx.clone(), conn.clone(), queue.clone());
         socket.on(
             event.name(),
             move |s: SocketRef, TryData(v): TryData<Value>, ack: AckSender| {
@@ -184,9 +183,15 @@ pub fn on_connect(socket: SocketRef, cx: Arc<SocketContext>) {
                         ack,
                         queued_at: Instant::now(),
                     });
-                    if let Err(mpsc::error::TrySendError::Full(op)) = queue.try_send(op) {
-                        if let Op::Event { ack, .. } = *op {
-                            answer::<()>(ack, event.name(), Err(too_many()));
+                    match queue.push(op, false) {
+                        Pushed::StartDrain => {
+                            tokio::spawn(drain(cx.clone(), conn.clone(), queue.clone()));
+                        }
+                        Pushed::Queued => {}
+                        Pushed::Full(op) => {
+                            if let Op::Event { ack, .. } = *op {
+                                answer::<()>(ack, event.name(), Err(too_many()));
+                            }
                         }
                     }
                 }
@@ -213,51 +218,23 @@ pub fn on_connect(socket: SocketRef, cx: Arc<SocketContext>) {
         });
     }
     socket.on_disconnect(move |s: SocketRef, reason: DisconnectReason| {
-        let queue = queue.clone();
-        async move {
-            // After every event queued before it; waits for room if need be.
-            let _ = queue.send(Box::new(Op::Closed(s, reason))).await;
+        // After every event queued before it.
+        if let Pushed::StartDrain = queue.push(Box::new(Op::Closed(s, reason)), true) {
+            tokio::spawn(drain(cx.clone(), conn.clone(), queue.clone()));
         }
+        std::future::ready(())
     });
 }
 
-/// A connection's worker: its events one at a time, in order, until it
-/// closes. It also closes a connection that has no session for the hello
-/// timeout: one that never said hello, or whose session ended (or was taken
-/// over) and that did not say hello again.
-async fn work(
-    cx: Arc<SocketContext>,
-    conn: Arc<Conn>,
-    socket: SocketRef,
-    mut ops: mpsc::Receiver<Box<Op>>,
-) {
-    let mut hello_by = Some(Instant::now() + cx.hello_timeout);
-    // When the store last answered `unavailable`. The events queued before
-    // then are answered `unavailable` at once, in order, rather than each
-    // waiting out the store's timeout in turn (a heartbeat every interval
-    // would otherwise pile up behind a Redis outage, and its answer come
-    // after the client stopped waiting); the next event sent after it tries
-    // the store again.
-    let mut store_failed_at: Option<Instant> = None;
-    loop {
-        let op = tokio::select! {
-            op = ops.recv() => op,
-            _ = tokio::time::sleep_until(hello_by.unwrap_or_else(Instant::now)), if hello_by.is_some() => {
-                hello_by = None;
-                if conn.wants_hello() {
-                    cut_for_no_hello(&cx, &socket);
-                }
-                continue;
-            }
-        };
-        let Some(op) = op else { return };
+/// Handles a connection's queued events one at a time, until none is left.
+async fn drain(cx: Arc<SocketContext>, conn: Arc<Conn>, queue: Arc<Queue<Box<Op>>>) {
+    while let Some(op) = queue.pop() {
         match *op {
             Op::Closed(s, reason) => {
                 if reason == DisconnectReason::PacketParsingError {
                     crate::metrics::connection_cut("bad_packet");
                 }
-                handlers::disconnect(&cx, &conn, s).await;
-                return;
+                Box::pin(handlers::disconnect(&cx, &conn, s)).await;
             }
             Op::Event {
                 event,
@@ -266,8 +243,13 @@ async fn work(
                 ack,
                 queued_at,
             } => {
-                let (cx, conn) = (&*cx, &conn);
-                if store_failed_at.is_some_and(|failed| queued_at < failed) {
+                // An event that waited while the store failed is answered
+                // `unavailable` at once, in order, rather than each waiting
+                // out the store's timeout in turn (heartbeats would pile up
+                // behind a Redis outage, and their answers come after the
+                // client stopped waiting); one sent after the failure tries
+                // the store again.
+                if queue.failed_since(queued_at) {
                     answer::<()>(
                         ack,
                         event.name(),
@@ -285,29 +267,70 @@ async fn work(
                         continue;
                     }
                 };
+                let watch_from = socket.clone();
+                // Boxed: the drain then holds only the handler it runs.
                 let unavailable = match event {
-                    Event::Hello => handlers::hello(cx, conn, socket, payload, ack).await,
-                    Event::Join => handlers::join(cx, conn, socket, payload, ack).await,
-                    Event::Heartbeat => handlers::heartbeat(cx, conn, socket, payload, ack).await,
-                    Event::State => handlers::state(cx, conn, socket, payload, ack).await,
-                    Event::Signal => handlers::signal(cx, conn, socket, payload, ack).await,
-                    Event::Leave => handlers::leave(cx, conn, socket, payload, ack).await,
+                    Event::Hello => {
+                        Box::pin(handlers::hello(&cx, &conn, socket, payload, ack)).await
+                    }
+                    Event::Join => Box::pin(handlers::join(&cx, &conn, socket, payload, ack)).await,
+                    Event::Heartbeat => {
+                        Box::pin(handlers::heartbeat(&cx, &conn, socket, payload, ack)).await
+                    }
+                    Event::State => {
+                        Box::pin(handlers::state(&cx, &conn, socket, payload, ack)).await
+                    }
+                    Event::Signal => {
+                        Box::pin(handlers::signal(&cx, &conn, socket, payload, ack)).await
+                    }
+                    Event::Leave => {
+                        Box::pin(handlers::leave(&cx, &conn, socket, payload, ack)).await
+                    }
                 };
                 if unavailable {
-                    store_failed_at = Some(Instant::now());
+                    queue.store_failed();
+                }
+                // Its session ended (or was never there): it must say hello in time.
+                if conn.no_session_since().is_some() {
+                    watch_hello(&cx, &conn, &watch_from);
                 }
             }
         }
-        hello_by = if conn.wants_hello() {
-            hello_by.or_else(|| Some(Instant::now() + cx.hello_timeout))
-        } else {
-            None
-        };
     }
 }
 
-/// Closes a connection that holds no session past the hello timeout: idle
-/// sockets cost the node memory and a file descriptor each.
+/// Closes the connection once it has held no session for the hello timeout:
+/// one that never said hello, or whose session ended or was taken over and
+/// that did not say hello again. Idle sockets cost memory and a file
+/// descriptor. One watch per connection at a time, and only while it has no
+/// session.
+fn watch_hello(cx: &Arc<SocketContext>, conn: &Arc<Conn>, socket: &SocketRef) {
+    if !conn.start_watch() {
+        return;
+    }
+    let (cx, conn, socket) = (cx.clone(), conn.clone(), socket.clone());
+    tokio::spawn(async move {
+        loop {
+            let Some(since) = conn.no_session_since() else {
+                if conn.end_watch() {
+                    continue;
+                }
+                return;
+            };
+            let due = since + cx.hello_timeout;
+            if Instant::now() < due {
+                tokio::time::sleep_until(due).await;
+                continue;
+            }
+            if socket.connected() {
+                cut_for_no_hello(&cx, &socket);
+            }
+            return;
+        }
+    });
+}
+
+/// Closes a connection that holds no session past the hello timeout.
 fn cut_for_no_hello(cx: &SocketContext, socket: &SocketRef) {
     tracing::debug!(socket = %socket.id, "no presence:hello in time; closing");
     crate::metrics::connection_cut("hello_timeout");
