@@ -124,20 +124,22 @@ impl EventBus {
 
     /// Relays a signal to the other nodes that follow its room.
     pub async fn publish_signal(&self, signal: &Signal) -> Result<(), StoreError> {
-        let channel = self.signal_channel(signal.room_id.as_str());
-        let msg = serde_json::to_string(signal).map_err(|e| StoreError::Internal(e.to_string()))?;
-        let _: u64 = match self.mode {
-            PubSub::Sharded => self.publisher.spublish(channel, msg).await,
-            PubSub::Plain => self.publisher.publish(channel, msg).await,
-        }
-        .map_err(unavailable)?;
-        Ok(())
+        self.publish(self.signal_channel(signal.room_id.as_str()), signal)
+            .await
     }
 
     /// Tells `node` that one of its connections was superseded.
     pub async fn publish_takeover(&self, node: &NodeId, t: &Takeover) -> Result<(), StoreError> {
-        let channel = self.keys.node_channel(node.as_str());
-        let msg = serde_json::to_string(t).map_err(|e| StoreError::Internal(e.to_string()))?;
+        self.publish(self.keys.node_channel(node.as_str()), t).await
+    }
+
+    /// Publishes `msg` as JSON on `channel` (sharded on Redis 7+).
+    async fn publish(
+        &self,
+        channel: String,
+        msg: &impl serde::Serialize,
+    ) -> Result<(), StoreError> {
+        let msg = serde_json::to_string(msg).map_err(|e| StoreError::Internal(e.to_string()))?;
         let _: u64 = match self.mode {
             PubSub::Sharded => self.publisher.spublish(channel, msg).await,
             PubSub::Plain => self.publisher.publish(channel, msg).await,
@@ -282,28 +284,11 @@ impl EventBus {
                     continue;
                 };
                 if msg.channel.starts_with(&node_prefix) {
-                    match serde_json::from_str::<Takeover>(&text) {
-                        Ok(t) => {
-                            let _ = takeovers.send(t);
-                        }
-                        Err(e) => tracing::warn!(error = %e, "undecodable node notice"),
-                    }
-                    continue;
-                }
-                if msg.channel.starts_with(&signal_prefix) {
-                    match serde_json::from_str::<Signal>(&text) {
-                        Ok(s) => {
-                            let _ = signals.send(s);
-                        }
-                        Err(e) => tracing::warn!(error = %e, "undecodable signal"),
-                    }
-                    continue;
-                }
-                match serde_json::from_str::<PresenceEvent>(&text) {
-                    Ok(ev) => {
-                        let _ = tx.send(ev);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "undecodable presence event"),
+                    forward(&text, &takeovers, "node notice");
+                } else if msg.channel.starts_with(&signal_prefix) {
+                    forward(&text, &signals, "signal");
+                } else {
+                    forward(&text, &tx, "presence event");
                 }
             }
         });
@@ -344,6 +329,16 @@ impl EventBus {
                 bus.resyncs.send_modify(|n| *n += 1);
             }
         });
+    }
+}
+
+/// Decodes a message and hands it to `to`'s receivers (none listening: dropped).
+fn forward<T: serde::de::DeserializeOwned>(text: &str, to: &broadcast::Sender<T>, what: &str) {
+    match serde_json::from_str::<T>(text) {
+        Ok(m) => {
+            let _ = to.send(m);
+        }
+        Err(e) => tracing::warn!(error = %e, "undecodable {what}"),
     }
 }
 

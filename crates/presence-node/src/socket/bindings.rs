@@ -62,14 +62,4 @@ impl Bindings {
         let b = map.remove(session)?;
         Some((b.conn.upgrade()?, b.socket))
     }
-
-    /// Sessions bound here.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// No session is bound here.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

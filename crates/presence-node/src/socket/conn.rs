@@ -20,7 +20,7 @@ pub(super) struct Conn {
     /// Since when the connection has held no session (`None` while it has one).
     idle_since: Mutex<Option<Instant>>,
     /// A hello-timeout watch is running for it.
-    pub watched: AtomicBool,
+    watched: AtomicBool,
     /// What the handshake token grants (`None` when auth is off).
     pub grant: Option<Grant>,
     /// Events per second this socket may send; more get `rate_limited`.

@@ -129,9 +129,16 @@ pub(super) async fn hello(
                 }),
             );
             // A resumed session is still in its rooms: send their snapshots.
-            for room in &claimed.rooms {
-                cx.fanout.join(room, socket.clone(), Reply::Snapshot);
-            }
+            // Queued under the connection's lock, while it still holds this
+            // epoch: a takeover that unbinds it either comes first (no
+            // snapshot, no room) or after (its leaves follow these joins).
+            conn.with_bound(|b| {
+                if b.session.epoch == claimed.epoch {
+                    for room in &claimed.rooms {
+                        cx.fanout.join(room, socket.clone(), Reply::Snapshot);
+                    }
+                }
+            });
             false
         }
         Err(e) => answer::<Done>(ack, "presence:hello", Err(e)),
@@ -190,25 +197,41 @@ pub(super) async fn join(
             .join(&b.session, &req.room_id, req.state.clone())
             .await
             .map_err(|e| on_store_error(cx, conn, &socket, b.session.epoch, e))?;
-        conn.with_bound(|bound| {
-            let known = bound.rooms.entry(req.room_id.clone()).or_default();
-            if req.state.is_some() {
-                *known = req.state;
-            }
-        });
         tracing::debug!(session_id = %b.session.session_id, room_id = %req.room_id, "join");
-        Ok((req.room_id, b.session))
+        Ok((req.room_id, req.state, b.session))
     }
     .await;
-    match r {
-        // The hub answers with the snapshot, then adds the socket to the room.
-        Ok((room, me)) => {
-            crate::metrics::request("presence:join", "ok");
-            cx.fanout.join(&room, socket, Reply::JoinAck(ack, me));
-            false
+    let (room, state, me) = match r {
+        Ok(joined) => joined,
+        Err(e) => return answer::<Done>(ack, "presence:join", Err(e)),
+    };
+    // The hub answers with the snapshot, then adds the socket to the room.
+    // Queued under the connection's lock while it is still bound at this
+    // epoch: a takeover either comes first (then no room for this socket:
+    // `stale_epoch`) or after (and its leave follows this join).
+    let mut reply = Some(Reply::JoinAck(ack, me.clone()));
+    conn.with_bound(|bound| {
+        if bound.session.epoch != me.epoch {
+            return;
         }
-        Err(e) => answer::<Done>(ack, "presence:join", Err(e)),
-    }
+        let known = bound.rooms.entry(room.clone()).or_default();
+        if state.is_some() {
+            *known = state;
+        }
+        if let Some(reply) = reply.take() {
+            cx.fanout.join(&room, socket, reply);
+        }
+    });
+    let Some(Reply::JoinAck(ack, _)) = reply else {
+        crate::metrics::request("presence:join", "ok");
+        return false;
+    };
+    // Unbound or taken over meanwhile: the join is no longer this connection's.
+    let e = conn
+        .bound()
+        .err()
+        .unwrap_or_else(|| StoreError::StaleEpoch { current: me.epoch }.into());
+    answer::<Done>(ack, "presence:join", Err(e))
 }
 
 /// Re-creates a lost session with the same id, user and rooms (with the

@@ -175,6 +175,7 @@ pub fn on_connect(socket: SocketRef, cx: Arc<SocketContext>) {
         socket.on(
             event.name(),
             move |s: SocketRef, TryData(v): TryData<Value>, ack: AckSender| {
+                let mut start = false;
                 if let Some(ack) = admitted(&conn, &s, event.name(), ack) {
                     let op = Box::new(Op::Event {
                         event,
@@ -184,9 +185,7 @@ pub fn on_connect(socket: SocketRef, cx: Arc<SocketContext>) {
                         queued_at: Instant::now(),
                     });
                     match queue.push(op, false) {
-                        Pushed::StartDrain => {
-                            tokio::spawn(drain(cx.clone(), conn.clone(), queue.clone()));
-                        }
+                        Pushed::StartDrain => start = true,
                         Pushed::Queued => {}
                         Pushed::Full(op) => {
                             if let Op::Event { ack, .. } = *op {
@@ -195,7 +194,7 @@ pub fn on_connect(socket: SocketRef, cx: Arc<SocketContext>) {
                         }
                     }
                 }
-                std::future::ready(())
+                drain_if(start, &cx, &conn, &queue)
             },
         );
     }
@@ -219,11 +218,29 @@ pub fn on_connect(socket: SocketRef, cx: Arc<SocketContext>) {
     }
     socket.on_disconnect(move |s: SocketRef, reason: DisconnectReason| {
         // After every event queued before it.
-        if let Pushed::StartDrain = queue.push(Box::new(Op::Closed(s, reason)), true) {
-            tokio::spawn(drain(cx.clone(), conn.clone(), queue.clone()));
-        }
-        std::future::ready(())
+        let start = matches!(
+            queue.push(Box::new(Op::Closed(s, reason)), true),
+            Pushed::StartDrain
+        );
+        drain_if(start, &cx, &conn, &queue)
     });
+}
+
+/// The future a handler returns to socketioxide, which runs it as a task:
+/// the drain when this event started one, else nothing (no task of ours is
+/// spawned per event).
+fn drain_if(
+    start: bool,
+    cx: &Arc<SocketContext>,
+    conn: &Arc<Conn>,
+    queue: &Arc<Queue<Box<Op>>>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let parts = start.then(|| (cx.clone(), conn.clone(), queue.clone()));
+    async move {
+        if let Some((cx, conn, queue)) = parts {
+            drain(cx, conn, queue).await;
+        }
+    }
 }
 
 /// Handles a connection's queued events one at a time, until none is left.
@@ -249,6 +266,12 @@ async fn drain(cx: Arc<SocketContext>, conn: Arc<Conn>, queue: Arc<Queue<Box<Op>
                 // behind a Redis outage, and their answers come after the
                 // client stopped waiting); one sent after the failure tries
                 // the store again.
+                // A heartbeat of a socket that has closed proves nothing (its
+                // close follows in the queue and marks the session stale): no
+                // store call for it, so a flood cut off does not delay its close.
+                if event == Event::Heartbeat && !socket.connected() {
+                    continue;
+                }
                 if queue.failed_since(queued_at) {
                     answer::<()>(
                         ack,
