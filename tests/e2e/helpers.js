@@ -538,3 +538,73 @@ export async function takeoverUnbindsAtOnce(oldUrl, newUrl, tag) {
   assert.equal(refused.error?.code, "stale_epoch", JSON.stringify(refused));
   assert.equal((await call(old, "presence:heartbeat", { epoch: eo.epoch })).error?.code, "stale_epoch");
 }
+
+/** A free loopback port whose Redis Cluster bus port (+10000) is free too. */
+async function freeClusterPort() {
+  for (let i = 0; i < 50; i++) {
+    const port = await freePort();
+    if (port + 10000 > 65535) continue;
+    const busFree = await new Promise((resolve) => {
+      const srv = net.createServer();
+      srv.once("error", () => resolve(false));
+      srv.listen(port + 10000, "127.0.0.1", () => srv.close(() => resolve(true)));
+    });
+    if (busFree) return port;
+  }
+  throw new Error("no free port pair for a cluster node");
+}
+
+/** A Redis Cluster of `masters` masters with `replicas` replicas each, made with
+ * `redis-cli --cluster create`; resolves once every node says cluster_state:ok
+ * and every replica is in sync. `cluster-require-full-coverage no`, as
+ * docs/operations.md advises. */
+export async function startRedisCluster(masters = 3, replicas = 1) {
+  const servers = [];
+  for (let i = 0; i < masters * (1 + replicas); i++) {
+    const port = await freeClusterPort();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "presence-cluster-"));
+    const proc = spawn("redis-server", ["--bind", "127.0.0.1", "--port", String(port), "--save", "", "--appendonly", "no",
+      "--dir", dir, "--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
+      "--cluster-require-full-coverage", "no"], { stdio: "ignore" });
+    proc.unref();
+    process.once("exit", () => { proc.kill("SIGKILL"); fs.rmSync(dir, { recursive: true, force: true }); });
+    servers.push({ port, proc });
+    await waitPort(port);
+  }
+  execFileSync("redis-cli", ["--cluster", "create", ...servers.map((s) => `127.0.0.1:${s.port}`),
+    "--cluster-replicas", String(replicas), "--cluster-yes"], { stdio: "pipe" });
+  const alive = (s) => s.proc.exitCode === null && s.proc.signalCode === null;
+  const cli = (s, ...args) => redisCli(s.port, ...args);
+  await until(() => servers.every((s) => cli(s, "CLUSTER", "INFO").includes("cluster_state:ok")
+    && /role:master|master_link_status:up/.test(cli(s, "INFO", "replication"))), "the cluster is ready", 30000);
+  return {
+    url: `redis-cluster://${servers.map((s) => `127.0.0.1:${s.port}`).join(",")}`,
+    servers,
+    /** The index in `servers` of the master that serves `key`'s slot now. */
+    masterOf(key) {
+      const s = servers.find(alive);
+      const slot = Number(cli(s, "CLUSTER", "KEYSLOT", key).trim());
+      for (const line of cli(s, "CLUSTER", "NODES").split("\n")) {
+        const f = line.trim().split(/\s+/);
+        if (f.length < 9 || !f[2].includes("master") || f[2].includes("fail")) continue;
+        const serves = f.slice(8).some((r) => {
+          const [a, b = a] = r.split("-").map(Number);
+          return a <= slot && slot <= b;
+        });
+        if (serves) return servers.findIndex((x) => x.port === Number(f[1].split("@")[0].split(":").pop()));
+      }
+      throw new Error(`no master serves slot ${slot}`);
+    },
+    /** SIGKILL of one server: its data is gone (its replica has it). */
+    async kill(i) {
+      const { proc } = servers[i];
+      if (!alive(servers[i])) return;
+      const exited = new Promise((r) => proc.once("exit", r));
+      proc.kill("SIGKILL");
+      await exited;
+    },
+    async stop() {
+      for (let i = 0; i < servers.length; i++) await this.kill(i);
+    },
+  };
+}

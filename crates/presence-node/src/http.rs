@@ -267,7 +267,17 @@ async fn readyz(State(api): State<ApiState>) -> Response {
     // Redis does (a stalled server would otherwise hold the probe for the
     // whole command timeout): no answer in time is "not ready".
     match tokio::time::timeout(READY_WITHIN, api.store.ping()).await {
-        Ok(Ok(())) => Json(json!({ "ok": true, "store": api.store.kind() })).into_response(),
+        Ok(Ok(health)) if health.degraded.is_empty() => {
+            Json(json!({ "ok": true, "store": api.store.kind() })).into_response()
+        }
+        // Part of Redis down (a Cluster master failing over) is still
+        // ready: every node suffers it alike, and serves the rest.
+        Ok(Ok(health)) => Json(json!({
+            "ok": true,
+            "store": api.store.kind(),
+            "degraded": health.degraded,
+        }))
+        .into_response(),
         Ok(Err(e)) => ApiError::from(e).into_response(),
         Err(_) => ApiError::from(WireError::new(
             ErrorCode::Unavailable,

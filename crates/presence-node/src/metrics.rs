@@ -64,6 +64,7 @@ pub fn sweep(r: &presence_store::SweepReport) {
     metrics::counter!("presence_expired_sessions_total").increment(r.expired);
     metrics::counter!("presence_orphan_members_removed_total").increment(r.orphans);
     metrics::counter!("presence_sweep_writes_fenced_total").increment(r.fenced);
+    metrics::counter!("presence_sweep_skipped_total").increment(r.skipped);
 }
 
 /// Renders every metric, after setting the gauges read at scrape time.

@@ -98,8 +98,14 @@ impl Reaper {
                     *h = None;
                 }
             }
-            Ok(r) if r.expired > 0 || r.status_changes > 0 || r.orphans > 0 => {
+            Ok(r) if r.expired > 0 || r.status_changes > 0 || r.orphans > 0 || r.skipped > 0 => {
                 crate::metrics::sweep(&r);
+                if r.skipped > 0 {
+                    tracing::warn!(
+                        skipped = r.skipped,
+                        "part of Redis did not answer: the sweep left it for the next one"
+                    );
+                }
                 if r.orphans > 0 {
                     tracing::warn!(
                         orphans = r.orphans,

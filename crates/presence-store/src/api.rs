@@ -184,6 +184,18 @@ pub struct SweepReport {
     pub orphans: u64,
     /// Sessions left alone because a sweeper with a higher term got there first.
     pub fenced: u64,
+    /// Index shards, sessions or rooms left for the next sweep because the
+    /// part of Redis that holds them did not answer (a Cluster failover).
+    pub skipped: u64,
+}
+
+/// What [`PresenceStore::ping`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// The parts that do not answer while the rest does (a Redis Cluster
+    /// master failing over: the sessions, rooms and users of its slots
+    /// wait for the promotion, the others are served). Empty when whole.
+    pub degraded: Vec<String>,
 }
 
 /// The authoritative presence state.
@@ -255,8 +267,9 @@ pub trait PresenceStore: Send + Sync + 'static {
         users: &[UserId],
     ) -> Result<BTreeMap<UserId, UserSummary>, StoreError>;
 
-    /// Succeeds when the store can serve requests.
-    async fn ping(&self) -> Result<(), StoreError>;
+    /// Succeeds when the store can serve requests, if perhaps not all of
+    /// them ([`Health::degraded`]); fails when it can serve none.
+    async fn ping(&self) -> Result<Health, StoreError>;
 
     /// Every event published from now on. A receiver that falls behind gets
     /// `Lagged` and must re-read the rooms it cares about.

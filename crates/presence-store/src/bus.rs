@@ -28,8 +28,7 @@
 
 use std::collections::HashMap;
 
-use fred::clients::SubscriberClient;
-use fred::prelude::*;
+use fred::interfaces::PubsubInterface;
 use futures::Stream;
 use presence_core::{NodeId, PresenceEvent, RoomId};
 use tokio::sync::{broadcast, watch, Mutex};
@@ -38,8 +37,12 @@ pub use crate::redis::conn::PubSub;
 
 use crate::api::{Signal, Takeover, EVENT_BUFFER};
 use crate::error::StoreError;
-use crate::redis::conn::{self, unavailable, RedisOptions};
+use crate::redis::conn::RedisOptions;
 use crate::redis::keys::Keys;
+pub use crate::redis::listen::Subscribed;
+
+use crate::redis::listen::Listener;
+use crate::redis::route::Route;
 
 /// What a [`EventBus::stream`] yields.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,7 +56,8 @@ pub enum BusMessage {
 
 /// One subscriber connection and the rooms it follows.
 pub struct EventBus {
-    subscriber: SubscriberClient,
+    /// The subscriber connection(s): one per master on Cluster.
+    listener: std::sync::Arc<Listener>,
     keys: Keys,
     mode: PubSub,
     /// Followers per room; held while (un)subscribing, so that the commands
@@ -66,32 +70,30 @@ pub struct EventBus {
     takeovers: broadcast::Sender<Takeover>,
     resyncs: watch::Sender<u64>,
     /// Publishes signals (a subscriber connection cannot).
-    publisher: Client,
+    publisher: Route,
 }
 
 impl EventBus {
     /// Connects a bus of its own, for a backend service that follows rooms.
     /// `opts.prefix` must be the nodes' `PRESENCE_KEY_PREFIX`.
     pub async fn connect(opts: &RedisOptions) -> Result<std::sync::Arc<Self>, StoreError> {
-        let builder = conn::builder(opts)?;
-        let subscriber = conn::subscriber(&builder).await?;
-        let publisher = builder.build().map_err(unavailable)?;
-        publisher.init().await.map_err(conn::connect_error)?;
-        let mode = PubSub::of_server(&publisher).await?;
-        Ok(Self::start(subscriber, publisher, &opts.prefix, mode))
+        let publisher = Route::connect(opts).await?;
+        let listener = Listener::connect(opts, &publisher).await?;
+        let mode = PubSub::of_server(&publisher.any()).await?;
+        Ok(Self::start(listener, publisher, &opts.prefix, mode))
     }
 
-    /// Starts a bus on a connected subscriber client.
+    /// Starts a bus on connected subscriber connections.
     pub(crate) fn start(
-        subscriber: SubscriberClient,
-        publisher: Client,
+        listener: std::sync::Arc<Listener>,
+        publisher: Route,
         prefix: &str,
         mode: PubSub,
     ) -> std::sync::Arc<Self> {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (signals, _) = broadcast::channel(EVENT_BUFFER);
         let bus = std::sync::Arc::new(Self {
-            subscriber,
+            listener,
             keys: Keys::new(prefix),
             mode,
             rooms: Mutex::new(HashMap::new()),
@@ -139,12 +141,17 @@ impl EventBus {
         channel: String,
         msg: &impl serde::Serialize,
     ) -> Result<(), StoreError> {
-        let msg = serde_json::to_string(msg).map_err(|e| StoreError::Internal(e.to_string()))?;
-        let _: u64 = match self.mode {
-            PubSub::Sharded => self.publisher.spublish(channel, msg).await,
-            PubSub::Plain => self.publisher.publish(channel, msg).await,
-        }
-        .map_err(unavailable)?;
+        let msg = &serde_json::to_string(msg).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let (channel, mode) = (&channel, self.mode);
+        let _: u64 = self
+            .publisher
+            .on_key(channel, |c| async move {
+                match mode {
+                    PubSub::Sharded => c.spublish(channel, msg.as_str()).await,
+                    PubSub::Plain => c.publish(channel, msg.as_str()).await,
+                }
+            })
+            .await?;
         Ok(())
     }
 
@@ -196,13 +203,9 @@ impl EventBus {
             self.channel(room.as_str()),
             self.signal_channel(room.as_str()),
         ];
-        let r = match self.mode {
-            PubSub::Sharded => self.subscriber.sunsubscribe(channels).await,
-            PubSub::Plain => self.subscriber.unsubscribe(channels).await,
-        };
         // A failed unsubscribe leaves an idle subscription; the next
         // reconnect drops it.
-        r.map_err(unavailable)
+        self.listener.unsubscribe(channels, self.mode).await
     }
 
     /// The rooms followed now.
@@ -220,9 +223,15 @@ impl EventBus {
         self.resyncs.subscribe()
     }
 
-    /// True while the subscriber connection is up.
+    /// True while the subscriber connection (of every master) is up.
     pub fn is_connected(&self) -> bool {
-        self.subscriber.is_connected()
+        self.listener.subscribed() == Subscribed::Yes
+    }
+
+    /// Whether the subscriber connections are up, settling after a Redis
+    /// Cluster failover, or down.
+    pub fn subscribed(&self) -> Subscribed {
+        self.listener.subscribed()
     }
 
     /// The followed rooms' events and the gaps between them, as a stream
@@ -253,16 +262,12 @@ impl EventBus {
 
     /// Subscribes to channels of one slot.
     async fn subscribe_to(&self, channels: Vec<String>) -> Result<(), StoreError> {
-        match self.mode {
-            PubSub::Sharded => self.subscriber.ssubscribe(channels).await,
-            PubSub::Plain => self.subscriber.subscribe(channels).await,
-        }
-        .map_err(unavailable)
+        self.listener.subscribe(channels, self.mode).await
     }
 
     /// Decodes every message into the events channel.
     fn spawn_reader(self: &std::sync::Arc<Self>) {
-        let mut rx = self.subscriber.message_rx();
+        let mut rx = self.listener.messages();
         let tx = self.events.clone();
         let signals = self.signals.clone();
         let takeovers = self.takeovers.clone();
@@ -297,7 +302,7 @@ impl EventBus {
     /// Subscribes again to every followed room after each reconnect, then
     /// signals the resync.
     fn spawn_resubscriber(self: &std::sync::Arc<Self>) {
-        let mut reconnects = self.subscriber.reconnect_rx();
+        let mut reconnects = self.listener.reconnects();
         let bus = std::sync::Arc::downgrade(self);
         tokio::spawn(async move {
             while reconnects.recv().await.is_ok() {

@@ -27,10 +27,10 @@ pub mod memory;
 pub mod redis;
 
 pub use api::{
-    Claimed, Hello, Joined, Lease, NodeInfo, Online, Page, PresenceStore, RoomStats, SessionRef,
-    Signal, Superseded, SweepReport, Takeover, EVENT_BUFFER, TOMBSTONE_MS,
+    Claimed, Health, Hello, Joined, Lease, NodeInfo, Online, Page, PresenceStore, RoomStats,
+    SessionRef, Signal, Superseded, SweepReport, Takeover, EVENT_BUFFER, TOMBSTONE_MS,
 };
-pub use bus::{BusMessage, EventBus};
+pub use bus::{BusMessage, EventBus, Subscribed};
 pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use redis::{PubSub, RedisOptions, RedisStore};

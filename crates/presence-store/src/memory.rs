@@ -21,7 +21,7 @@ use presence_core::{
 use tokio::sync::{broadcast, watch};
 
 use crate::api::{
-    first_epoch, new_session_id, Claimed, Hello, Joined, Lease, NodeInfo, Online, Page,
+    first_epoch, new_session_id, Claimed, Health, Hello, Joined, Lease, NodeInfo, Online, Page,
     PresenceStore, RoomStats, SessionRef, Signal, Superseded, SweepReport, Takeover, EVENT_BUFFER,
     TOMBSTONE_MS,
 };
@@ -673,8 +673,8 @@ impl PresenceStore for MemoryStore {
             .collect())
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
+    async fn ping(&self) -> Result<Health, StoreError> {
+        Ok(Health::default())
     }
 
     fn events(&self) -> broadcast::Receiver<PresenceEvent> {

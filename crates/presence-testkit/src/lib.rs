@@ -406,21 +406,34 @@ impl Drop for RedisServer {
     }
 }
 
-/// A Redis Cluster of `masters` masters (no replicas), every slot assigned.
+/// A Redis Cluster of `masters` masters, each with `replicas` replicas,
+/// every slot assigned.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
-    /// Starts the servers and creates the cluster.
+    /// Starts the servers and creates a cluster of masters only.
     pub fn start(masters: usize) -> io::Result<Self> {
-        let mut nodes = Vec::with_capacity(masters);
-        for _ in 0..masters {
+        Self::start_with_replicas(masters, 0)
+    }
+
+    /// Starts the servers and creates the cluster; returns once every node
+    /// says `cluster_state:ok` and every replica is in sync with its master
+    /// (so that a master killed at once can fail over).
+    pub fn start_with_replicas(masters: usize, replicas: usize) -> io::Result<Self> {
+        let count = masters * (1 + replicas);
+        let mut nodes = Vec::with_capacity(count);
+        for _ in 0..count {
             nodes.push(RedisServer::start_with(&[
                 "--cluster-enabled",
                 "yes",
                 "--cluster-node-timeout",
                 "2000",
+                // As docs/operations.md advises: the other masters keep
+                // serving while a failed one's replica is promoted.
+                "--cluster-require-full-coverage",
+                "no",
             ])?);
         }
         let addrs: Vec<String> = nodes
@@ -429,7 +442,8 @@ impl RedisCluster {
             .collect();
         let mut args = vec!["--cluster", "create"];
         args.extend(addrs.iter().map(String::as_str));
-        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        let replicas = replicas.to_string();
+        args.extend(["--cluster-replicas", replicas.as_str(), "--cluster-yes"]);
         let out = Command::new("redis-cli")
             .args(&args)
             .stdin(Stdio::null())
@@ -444,9 +458,13 @@ impl RedisCluster {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let ok = cluster.nodes.iter().all(|n| {
-                redis_cli(n.port, &["CLUSTER", "INFO"])
+                let state = redis_cli(n.port, &["CLUSTER", "INFO"])
                     .map(|i| i.contains("cluster_state:ok"))
-                    .unwrap_or(false)
+                    .unwrap_or(false);
+                let synced = redis_cli(n.port, &["INFO", "replication"])
+                    .map(|i| i.contains("role:master") || i.contains("master_link_status:up"))
+                    .unwrap_or(false);
+                state && synced
             });
             if ok {
                 return Ok(cluster);
@@ -463,6 +481,45 @@ impl RedisCluster {
     /// The servers.
     pub fn nodes(&mut self) -> &mut [RedisServer] {
         &mut self.nodes
+    }
+
+    /// The index in [`RedisCluster::nodes`] of the master that serves
+    /// `key`'s slot now, as a running node sees the cluster.
+    pub fn master_of(&mut self, key: &str) -> io::Result<usize> {
+        let port = self
+            .nodes
+            .iter_mut()
+            .find_map(|n| n.is_running().then_some(n.port))
+            .ok_or_else(|| io::Error::other("no node of the cluster runs"))?;
+        let slot: u16 = redis_cli(port, &["CLUSTER", "KEYSLOT", key])?
+            .trim()
+            .parse()
+            .map_err(io::Error::other)?;
+        // <id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <link> <slots...>
+        let nodes = redis_cli(port, &["CLUSTER", "NODES"])?;
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            let serves = f[8..].iter().any(|range| {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
+            });
+            if serves {
+                let addr = f[1].split('@').next().unwrap_or_default();
+                let p: u16 = addr
+                    .rsplit(':')
+                    .next()
+                    .unwrap_or_default()
+                    .parse()
+                    .map_err(io::Error::other)?;
+                return self.nodes.iter().position(|n| n.port == p).ok_or_else(|| {
+                    io::Error::other(format!("{addr} is not a node of this cluster"))
+                });
+            }
+        }
+        Err(io::Error::other(format!("no master serves slot {slot}")))
     }
 
     /// `redis-cluster://127.0.0.1:P1,127.0.0.1:P2,...`: every node as a seed.

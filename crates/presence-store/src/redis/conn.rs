@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::Builder as FredBuilder;
 
@@ -161,6 +160,11 @@ fn tls_trusting(path: &std::path::Path) -> Result<fred::types::config::TlsConnec
 
 /// A client builder for `opts`: URL, TLS, timeouts and the reconnect policy.
 pub(crate) fn builder(opts: &RedisOptions) -> Result<FredBuilder, StoreError> {
+    Ok(builder_with(config(opts)?, opts))
+}
+
+/// The server(s), credentials and TLS settings of `opts`.
+pub(crate) fn config(opts: &RedisOptions) -> Result<Config, StoreError> {
     let mut config = Config::from_url(&normalize_url(&opts.url))
         .map_err(|e| StoreError::Internal(format!("REDIS_URL: {e}")))?;
     if let Some(path) = &opts.ca_file {
@@ -171,6 +175,12 @@ pub(crate) fn builder(opts: &RedisOptions) -> Result<FredBuilder, StoreError> {
         }
         config.tls = Some(tls_trusting(path)?.into());
     }
+    Ok(config)
+}
+
+/// A client builder for `config` with the timeouts and the reconnect policy
+/// of `opts`.
+pub(crate) fn builder_with(config: Config, opts: &RedisOptions) -> FredBuilder {
     let mut builder = FredBuilder::from_config(config);
     builder
         .with_connection_config(|c| {
@@ -185,14 +195,7 @@ pub(crate) fn builder(opts: &RedisOptions) -> Result<FredBuilder, StoreError> {
         })
         // Without a policy a client stays dead after Redis restarts.
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
-    Ok(builder)
-}
-
-/// A connected subscriber client (one per event bus).
-pub(crate) async fn subscriber(builder: &FredBuilder) -> Result<SubscriberClient, StoreError> {
-    let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
-    subscriber.init().await.map_err(connect_error)?;
-    Ok(subscriber)
+    builder
 }
 
 /// The server's `redis_version` (on Cluster, of the node that answered).

@@ -56,6 +56,8 @@ pub mod field {
     pub const VERSION: &str = "v";
     /// Set on a tombstone.
     pub const DEAD: &str = "dead";
+    /// The time the session is filed at in the deadline index.
+    pub const INDEXED_AT: &str = "ix";
 
     /// The field holding the session's state in `room` (present while it is a member).
     pub fn room_state(room: &str) -> String {

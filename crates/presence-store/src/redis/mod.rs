@@ -10,6 +10,10 @@
 //! - this file: [`RedisStore`] and its [`PresenceStore`] implementation;
 //! - [`keys`]: every key and channel name, and the key layout table;
 //! - [`conn`]: options, URLs, TLS, reconnects, what a Redis error means;
+//! - `listen`: the event bus's subscriber connection(s), one per master
+//!   on Redis Cluster;
+//! - `route`: which connection a key's command goes to (on Redis Cluster, a
+//!   pool per master, so that a failed master costs only its own slots);
 //! - `scripts`: loading the scripts of `lua/` and running them through one
 //!   typed boundary; `session_scripts`, `room_scripts`, `index_scripts`:
 //!   each script's typed arguments and reply;
@@ -21,9 +25,11 @@
 pub mod conn;
 mod index_scripts;
 pub mod keys;
+pub(crate) mod listen;
 mod project;
 mod reads;
 mod room_scripts;
+pub(crate) mod route;
 mod scripts;
 mod session_scripts;
 mod sweep;
@@ -35,7 +41,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use fred::prelude::*;
-use futures::future::join_all;
 use presence_core::user::{derive_user, SessionSignal};
 use presence_core::view::build_view;
 use presence_core::{
@@ -46,19 +51,20 @@ use tokio::sync::{broadcast, watch};
 
 pub use conn::{normalize_url, PubSub, RedisOptions};
 
-use self::conn::{connect_error, unavailable};
 use self::index_scripts::{ReadNodes, RegisterNode, ReleaseLease, TakeLease};
 use self::keys::{field, Keys, SHARDS};
+use self::listen::Listener;
 use self::room_scripts::{PutKind, ReadRoom};
+use self::route::Route;
 use self::scripts::{Fenced, Refusal, ScriptCall, Scripts};
 use self::session_scripts::{
     timings_json, Claim, Disconnect, Heartbeat, Join, Leave, On, SetState,
 };
 use crate::api::{
-    first_epoch, new_session_id, Claimed, Hello, Joined, Lease, NodeInfo, Online, Page,
+    first_epoch, new_session_id, Claimed, Health, Hello, Joined, Lease, NodeInfo, Online, Page,
     PresenceStore, RoomStats, SessionRef, Signal, Superseded, SweepReport, Takeover,
 };
-use crate::bus::EventBus;
+use crate::bus::{EventBus, Subscribed};
 use crate::error::StoreError;
 
 /// How often a state update is retried when the session changed under it.
@@ -66,7 +72,7 @@ const STATE_RETRIES: usize = 8;
 
 /// The Redis-backed [`PresenceStore`].
 pub struct RedisStore {
-    pool: Pool,
+    route: Route,
     scripts: Scripts,
     keys: Keys,
     clock: Arc<dyn Clock>,
@@ -85,18 +91,14 @@ impl RedisStore {
         timings: Timings,
         limits: Limits,
     ) -> Result<Self, StoreError> {
-        let builder = conn::builder(&opts)?;
-        let pool = builder
-            .build_pool(opts.pool_size.max(1))
-            .map_err(unavailable)?;
-        pool.init().await.map_err(connect_error)?;
-        let subscriber = conn::subscriber(&builder).await?;
-        let mode = PubSub::of_server(pool.next()).await?;
-        let bus = EventBus::start(subscriber, pool.next().clone(), &opts.prefix, mode);
+        let route = Route::connect(&opts).await?;
+        let listener = Listener::connect(&opts, &route).await?;
+        let mode = PubSub::of_server(&route.any()).await?;
+        let bus = EventBus::start(listener, route.clone(), &opts.prefix, mode);
         let scripts = Scripts::new();
-        scripts.load(&pool).await?;
+        scripts.load(&route).await?;
         Ok(Self {
-            pool,
+            route,
             scripts,
             keys: Keys::new(&opts.prefix),
             clock,
@@ -121,7 +123,7 @@ impl RedisStore {
 
     /// Runs one script call.
     async fn run<C: ScriptCall>(&self, call: C) -> Result<C::Reply, StoreError> {
-        self.scripts.run(&self.pool, &self.keys, call).await
+        self.scripts.run(&self.route, &self.keys, call).await
     }
 
     /// Runs a session script; a refusal becomes its [`StoreError`] (`room`
@@ -249,11 +251,11 @@ impl PresenceStore for RedisStore {
             .put_room(sid, &j.user_id, j.version, kind, &j.put)
             .await?;
         if seq == 0 {
+            let key = &self.keys.room(room.as_str()).seq;
             let cur: Option<u64> = self
-                .pool
-                .get(self.keys.room(room.as_str()).seq)
-                .await
-                .map_err(unavailable)?;
+                .route
+                .on_key(key, |c| async move { c.get(key).await })
+                .await?;
             seq = cur.unwrap_or(0);
         }
         Ok(Joined {
@@ -291,11 +293,14 @@ impl PresenceStore for RedisStore {
         let key = self.keys.session(sid);
         let state_field = field::room_state(room.as_str());
         for _ in 0..STATE_RETRIES {
+            let (key, state_field) = (&key, &state_field);
             let (version, cur): (Option<String>, Option<String>) = self
-                .pool
-                .hmget(&key, vec![field::VERSION, state_field.as_str()])
-                .await
-                .map_err(unavailable)?;
+                .route
+                .on_key(key, |c| async move {
+                    c.hmget(key, vec![field::VERSION, state_field.as_str()])
+                        .await
+                })
+                .await?;
             let known = match cur.as_deref() {
                 Some(raw) if !raw.is_empty() => serde_json::from_str(raw).ok(),
                 _ => None,
@@ -397,11 +402,14 @@ impl PresenceStore for RedisStore {
 
     async fn room_stats(&self, room: &RoomId) -> Result<RoomStats, StoreError> {
         let k = self.keys.room(room.as_str());
-        let (sessions, users): (u64, u64) =
-            tokio::try_join!(async { self.pool.hlen::<u64, _>(k.members).await }, async {
-                self.pool.hlen::<u64, _>(k.users).await
+        let (members, users) = (&k.members, &k.users);
+        // A room's keys share a slot: one master answers both.
+        let (sessions, users): (u64, u64) = self
+            .route
+            .on_key(members, |c| async move {
+                tokio::try_join!(c.hlen::<u64, _>(members), c.hlen::<u64, _>(users))
             })
-            .map_err(unavailable)?;
+            .await?;
         Ok(RoomStats { sessions, users })
     }
 
@@ -412,18 +420,20 @@ impl PresenceStore for RedisStore {
             None => "-".to_owned(),
         };
         let want = page.limit as i64 + 1;
-        let reads = (0..SHARDS).map(|k| {
-            let key = self.keys.online(k);
-            let min = min.clone();
-            async move {
-                self.pool
-                    .zrangebylex::<Vec<String>, _, _, _>(key, min, "+", Some((0, want)))
-                    .await
-            }
-        });
+        let min = min.as_str();
+        let reads = self
+            .route
+            .on_each(
+                (0..SHARDS).map(|k| self.keys.online(k)),
+                |c, key| async move {
+                    c.zrangebylex::<Vec<String>, _, _, _>(key, min, "+", Some((0, want)))
+                        .await
+                },
+            )
+            .await;
         let mut users = BTreeSet::new();
-        for r in join_all(reads).await {
-            users.extend(r.map_err(unavailable)?);
+        for r in reads {
+            users.extend(r?);
         }
         let users: Vec<String> = users.into_iter().take(page.limit + 1).collect();
         let more = users.len() > page.limit;
@@ -463,15 +473,32 @@ impl PresenceStore for RedisStore {
         Ok(out)
     }
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = self.pool.ping(None).await.map_err(unavailable)?;
-        // Without its subscription a node would serve calls but send no diffs.
-        if !self.bus.is_connected() {
-            return Err(StoreError::Unavailable(
-                "the subscription to presence events is reconnecting".into(),
-            ));
+    async fn ping(&self) -> Result<Health, StoreError> {
+        let reach = self.route.reach().await?;
+        let mut degraded: Vec<String> = reach
+            .down
+            .iter()
+            .map(|(server, slots)| {
+                format!("the Redis master {server} ({slots} slots) does not answer")
+            })
+            .collect();
+        // Without its subscription a node would serve calls but send no
+        // diffs: unready, unless part of Redis is down as well or has just
+        // failed over, which every node suffers alike (and then taking them
+        // all out helps no one).
+        match self.bus.subscribed() {
+            Subscribed::Yes => {}
+            Subscribed::Settling => degraded
+                .push("the subscriptions are moving to a promoted Redis Cluster master".into()),
+            Subscribed::No => {
+                let why = "the subscription to presence events is reconnecting";
+                if degraded.is_empty() {
+                    return Err(StoreError::Unavailable(why.into()));
+                }
+                degraded.push(why.into());
+            }
         }
-        Ok(())
+        Ok(Health { degraded })
     }
 
     fn events(&self) -> broadcast::Receiver<PresenceEvent> {
@@ -528,11 +555,11 @@ impl PresenceStore for RedisStore {
     }
 
     async fn current_lease(&self) -> Result<Option<Lease>, StoreError> {
+        let key = &self.keys.lease().lease;
         let text: Option<String> = self
-            .pool
-            .get(self.keys.lease().lease)
-            .await
-            .map_err(unavailable)?;
+            .route
+            .on_key(key, |c| async move { c.get(key).await })
+            .await?;
         Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
@@ -547,17 +574,14 @@ impl PresenceStore for RedisStore {
     }
 
     async fn deregister_node(&self, node_id: &NodeId) -> Result<(), StoreError> {
-        let _: () = self
-            .pool
-            .zrem(self.keys.nodes(), node_id.as_str())
+        let (nodes, info) = (&self.keys.nodes(), &self.keys.nodes_info());
+        // Both keys share the `{nodes}` slot.
+        self.route
+            .on_key(nodes, |c| async move {
+                let _: () = c.zrem(nodes, node_id.as_str()).await?;
+                c.hdel(info, node_id.as_str()).await
+            })
             .await
-            .map_err(unavailable)?;
-        let _: () = self
-            .pool
-            .hdel(self.keys.nodes_info(), node_id.as_str())
-            .await
-            .map_err(unavailable)?;
-        Ok(())
     }
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {

@@ -10,9 +10,8 @@ use fred::prelude::*;
 use fred::types::sorted_sets::Ordering;
 use futures::future::join_all;
 
-use super::conn::unavailable;
 use super::index_scripts::{AddUserSession, RemoveUserSession, SessionsLeft, UserSessionAdded};
-use super::keys::shard_of;
+use super::keys::{field, shard_of};
 use super::room_scripts::{PutKind, PutMember, RemoveMember};
 use super::session_scripts::{RoomDel, RoomPut};
 use super::RedisStore;
@@ -148,13 +147,19 @@ impl RedisStore {
             .await?;
         if left == 0 {
             let shard = self.keys.online(shard_of(user_id));
-            let _: () = self.pool.zrem(&shard, user_id).await.map_err(unavailable)?;
+            let _: () = self
+                .route
+                .on_key(&shard, |c| {
+                    let shard = &shard;
+                    async move { c.zrem(shard, user_id).await }
+                })
+                .await?;
             // A hello of the same user may have raced the removal: put it back.
+            let user = &self.keys.user(user_id);
             let n: u64 = self
-                .pool
-                .hlen(self.keys.user(user_id))
-                .await
-                .map_err(unavailable)?;
+                .route
+                .on_key(user, |c| async move { c.hlen(user).await })
+                .await?;
             if n > 0 {
                 self.zadd_one(shard, None, None, 0, user_id).await?;
             }
@@ -163,34 +168,44 @@ impl RedisStore {
     }
 
     /// Files the session in the deadline index at `at`, when its script asked.
+    ///
+    /// The script has already noted `at` in the session's hash (`ix`). If
+    /// the index cannot be told (its shard's master is failing over), the
+    /// note is taken back, so that the session's next write asks again
+    /// rather than trusting an entry that was never made.
     pub(super) async fn file_deadline(
         &self,
         session: &str,
         at: Option<i64>,
     ) -> Result<(), StoreError> {
-        match at {
-            Some(at) => {
-                self.zadd_one(
-                    self.keys.deadlines(shard_of(session)),
-                    None,
-                    None,
-                    at,
-                    session,
-                )
-                .await
-            }
-            None => Ok(()),
+        let Some(at) = at else { return Ok(()) };
+        let filed = self
+            .zadd_one(
+                self.keys.deadlines(shard_of(session)),
+                None,
+                None,
+                at,
+                session,
+            )
+            .await;
+        if filed.is_err() {
+            let key = &self.keys.session(session);
+            let _ = self
+                .route
+                .on_key(key, |c| async move {
+                    c.hdel::<(), _, _>(key, field::INDEXED_AT).await
+                })
+                .await;
         }
+        filed
     }
 
     /// Takes the session out of the deadline index (it ended).
     pub(super) async fn unfile_deadline(&self, session: &str) -> Result<(), StoreError> {
-        let _: () = self
-            .pool
-            .zrem(self.keys.deadlines(shard_of(session)), session)
+        let key = &self.keys.deadlines(shard_of(session));
+        self.route
+            .on_key(key, |c| async move { c.zrem(key, session).await })
             .await
-            .map_err(unavailable)?;
-        Ok(())
     }
 
     /// ZADD of one member, as every index here files one entry at a time.
@@ -202,11 +217,16 @@ impl RedisStore {
         score: i64,
         member: &str,
     ) -> Result<(), StoreError> {
-        let _: () = self
-            .pool
-            .zadd(key, options, ordering, false, false, (score as f64, member))
+        let k = &key;
+        self.route
+            .on_key(k, |c| {
+                let options = options.clone();
+                let ordering = ordering.clone();
+                async move {
+                    c.zadd(k, options, ordering, false, false, (score as f64, member))
+                        .await
+                }
+            })
             .await
-            .map_err(unavailable)?;
-        Ok(())
     }
 }

@@ -8,7 +8,6 @@ use futures::future::join_all;
 use presence_core::view::Member;
 use presence_core::{SessionId, SessionStatus, UserId};
 
-use super::conn::unavailable;
 use super::keys::field;
 use super::RedisStore;
 use crate::error::StoreError;
@@ -16,11 +15,11 @@ use crate::error::StoreError;
 impl RedisStore {
     /// The live sessions of a user (entries whose session is gone are skipped).
     pub(super) async fn user_members(&self, uid: &str) -> Result<Vec<Member>, StoreError> {
+        let key = &self.keys.user(uid);
         let sids: BTreeMap<String, String> = self
-            .pool
-            .hgetall(self.keys.user(uid))
-            .await
-            .map_err(unavailable)?;
+            .route
+            .on_key(key, |c| async move { c.hgetall(key).await })
+            .await?;
         let ids: Vec<String> = sids.into_keys().collect();
         let facts = self.sessions(&ids).await?;
         Ok(ids
@@ -38,8 +37,11 @@ impl RedisStore {
         let reads = ids.iter().map(|sid| {
             let key = self.keys.session(sid);
             async move {
-                let m: BTreeMap<String, String> =
-                    self.pool.hgetall(key).await.map_err(unavailable)?;
+                let k = &key;
+                let m: BTreeMap<String, String> = self
+                    .route
+                    .on_key(k, |c| async move { c.hgetall(k).await })
+                    .await?;
                 let live = !m.is_empty() && m.get(field::DEAD).map(String::as_str) != Some("1");
                 Ok::<_, StoreError>(live.then_some(m))
             }

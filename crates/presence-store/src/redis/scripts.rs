@@ -8,7 +8,6 @@
 //! [`room`](super::room_scripts) and [`index`](super::index_scripts) hold
 //! them. No caller builds a positional vector or reads an untyped reply.
 
-use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::Value;
 use serde::de::DeserializeOwned;
@@ -16,6 +15,7 @@ use serde::Deserialize;
 
 use super::conn::unavailable;
 use super::keys::Keys;
+use super::route::Route;
 use crate::error::StoreError;
 
 /// A session script: `lua/lib/prelude.lua` (the lifecycle rules) followed by
@@ -108,9 +108,11 @@ impl Scripts {
     }
 
     /// `SCRIPT LOAD`s every script (on Cluster, on every master).
-    pub async fn load(&self, pool: &Pool) -> Result<(), StoreError> {
-        for s in self.all() {
-            s.load(pool.next()).await.map_err(unavailable)?;
+    pub async fn load(&self, route: &Route) -> Result<(), StoreError> {
+        for master in route.masters() {
+            for s in self.all() {
+                s.load(&master).await.map_err(unavailable)?;
+            }
         }
         Ok(())
     }
@@ -118,15 +120,20 @@ impl Scripts {
     /// Runs one call and decodes its reply.
     pub async fn run<C: ScriptCall>(
         &self,
-        pool: &Pool,
+        route: &Route,
         keys: &Keys,
         call: C,
     ) -> Result<C::Reply, StoreError> {
         let script = C::script(self);
-        let v: Value = script
-            .evalsha_with_reload(pool.next(), call.keys(keys), call.args(keys))
-            .await
-            .map_err(unavailable)?;
+        let (k, args) = (call.keys(keys), call.args(keys));
+        // Every key of a call shares one slot: the first says where it runs.
+        let first = k.first().map(String::as_str).unwrap_or_default();
+        let v: Value = route
+            .on_key(first, |c| {
+                let (k, args) = (k.clone(), args.clone());
+                async move { script.evalsha_with_reload(&c, k, args).await }
+            })
+            .await?;
         C::Reply::decode(v)
     }
 }

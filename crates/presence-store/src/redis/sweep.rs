@@ -19,7 +19,6 @@ use futures::StreamExt;
 use presence_core::Millis;
 use serde_json::json;
 
-use super::conn::unavailable;
 use super::keys::SHARDS;
 use super::room_scripts::{Due, DueMembers, MemberEntry, PutKind, RemoveMember, SettleRoom};
 use super::session_scripts::{Expire, Expiry};
@@ -44,23 +43,69 @@ enum Held {
     Fenced,
 }
 
+/// The shards that answered. A shard whose master does not answer (a
+/// Redis Cluster failover) waits for the next sweep; only when none
+/// answers does the sweep fail.
+fn answered<T>(
+    reads: Vec<Result<T, StoreError>>,
+    report: &mut SweepReport,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::with_capacity(reads.len());
+    let mut first_error = None;
+    for r in reads {
+        match r {
+            Ok(v) => out.push(v),
+            Err(e) => {
+                report.skipped += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) if out.is_empty() => Err(e),
+        _ => Ok(out),
+    }
+}
+
+/// A step's outcome, or `None` when its part of Redis did not answer (left
+/// for the next sweep and counted); other errors end the sweep.
+fn reachable<T>(
+    r: Result<T, StoreError>,
+    report: &mut SweepReport,
+) -> Result<Option<T>, StoreError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(StoreError::Unavailable(_)) => {
+            report.skipped += 1;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl RedisStore {
     /// One sweep (see [`PresenceStore::sweep`](crate::PresenceStore::sweep)).
     pub(super) async fn sweep_at(&self, now: Millis, term: u64) -> Result<SweepReport, StoreError> {
         let mut report = SweepReport::default();
         // The shards of each index are read at once: an idle sweep costs two
         // round trips, not one per shard.
-        let due = futures::future::try_join_all((0..SHARDS).map(|shard| {
-            self.pool.zrangebyscore::<Vec<String>, _, _, _>(
-                self.keys.deadlines(shard),
-                "-inf",
-                now as f64,
-                false,
-                Some((0, SWEEP_BATCH)),
+        let due = self
+            .route
+            .on_each(
+                (0..SHARDS).map(|s| self.keys.deadlines(s)),
+                |c, key| async move {
+                    c.zrangebyscore::<Vec<String>, _, _, _>(
+                        key,
+                        "-inf",
+                        now as f64,
+                        false,
+                        Some((0, SWEEP_BATCH)),
+                    )
+                    .await
+                },
             )
-        }))
-        .await
-        .map_err(unavailable)?;
+            .await;
+        let due = answered(due, &mut report)?;
         // Sessions are independent: check a batch of them at once, so that a
         // crashed node's many sessions all go close to their deadline rather
         // than one round trip after another. A fenced reply means a sweeper
@@ -74,7 +119,9 @@ impl RedisStore {
                 pending.push(self.expire_alone(sid, now, term));
             }
             let Some(r) = pending.next().await else { break };
-            let r = r?;
+            let Some(r) = reachable(r, &mut report)? else {
+                continue;
+            };
             report.expired += r.expired;
             report.status_changes += r.status_changes;
             report.fenced += r.fenced;
@@ -82,21 +129,32 @@ impl RedisStore {
         if report.fenced > 0 {
             return Ok(report);
         }
-        let due = futures::future::try_join_all((0..SHARDS).map(|shard| {
-            self.pool.zrangebyscore::<Vec<(String, f64)>, _, _, _>(
-                self.keys.rooms_due(shard),
-                "-inf",
-                now as f64,
-                true,
-                Some((0, ROOM_BATCH)),
+        let due = self
+            .route
+            .on_each(
+                (0..SHARDS).map(|s| self.keys.rooms_due(s)),
+                |c, key| async move {
+                    c.zrangebyscore::<Vec<(String, f64)>, _, _, _>(
+                        key,
+                        "-inf",
+                        now as f64,
+                        true,
+                        Some((0, ROOM_BATCH)),
+                    )
+                    .await
+                },
             )
-        }))
-        .await
-        .map_err(unavailable)?;
-        for (shard, rooms) in due.into_iter().enumerate() {
+            .await
+            .into_iter()
+            .zip(0..SHARDS)
+            .map(|(rooms, shard)| rooms.map(|r| (shard, r)))
+            .collect();
+        for (shard, rooms) in answered(due, &mut report)? {
             for (room, seen) in rooms {
-                self.sweep_room(shard as u32, &room, seen as i64, now, term, &mut report)
-                    .await?;
+                let swept = self
+                    .sweep_room(shard, &room, seen as i64, now, term, &mut report)
+                    .await;
+                reachable(swept, &mut report)?;
                 if report.fenced > 0 {
                     return Ok(report);
                 }
@@ -232,11 +290,13 @@ impl RedisStore {
 
     /// The earliest entry of a room's expiry index.
     async fn earliest_in_room(&self, room: &str) -> Result<Option<i64>, StoreError> {
+        let key = &self.keys.room(room).expiry;
         let first: Vec<(String, f64)> = self
-            .pool
-            .zrange(self.keys.room(room).expiry, 0, 0, None, false, None, true)
-            .await
-            .map_err(unavailable)?;
+            .route
+            .on_key(key, |c| async move {
+                c.zrange(key, 0, 0, None, false, None, true).await
+            })
+            .await?;
         Ok(first.first().map(|(_, score)| *score as i64))
     }
 

@@ -517,3 +517,210 @@ mod tls {
         assert!(e.to_string().contains("rediss://"), "{e}");
     }
 }
+
+/// A Redis Cluster with replicas whose master is SIGKILLed under load: the
+/// failure costs only that master's slots.
+mod failover {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use presence_core::NodeId;
+    use presence_testkit::RedisCluster;
+
+    use super::super::keys::Keys;
+    use super::*;
+
+    /// Sessions heartbeating, spread over every master.
+    const SESSIONS: usize = 60;
+    /// Rooms they are in.
+    const ROOMS: usize = 6;
+    /// A heartbeat of every session per round.
+    const ROUND: Duration = Duration::from_millis(150);
+    /// The longest the promotion may take before the test gives up.
+    const PROMOTION_WITHIN: Duration = Duration::from_secs(30);
+
+    fn room(i: usize) -> RoomId {
+        RoomId::new(&format!("room-{}", i % ROOMS)).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_master_costs_only_its_own_slots() {
+        let mut cluster = tokio::task::spawn_blocking(|| RedisCluster::start_with_replicas(3, 1))
+            .await
+            .unwrap()
+            .expect("a cluster of 3 masters with a replica each starts");
+        let prefix = "fo";
+        let mut opts = RedisOptions::new(&cluster.url());
+        opts.prefix = prefix.into();
+        opts.command_timeout = Duration::from_millis(1_500);
+        let store = RedisStore::connect(
+            opts,
+            Arc::new(presence_core::SystemClock),
+            Timings::default(),
+            Limits::default(),
+        )
+        .await
+        .expect("connects");
+        let keys = Keys::new(prefix);
+        let mut sessions = Vec::new();
+        for i in 0..SESSIONS {
+            let c = store
+                .hello(Hello {
+                    session_id: None,
+                    user_id: UserId::new(&format!("u{i}")).unwrap(),
+                    handle: None,
+                    meta: None,
+                    activity: Activity::Active,
+                    node_id: NodeId::new("n1").unwrap(),
+                })
+                .await
+                .unwrap();
+            let s = SessionRef {
+                session_id: c.session_id,
+                epoch: c.epoch,
+            };
+            store.join(&s, &room(i), None).await.unwrap();
+            sessions.push(s);
+        }
+        let owners: Vec<usize> = sessions
+            .iter()
+            .map(|s| {
+                cluster
+                    .master_of(&keys.session(s.session_id.as_str()))
+                    .unwrap()
+            })
+            .collect();
+        let node = NodeId::new("n1").unwrap();
+        let lease = store.acquire_lease(&node, 3_000).await.unwrap();
+        assert_eq!(lease.node_id, node);
+        let room_owners: Vec<usize> = (0..ROOMS)
+            .map(|r| {
+                cluster
+                    .master_of(&keys.room(room(r).as_str()).members)
+                    .unwrap()
+            })
+            .collect();
+        // The victim holds sessions but not the lease; a writer, on another
+        // master and in a room of another master, keeps changing its state.
+        let lease_master = cluster.master_of(&keys.lease().lease).unwrap();
+        let (victim, writer) = owners
+            .iter()
+            .filter(|&&m| m != lease_master)
+            .find_map(|&v| {
+                let w = (0..SESSIONS).find(|&i| owners[i] != v && room_owners[i % ROOMS] != v)?;
+                Some((v, w))
+            })
+            .expect("a master to kill that leaves a writer elsewhere");
+        let on_victim = owners.iter().filter(|&&m| m == victim).count();
+        assert!(
+            on_victim > 0 && on_victim < SESSIONS,
+            "{on_victim} on the victim"
+        );
+        for r in 0..ROOMS {
+            store.follow_room(&room(r)).await.unwrap();
+        }
+        let mut events = store.events();
+        // Events of the writer's room seen while the victim's sessions failed.
+        let mut seen_in_outage = 0;
+        // A room on a healthy master that is first followed during the outage.
+        let late = (0..)
+            .map(|n| RoomId::new(&format!("late-{n}")).unwrap())
+            .find(|r| cluster.master_of(&keys.room(r.as_str()).members).unwrap() != victim)
+            .unwrap();
+        let mut late_followed = false;
+
+        cluster.nodes()[victim].kill();
+        let killed = Instant::now();
+        let mut failures = [0usize; SESSIONS];
+        let mut recovered = [false; SESSIONS];
+        let mut degraded = Vec::new();
+        while killed.elapsed() < PROMOTION_WITHIN {
+            let mut patch = presence_core::JsonMap::new();
+            patch.insert("at".into(), killed.elapsed().as_millis().to_string().into());
+            store
+                .update_state(&sessions[writer], &room(writer), patch)
+                .await
+                .expect("a session on a healthy master writes");
+            let beats = join_all(sessions.iter().map(|s| store.heartbeat(s, None))).await;
+            for (i, r) in beats.into_iter().enumerate() {
+                match r {
+                    Ok(()) if failures[i] > 0 => recovered[i] = true,
+                    Ok(()) => {}
+                    Err(e) => {
+                        assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+                        failures[i] += 1;
+                    }
+                }
+            }
+            // The lease lives on a master that stays up: it is renewed.
+            let renewed = store.acquire_lease(&node, 3_000).await.expect("renewed");
+            assert_eq!(
+                (renewed.node_id.clone(), renewed.term),
+                (node.clone(), lease.term)
+            );
+            if let Ok(h) = store.ping().await {
+                degraded.extend(h.degraded);
+            }
+            let victims_back = (0..SESSIONS)
+                .filter(|&i| owners[i] == victim)
+                .all(|i| recovered[i]);
+            let victims_failing =
+                (0..SESSIONS).any(|i| owners[i] == victim && !recovered[i] && failures[i] > 0);
+            if victims_failing && !late_followed {
+                // Subscribing goes on too (to the healthy master's subscriber).
+                store
+                    .follow_room(&late)
+                    .await
+                    .expect("follows a healthy room");
+                late_followed = true;
+            }
+            while let Ok(ev) = events.try_recv() {
+                if victims_failing && ev.room_id == room(writer) {
+                    seen_in_outage += 1;
+                }
+            }
+            if victims_back {
+                break;
+            }
+            tokio::time::sleep(ROUND).await;
+        }
+        for i in 0..SESSIONS {
+            if owners[i] == victim {
+                assert!(
+                    failures[i] > 0,
+                    "session {i} on the dead master never failed"
+                );
+                assert!(
+                    recovered[i],
+                    "session {i} did not recover after the promotion"
+                );
+            } else {
+                assert_eq!(failures[i], 0, "session {i} on a healthy master failed");
+            }
+        }
+        // Events of rooms on healthy masters kept coming meanwhile.
+        assert!(
+            seen_in_outage > 0,
+            "no event of a healthy room during the outage"
+        );
+        assert!(late_followed, "the outage ended before a room was followed");
+        assert!(
+            degraded.iter().any(|d| d.contains("does not answer")),
+            "the store never said part of it was down: {degraded:?}"
+        );
+        // Nothing lost: every session is still in its room.
+        for r in 0..ROOMS {
+            let view = store.room_view(&room(r)).await.unwrap();
+            assert_eq!(view.sessions.len(), SESSIONS / ROOMS, "room {r}: {view:?}");
+        }
+        // Whole again once the events subscription is back on every master.
+        let whole = Instant::now();
+        loop {
+            match store.ping().await {
+                Ok(h) if h.degraded.is_empty() => break,
+                r if whole.elapsed() > PROMOTION_WITHIN => panic!("still not whole: {r:?}"),
+                _ => tokio::time::sleep(ROUND).await,
+            }
+        }
+    }
+}
