@@ -90,12 +90,21 @@ end
 
 -- The v1 event about this session in `room`, as JSON with a '%SEQ%'
 -- placeholder that room_put.lua / room_del.lua replace with the room's seq.
--- The state is spliced in as stored, never decoded and re-encoded.
+-- Unless it takes the session out, it carries the member as the room keeps
+-- it (member_json below), so that followers apply it without reading the
+-- room. The state is spliced in as stored, never decoded and re-encoded.
 local function event_json(f, room, kind, status, now)
-  local e = cjson.encode({
+  local e = {
     v = 1, type = kind, roomId = room, seq = '%SEQ%', userId = f.userId,
     sessionId = f.sid, nodeId = f.n, epoch = tonumber(f.epoch), status = status, ts = now,
-  })
+  }
+  if kind ~= 'leave' and kind ~= 'expire' then
+    if f.h ~= nil and f.h ~= '' then e.handle = f.h end
+    e.lastHeartbeatAt = num(f.lastHeartbeatAt, 0)
+    e.lastActiveAt = num(f.la, 0)
+    e.stateUpdatedAt = num(f['su:' .. room], 0)
+  end
+  e = cjson.encode(e)
   e = string.gsub(e, '"%%SEQ%%"', '%%SEQ%%')
   local state = f['r:' .. room]
   if state ~= nil and state ~= '' and kind ~= 'leave' and kind ~= 'expire' then

@@ -173,7 +173,8 @@ impl RoomDiff {
     }
 }
 
-fn diff_maps<K: Ord + Clone, E: Patchable>(
+/// The patches that take the entries `old` to `new` (`None`: gone).
+pub fn diff_entries<K: Ord + Clone, E: Patchable>(
     old: &BTreeMap<K, E>,
     new: &BTreeMap<K, E>,
 ) -> BTreeMap<K, Option<E::Patch>> {
@@ -221,8 +222,8 @@ pub fn diff(old: &RoomView, new: &RoomView) -> RoomDiff {
     RoomDiff {
         room_id: new.room_id.clone(),
         seq: new.seq,
-        users: diff_maps(&old.users, &new.users),
-        sessions: diff_maps(&old.sessions, &new.sessions),
+        users: diff_entries(&old.users, &new.users),
+        sessions: diff_entries(&old.sessions, &new.sessions),
     }
 }
 

@@ -4,7 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, RoomId, SessionId, UserId};
+use crate::session::SessionStatus;
 use crate::time::Millis;
+use crate::user::UserStatus;
+use crate::view::Member;
 use crate::JsonMap;
 
 /// What happened.
@@ -68,6 +71,60 @@ pub struct PresenceEvent {
     pub state: Option<JsonMap>,
     /// When it happened.
     pub ts: Millis,
+    /// The session as the room keeps it after the event (absent on `leave`
+    /// and `expire`): with the fields above, all a room's view needs, so
+    /// that whoever follows the room applies events without reading it.
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub member: Option<EventMember>,
+}
+
+/// The rest of a member as the room keeps it, carried by `join`, `update`
+/// and `status` events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventMember {
+    /// Display name, if the session has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
+    /// Its last heartbeat, as of this change.
+    pub last_heartbeat_at: Millis,
+    /// Its last reported activity, as of this change.
+    pub last_active_at: Millis,
+    /// When its state in the room last changed.
+    pub state_updated_at: Millis,
+}
+
+impl PresenceEvent {
+    /// The member the room holds after this event, or `None` when the event
+    /// takes the session out of the room (or does not carry the member).
+    pub fn member(&self) -> Option<Member> {
+        let m = self.member.as_ref()?;
+        let status = match self.status {
+            UserStatus::Active => SessionStatus::Active,
+            UserStatus::Idle => SessionStatus::Idle,
+            UserStatus::Away => SessionStatus::Away,
+            UserStatus::Stale => SessionStatus::Stale,
+            UserStatus::Offline => return None,
+        };
+        if matches!(self.kind, EventKind::Leave | EventKind::Expire) {
+            return None;
+        }
+        Some(Member {
+            session_id: self.session_id.clone(),
+            user_id: self.user_id.clone(),
+            handle: m.handle.clone(),
+            status,
+            last_heartbeat_at: m.last_heartbeat_at,
+            last_active_at: m.last_active_at,
+            state: self.state.clone(),
+            state_updated_at: m.state_updated_at,
+        })
+    }
+
+    /// True when the event takes the session out of the room.
+    pub fn removes(&self) -> bool {
+        matches!(self.kind, EventKind::Leave | EventKind::Expire)
+    }
 }
 
 #[cfg(test)]
@@ -89,6 +146,7 @@ mod tests {
             status: EventStatus::Offline,
             state: None,
             ts: 5,
+            member: None,
         };
         let j = serde_json::to_value(&e).unwrap();
         assert_eq!(

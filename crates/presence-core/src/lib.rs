@@ -15,11 +15,13 @@
 //! - [`view`]: what observers see of a room or of everyone online.
 //! - [`diff`]: the minimal change between two views, and how to apply it.
 //! - [`event`]: the v1 presence event published on every transition.
+//! - [`live`]: a room's view kept current from its events, and its diffs.
 
 pub mod config;
 pub mod diff;
 pub mod event;
 pub mod ids;
+pub mod live;
 pub mod session;
 pub mod state;
 pub mod time;
@@ -28,7 +30,7 @@ pub mod view;
 
 pub use config::{Limits, Timings};
 pub use diff::{RoomDiff, SessionPatch, UserPatch};
-pub use event::{EventKind, PresenceEvent};
+pub use event::{EventKind, EventMember, PresenceEvent};
 pub use ids::{IdError, NodeId, RoomId, SessionId, UserId};
 pub use session::{Activity, Liveness, SessionFacts, SessionStatus};
 pub use time::{Clock, ManualClock, Millis, SystemClock};

@@ -159,52 +159,63 @@ pub fn build_view(members: impl IntoIterator<Item = Member>) -> Entries {
     }
     let mut out = Entries::default();
     for (user_id, members) in by_user {
-        let summary = derive_user(members.iter().map(|m| SessionSignal {
-            status: m.status,
-            last_heartbeat_at: m.last_heartbeat_at,
-            last_active_at: m.last_active_at,
-        }));
-        let primary = members
-            .iter()
-            .min_by(|a, b| {
-                a.status
-                    .cmp(&b.status)
-                    .then(b.state_updated_at.cmp(&a.state_updated_at))
-                    .then(a.session_id.cmp(&b.session_id))
-            })
-            .expect("a user in the map has at least one session");
-        let handle = primary
-            .handle
-            .clone()
-            .or_else(|| members.iter().find_map(|m| m.handle.clone()));
-        out.users.insert(
-            user_id.clone(),
-            UserPresence {
-                user_key: user_id,
-                handle,
-                status: summary.status,
-                confidence: summary.confidence,
-                session_count: summary.session_count,
-                last_seen_at: summary.last_seen_at,
-                last_heartbeat_at: summary.last_heartbeat_at,
-                state: primary.state.clone(),
-            },
-        );
+        let user = derive_user_entry(&user_id, members.iter());
+        out.users.insert(user_id, user);
         for m in members {
-            out.sessions.insert(
-                m.session_id.clone(),
-                SessionPresence {
-                    session_id: m.session_id,
-                    user_id: m.user_id,
-                    handle: m.handle,
-                    status: m.status,
-                    last_heartbeat_at: m.last_heartbeat_at,
-                    state: m.state,
-                },
-            );
+            out.sessions
+                .insert(m.session_id.clone(), SessionPresence::from(m));
         }
     }
     out
+}
+
+/// One user's entry, derived from their sessions in scope (at least one;
+/// see [`build_view`] for the primary session).
+pub fn derive_user_entry<'a>(
+    user_id: &UserId,
+    members: impl Iterator<Item = &'a Member> + Clone,
+) -> UserPresence {
+    let summary = derive_user(members.clone().map(|m| SessionSignal {
+        status: m.status,
+        last_heartbeat_at: m.last_heartbeat_at,
+        last_active_at: m.last_active_at,
+    }));
+    let primary = members
+        .clone()
+        .min_by(|a, b| {
+            a.status
+                .cmp(&b.status)
+                .then(b.state_updated_at.cmp(&a.state_updated_at))
+                .then(a.session_id.cmp(&b.session_id))
+        })
+        .expect("a user in scope has at least one session");
+    let handle = primary
+        .handle
+        .clone()
+        .or_else(|| members.clone().find_map(|m| m.handle.clone()));
+    UserPresence {
+        user_key: user_id.clone(),
+        handle,
+        status: summary.status,
+        confidence: summary.confidence,
+        session_count: summary.session_count,
+        last_seen_at: summary.last_seen_at,
+        last_heartbeat_at: summary.last_heartbeat_at,
+        state: primary.state.clone(),
+    }
+}
+
+impl From<Member> for SessionPresence {
+    fn from(m: Member) -> Self {
+        SessionPresence {
+            session_id: m.session_id,
+            user_id: m.user_id,
+            handle: m.handle,
+            status: m.status,
+            last_heartbeat_at: m.last_heartbeat_at,
+            state: m.state,
+        }
+    }
 }
 
 #[cfg(test)]

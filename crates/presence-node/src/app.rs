@@ -79,6 +79,7 @@ impl App {
             io.clone(),
             node_id.clone(),
             store.clone(),
+            clock.clone(),
             config.emit_debounce(),
             // A live client heartbeats (and so re-creates its session) within this.
             Duration::from_millis(timings.heartbeat_timeout_ms.max(0) as u64),

@@ -45,7 +45,7 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_KEY_PREFIX", default_value = "presence")]
     pub key_prefix: String,
 
-    /// Connections to Redis.
+    /// Connections to Redis (on Redis Cluster, to each master).
     #[arg(long, env = "PRESENCE_REDIS_POOL_SIZE", default_value_t = 4)]
     pub redis_pool_size: usize,
 

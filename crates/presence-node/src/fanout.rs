@@ -1,28 +1,31 @@
 //! Fan-out: turning store events into per-room diffs for this node's sockets.
 //!
-//! Each room with local sockets has a *hub*, a small task that keeps the last
-//! view it sent. A hub follows its room's events (on Redis: subscribes to
-//! the room's channel) for as long as it lives, so a node receives the
-//! events of exactly the rooms it has sockets in, and emits to its own
-//! sockets only: each client gets each change once, however many nodes
-//! run. When the room changes it reads the room's view, sends the diff
-//! against the last one to the room's sockets, and keeps the new view.
+//! Each room with local sockets has a *hub*, a small task that keeps the
+//! room's view ([`LiveRoom`]). A hub follows its room's events (on Redis:
+//! subscribes to the room's channel) for as long as it lives, so a node
+//! receives the events of exactly the rooms it has sockets in, and emits to
+//! its own sockets only: each client gets each change once, however many
+//! nodes run. Each event carries the room's version and the member it
+//! changed, and the hub applies it to its view: the cost of a change is that
+//! of the change, not of the room. The hub reads the room whole only when it
+//! starts, when a version is missing (an event lost or lagged), and after the
+//! store resubscribed; so a lost event delays a diff, it never corrupts one.
 //! Diffs are throttled per room: at most one every `emitDebounceMs`; a change
 //! after a quiet spell goes out at once, later ones in the window are
-//! coalesced into one diff.
+//! coalesced into one diff, computed from the entries that changed.
 //!
 //! Joiners are served by the hub too: their snapshot is the very view the
 //! next diff is computed from, and they enter the Socket.IO room only after
 //! their snapshot was queued, so every diff a client gets applies to what it
-//! already has. Since the hub re-reads the room rather than trusting event
-//! contents, a lost or lagged event only delays a diff, it never corrupts one.
+//! already has. A joiner's snapshot waits (briefly) for the event of its own
+//! join, so that it shows the joiner; if that event is late, the room is read.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use presence_core::diff::diff;
-use presence_core::{NodeId, RoomId, RoomView};
+use presence_core::live::{Applied, LiveRoom};
+use presence_core::{Clock, NodeId, PresenceEvent, RoomId};
 use presence_store::{PresenceStore, SessionRef, Signal};
 use socketioxide::extract::{AckSender, SocketRef};
 use socketioxide::socket::Sid;
@@ -41,12 +44,20 @@ pub enum Reply {
     Snapshot,
 }
 
+/// How long a joiner's snapshot waits for the event of its join before the
+/// hub reads the room instead.
+const JOIN_EVENT_WAIT: Duration = Duration::from_millis(50);
+
 enum HubMsg {
-    Changed,
+    /// The room's next event.
+    Event(PresenceEvent),
+    /// Events may have been lost (the stream lagged): read the room.
+    Reread,
     /// The store's subscription was re-established: events may be lost, and
     /// the store may have lost its data (Redis restarted empty).
     Resync,
-    Join(SocketRef, Reply),
+    /// A socket to add, with the room version its snapshot must reach.
+    Join(SocketRef, Reply, u64),
     Leave(SocketRef),
 }
 
@@ -60,6 +71,8 @@ struct Inner {
     io: SocketIo,
     node_id: NodeId,
     store: Arc<dyn PresenceStore>,
+    /// The clock of snapshots' `generatedAt`.
+    clock: Arc<dyn Clock>,
     debounce: Duration,
     /// How long after a resync a hub shows no one leaving (see [`Hub::hold_until`]).
     hold: Duration,
@@ -67,12 +80,13 @@ struct Inner {
 }
 
 impl Fanout {
-    /// Hubs that emit through `io` and read views from `store`, on node
+    /// Hubs that emit through `io` and read rooms from `store`, on node
     /// `node_id`; after a resync they show no one leaving for `hold`.
     pub fn new(
         io: SocketIo,
         node_id: NodeId,
         store: Arc<dyn PresenceStore>,
+        clock: Arc<dyn Clock>,
         debounce: Duration,
         hold: Duration,
     ) -> Self {
@@ -81,6 +95,7 @@ impl Fanout {
                 io,
                 node_id,
                 store,
+                clock,
                 debounce,
                 hold,
                 hubs: Mutex::new(HashMap::new()),
@@ -109,7 +124,8 @@ impl Fanout {
                     ev = rx.recv() => match ev {
                         Ok(ev) => {
                             crate::metrics::event(ev.kind.as_str());
-                            this.send_existing(&ev.room_id, HubMsg::Changed)
+                            let room = ev.room_id.clone();
+                            this.send_existing(&room, HubMsg::Event(ev))
                         }
                         Err(broadcast::error::RecvError::Lagged(n)) => {
                             tracing::warn!(missed = n, "event stream lagged; re-reading every room");
@@ -140,7 +156,7 @@ impl Fanout {
     }
 
     fn wake_all(&self) {
-        self.wake_all_with(|| HubMsg::Changed);
+        self.wake_all_with(|| HubMsg::Reread);
     }
 
     fn wake_all_with(&self, msg: impl Fn() -> HubMsg) {
@@ -149,10 +165,11 @@ impl Fanout {
         }
     }
 
-    /// Adds `socket` to `room` after sending it a snapshot (see [`Reply`]).
-    pub fn join(&self, room: &RoomId, socket: SocketRef, reply: Reply) {
+    /// Adds `socket` to `room` after sending it a snapshot (see [`Reply`])
+    /// of the room at version `seq` or later (the version its join made).
+    pub fn join(&self, room: &RoomId, socket: SocketRef, reply: Reply, seq: u64) {
         let mut hubs = self.inner.lock();
-        let msg = HubMsg::Join(socket, reply);
+        let msg = HubMsg::Join(socket, reply, seq);
         let msg = match hubs.get(room) {
             Some(tx) => match tx.send(msg) {
                 Ok(()) => return,
@@ -219,16 +236,21 @@ struct Hub {
     room: RoomId,
     /// The sockets that got the room's snapshot and are in its Socket.IO room.
     members: HashMap<Sid, SocketRef>,
-    pending: Vec<(SocketRef, Reply)>,
-    last: Option<RoomView>,
+    /// Joiners waiting for a snapshot at the version named with them, since when.
+    pending: Vec<(SocketRef, Reply, u64, Instant)>,
+    /// The room's view; `None` until the first read.
+    live: Option<LiveRoom>,
+    /// The view has changes not yet sent.
     dirty: bool,
+    /// The room must be read whole at the next flush.
+    reread: bool,
     /// Until when, after a resync, the hub shows no one leaving. Redis may
     /// have come back empty: each session is re-created by its node as soon
     /// as its client heartbeats (within the heartbeat timeout), and observers
     /// must not see everyone leave and come back meanwhile. Whoever is still
     /// missing when it ends is removed then, in one diff.
     hold_until: Option<Instant>,
-    /// A flush during the hold kept someone the room no longer had: flush
+    /// A read during the hold kept someone the room no longer had: read
     /// again when the hold ends.
     holding: bool,
 }
@@ -241,7 +263,7 @@ async fn run_hub(inner: Arc<Inner>, room: RoomId, mut rx: mpsc::UnboundedReceive
         let err = WireError::from(e);
         loop {
             while let Ok(msg) = rx.try_recv() {
-                if let HubMsg::Join(socket, reply) = msg {
+                if let HubMsg::Join(socket, reply, _) = msg {
                     answer_error(socket, reply, &err);
                 }
             }
@@ -255,14 +277,21 @@ async fn run_hub(inner: Arc<Inner>, room: RoomId, mut rx: mpsc::UnboundedReceive
         room: room.clone(),
         members: HashMap::new(),
         pending: Vec::new(),
-        last: None,
+        live: None,
         dirty: false,
+        reread: false,
         hold_until: None,
         holding: false,
     };
     let mut next_flush = Instant::now();
     loop {
-        let wake_at = if hub.dirty || !hub.pending.is_empty() {
+        let wake_at = if hub.dirty || hub.reread {
+            Some(next_flush)
+        } else if let Some(since) = hub.waiting_since() {
+            // Joiners go at once when the view has their join, else when
+            // their wait ends.
+            Some(next_flush.max(since + JOIN_EVENT_WAIT))
+        } else if !hub.pending.is_empty() {
             Some(next_flush)
         } else if hub.holding {
             hub.hold_until
@@ -291,15 +320,25 @@ async fn run_hub(inner: Arc<Inner>, room: RoomId, mut rx: mpsc::UnboundedReceive
 impl Hub {
     async fn handle(&mut self, msg: HubMsg) {
         match msg {
-            HubMsg::Changed => self.dirty = true,
+            HubMsg::Event(ev) => match self.live.as_mut().map(|l| l.apply(&ev)) {
+                Some(Applied::Applied) => self.dirty = true,
+                Some(Applied::Stale) => {}
+                Some(Applied::Gap) => self.reread = true,
+                // Not read yet: the first read will have it.
+                None => {}
+            },
+            HubMsg::Reread => self.reread = true,
             HubMsg::Resync => {
-                self.dirty = true;
+                self.reread = true;
                 self.hold_until = Some(Instant::now() + self.inner.hold);
             }
-            HubMsg::Join(socket, reply) => self.pending.push((socket, reply)),
+            HubMsg::Join(socket, reply, seq) => {
+                self.pending.push((socket, reply, seq, Instant::now()))
+            }
             HubMsg::Leave(socket) => {
-                if self.pending.iter().any(|(s, _)| s.id == socket.id) {
+                if self.pending.iter().any(|(s, ..)| s.id == socket.id) {
                     // Answer its join before it goes.
+                    self.reread |= self.waiting_since().is_some();
                     self.flush().await;
                 }
                 self.members.remove(&socket.id);
@@ -308,58 +347,107 @@ impl Hub {
         }
     }
 
+    /// When the earliest joiner whose join the view does not show yet came.
+    fn waiting_since(&self) -> Option<Instant> {
+        let seq = self.live.as_ref()?.seq();
+        self.pending
+            .iter()
+            .filter(|(.., want, _)| *want > seq)
+            .map(|(.., since)| *since)
+            .min()
+    }
+
+    /// Reads the room whole into the view (keeping, during a hold, whoever
+    /// the read lacks). False when the store could not be read: the
+    /// joiners waiting were told.
+    async fn read(&mut self) -> bool {
+        crate::metrics::room_read();
+        let read = match self.inner.store.room_members(&self.room).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(room_id = %self.room, error = %e, "cannot read room");
+                let err = WireError::from(e);
+                for (socket, reply, ..) in self.pending.drain(..) {
+                    answer_error(socket, reply, &err);
+                }
+                return false;
+            }
+        };
+        let mut members = read.members;
+        match (&self.live, self.hold_until) {
+            (Some(live), Some(until)) if Instant::now() < until => {
+                let have: std::collections::HashSet<_> =
+                    members.iter().map(|m| m.session_id.clone()).collect();
+                let kept: Vec<_> = live
+                    .members()
+                    .filter(|m| !have.contains(&m.session_id))
+                    .cloned()
+                    .collect();
+                self.holding = !kept.is_empty();
+                members.extend(kept);
+            }
+            _ => {
+                self.hold_until = None;
+                self.holding = false;
+            }
+        }
+        match &mut self.live {
+            Some(live) => live.reset(read.seq, members),
+            None => self.live = Some(LiveRoom::new(self.room.clone(), read.seq, members)),
+        }
+        self.reread = false;
+        true
+    }
+
     async fn flush(&mut self) {
         // A socket that closed without a leave reaching the hub is not kept:
         // the hub (and the node's subscription to the room) must not outlive
         // its last live socket.
         self.members.retain(|_, s| s.connected());
-        let read = match self.inner.store.room_view(&self.room).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(room_id = %self.room, error = %e, "cannot read room view");
-                let err = WireError::from(e);
-                for (socket, reply) in self.pending.drain(..) {
-                    answer_error(socket, reply, &err);
-                }
-                return;
-            }
+        let hold_over = self.holding && self.hold_until.is_none_or(|u| Instant::now() >= u);
+        let late = self
+            .waiting_since()
+            .is_some_and(|since| since.elapsed() >= JOIN_EVENT_WAIT);
+        let read = self.live.is_none() || self.reread || hold_over || late;
+        if read && !self.read().await {
+            return;
+        }
+        let Some(live) = self.live.as_mut() else {
+            return;
         };
-        let view = match (&self.last, self.hold_until) {
-            (Some(last), Some(until)) if Instant::now() < until => {
-                let held = read.clone().keeping(last);
-                self.holding = held.sessions.len() > read.sessions.len();
-                held
+        let d = live.take_diff();
+        if !d.is_empty() {
+            crate::metrics::diff_sent();
+            if let Err(e) = self
+                .inner
+                .io
+                .to(self.room.as_str().to_owned())
+                .emit("presence:diff", &d)
+                .await
+            {
+                tracing::debug!(room_id = %self.room, error = %e, "diff broadcast failed");
             }
-            _ => {
-                self.hold_until = None;
-                self.holding = false;
-                read
-            }
-        };
-        if let Some(last) = &self.last {
-            let d = diff(last, &view);
-            if !d.is_empty() {
-                crate::metrics::diff_sent();
-                if let Err(e) = self
-                    .inner
-                    .io
-                    .to(self.room.as_str().to_owned())
-                    .emit("presence:diff", &d)
-                    .await
-                {
-                    tracing::debug!(room_id = %self.room, error = %e, "diff broadcast failed");
-                }
-            }
+        }
+        self.dirty = false;
+        // Joiners whose join the view shows; the others wait for its event.
+        // A read came after every join queued (and a room that emptied may
+        // start its versions again): it serves them all.
+        let seq = live.seq();
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .pending
+            .drain(..)
+            .partition(|(.., want, _)| read || *want <= seq);
+        self.pending = waiting;
+        if ready.is_empty() {
+            return;
         }
         // Serialized once for every joiner of this flush (in a big room the
         // snapshot is most of the work).
-        let snapshot = if self.pending.is_empty() {
-            None
-        } else {
-            serde_json::value::to_raw_value(&view).ok()
+        let view = live.view(self.inner.clock.now_ms());
+        let Ok(snapshot) = serde_json::value::to_raw_value(&view) else {
+            return;
         };
-        for (socket, reply) in self.pending.drain(..) {
-            let Some(snapshot) = &snapshot else { break };
+        for (socket, reply, ..) in ready {
             if !socket.connected() {
                 continue;
             }
@@ -368,9 +456,9 @@ impl Hub {
                     ok: True,
                     room_id: &self.room,
                     me: (&me).into(),
-                    snapshot,
+                    snapshot: &snapshot,
                 }),
-                Reply::Snapshot => socket.emit("presence:snapshot", snapshot),
+                Reply::Snapshot => socket.emit("presence:snapshot", &snapshot),
             };
             if sent.is_ok() {
                 crate::metrics::snapshot_sent();
@@ -378,8 +466,6 @@ impl Hub {
                 self.members.insert(socket.id, socket);
             }
         }
-        self.last = Some(view);
-        self.dirty = false;
     }
 }
 

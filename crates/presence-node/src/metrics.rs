@@ -53,6 +53,11 @@ pub fn diff_sent() {
     metrics::counter!("presence_diffs_total").increment(1);
 }
 
+/// A room read whole by a hub (not per change: see fanout.rs).
+pub fn room_read() {
+    metrics::counter!("presence_room_reads_total").increment(1);
+}
+
 /// A snapshot sent to one socket (join ack or resume).
 pub fn snapshot_sent() {
     metrics::counter!("presence_snapshots_total").increment(1);

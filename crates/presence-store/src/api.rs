@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use presence_core::view::Entries;
+use presence_core::view::{Entries, Member};
 use presence_core::{
     Activity, JsonMap, Millis, NodeId, PresenceEvent, RoomId, RoomView, SessionId, UserId,
     UserSummary,
@@ -189,6 +189,17 @@ pub struct SweepReport {
     pub skipped: u64,
 }
 
+/// A room's members as one read found them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoomMembers {
+    /// The room's version.
+    pub seq: u64,
+    /// When they were read (the store's clock).
+    pub read_at: Millis,
+    /// Every session in the room, as the room keeps it.
+    pub members: Vec<Member>,
+}
+
 /// What [`PresenceStore::ping`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Health {
@@ -252,8 +263,15 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// leader that was paused past its lease cannot act after its successor.
     async fn sweep(&self, term: u64) -> Result<SweepReport, StoreError>;
 
+    /// The room's members now, at the room's version (one read: what a
+    /// follower of the room starts from, or re-reads after a gap).
+    async fn room_members(&self, room: &RoomId) -> Result<RoomMembers, StoreError>;
+
     /// The room's presence now.
-    async fn room_view(&self, room: &RoomId) -> Result<RoomView, StoreError>;
+    async fn room_view(&self, room: &RoomId) -> Result<RoomView, StoreError> {
+        let m = self.room_members(room).await?;
+        Ok(RoomView::build(room.clone(), m.seq, m.read_at, m.members))
+    }
 
     /// The room's counts, in O(1).
     async fn room_stats(&self, room: &RoomId) -> Result<RoomStats, StoreError>;

@@ -248,6 +248,35 @@ cases! {
         assert_eq!(e.ts, T0);
     }
 
+    /// Events carry the member as the room keeps it: a follower that
+    /// applies them to its first read holds exactly what a fresh read shows.
+    async fn a_rooms_events_rebuild_its_view(store, env) {
+        let mut rx = subscribe(store, &["doc"]).await;
+        let first = store.room_members(&rid("doc")).await.unwrap();
+        let mut live = presence_core::live::LiveRoom::new(rid("doc"), first.seq, first.members);
+        let a = claim(store, "alice", "s1").await;
+        let b = claim(store, "bob", "s2").await;
+        let mut named = hello("alice", Some("s3"));
+        named.handle = Some("Alice".into());
+        let c = store.hello(named).await.unwrap();
+        let c = SessionRef { session_id: c.session_id, epoch: c.epoch };
+        store.join(&a, &rid("doc"), Some(obj(json!({ "x": 1 })))).await.unwrap();
+        store.join(&b, &rid("doc"), None).await.unwrap();
+        store.join(&c, &rid("doc"), None).await.unwrap();
+        env.clock.advance(1_000);
+        store.update_state(&a, &rid("doc"), obj(json!({ "y": 2 }))).await.unwrap();
+        store.heartbeat(&b, Some(Activity::Idle)).await.unwrap();
+        store.heartbeat(&c, Some(Activity::Background)).await.unwrap();
+        store.leave(&a, &rid("doc")).await.unwrap();
+        for ev in drain(&mut rx).await {
+            assert!(ev.removes() || ev.member.is_some(), "{ev:?}");
+            assert_eq!(live.apply(&ev), presence_core::live::Applied::Applied, "{ev:?}");
+        }
+        let now = store.room_view(&rid("doc")).await.unwrap();
+        assert_eq!(live.view(now.generated_at), now);
+        assert_eq!(now.users["alice"].handle.as_deref(), Some("Alice"));
+    }
+
     /// A heartbeat that changes no status publishes nothing and bumps no seq.
     async fn a_plain_heartbeat_publishes_nothing(store, env) {
         let s = claim(store, "alice", "s1").await;

@@ -27,8 +27,8 @@ pub mod memory;
 pub mod redis;
 
 pub use api::{
-    Claimed, Health, Hello, Joined, Lease, NodeInfo, Online, Page, PresenceStore, RoomStats,
-    SessionRef, Signal, Superseded, SweepReport, Takeover, EVENT_BUFFER, TOMBSTONE_MS,
+    Claimed, Health, Hello, Joined, Lease, NodeInfo, Online, Page, PresenceStore, RoomMembers,
+    RoomStats, SessionRef, Signal, Superseded, SweepReport, Takeover, EVENT_BUFFER, TOMBSTONE_MS,
 };
 pub use bus::{BusMessage, EventBus, Subscribed};
 pub use error::StoreError;

@@ -10,20 +10,20 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use presence_core::event::EventStatus;
+use presence_core::event::{EventMember, EventStatus};
 use presence_core::session::Liveness;
 use presence_core::user::{derive_user, SessionSignal};
 use presence_core::view::{build_view, Member};
 use presence_core::{
-    Clock, EventKind, JsonMap, Limits, Millis, NodeId, PresenceEvent, RoomId, RoomView,
-    SessionFacts, SessionId, SessionStatus, Timings, UserId, UserSummary,
+    Clock, EventKind, JsonMap, Limits, Millis, NodeId, PresenceEvent, RoomId, SessionFacts,
+    SessionId, SessionStatus, Timings, UserId, UserSummary,
 };
 use tokio::sync::{broadcast, watch};
 
 use crate::api::{
     first_epoch, new_session_id, Claimed, Health, Hello, Joined, Lease, NodeInfo, Online, Page,
-    PresenceStore, RoomStats, SessionRef, Signal, Superseded, SweepReport, Takeover, EVENT_BUFFER,
-    TOMBSTONE_MS,
+    PresenceStore, RoomMembers, RoomStats, SessionRef, Signal, Superseded, SweepReport, Takeover,
+    EVENT_BUFFER, TOMBSTONE_MS,
 };
 use crate::error::StoreError;
 
@@ -161,6 +161,16 @@ impl MemoryStore {
             e.status.into()
         };
         let state = e.rooms.get(room).and_then(|m| m.state.clone());
+        // The member as the room keeps it, as the Redis store's events carry it.
+        let member = (!gone).then(|| {
+            let m = Self::member(e, Some(room));
+            EventMember {
+                handle: m.handle,
+                last_heartbeat_at: m.last_heartbeat_at,
+                last_active_at: m.last_active_at,
+                state_updated_at: m.state_updated_at,
+            }
+        });
         let facts = &e.facts;
         let ev = PresenceEvent {
             v: 1,
@@ -174,6 +184,7 @@ impl MemoryStore {
             status,
             state,
             ts: now,
+            member,
         };
         // No receiver is not an error: nobody is listening yet.
         let _ = self.events.send(ev);
@@ -592,21 +603,27 @@ impl PresenceStore for MemoryStore {
         Ok(report)
     }
 
-    async fn room_view(&self, room: &RoomId) -> Result<RoomView, StoreError> {
+    async fn room_members(&self, room: &RoomId) -> Result<RoomMembers, StoreError> {
         let now = self.clock.now_ms();
         let inner = self.lock();
         let Some(r) = inner.rooms.get(room) else {
-            return Ok(RoomView {
-                generated_at: now,
-                ..RoomView::empty(room.clone())
+            return Ok(RoomMembers {
+                seq: 0,
+                read_at: now,
+                members: vec![],
             });
         };
         let members = r
             .sessions
             .iter()
             .filter_map(|id| inner.sessions.get(id))
-            .map(|e| Self::member(e, Some(room)));
-        Ok(RoomView::build(room.clone(), r.seq, now, members))
+            .map(|e| Self::member(e, Some(room)))
+            .collect();
+        Ok(RoomMembers {
+            seq: r.seq,
+            read_at: now,
+            members,
+        })
     }
 
     async fn room_stats(&self, room: &RoomId) -> Result<RoomStats, StoreError> {

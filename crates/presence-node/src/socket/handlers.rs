@@ -135,7 +135,7 @@ pub(super) async fn hello(
             conn.with_bound(|b| {
                 if b.session.epoch == claimed.epoch {
                     for room in &claimed.rooms {
-                        cx.fanout.join(room, socket.clone(), Reply::Snapshot);
+                        cx.fanout.join(room, socket.clone(), Reply::Snapshot, 0);
                     }
                 }
             });
@@ -193,15 +193,16 @@ pub(super) async fn join(
         let req = wire::join(&v, &cx.limits)?;
         let b = conn.bound()?;
         check_grant(conn, &req.room_id)?;
-        cx.store
+        let joined = cx
+            .store
             .join(&b.session, &req.room_id, req.state.clone())
             .await
             .map_err(|e| on_store_error(cx, conn, &socket, b.session.epoch, e))?;
         tracing::debug!(session_id = %b.session.session_id, room_id = %req.room_id, "join");
-        Ok((req.room_id, req.state, b.session))
+        Ok((req.room_id, req.state, b.session, joined.seq))
     }
     .await;
-    let (room, state, me) = match r {
+    let (room, state, me, seq) = match r {
         Ok(joined) => joined,
         Err(e) => return answer::<Done>(ack, "presence:join", Err(e)),
     };
@@ -219,7 +220,7 @@ pub(super) async fn join(
             *known = state;
         }
         if let Some(reply) = reply.take() {
-            cx.fanout.join(&room, socket, reply);
+            cx.fanout.join(&room, socket, reply, seq);
         }
     });
     let Some(Reply::JoinAck(ack, _)) = reply else {

@@ -19,7 +19,7 @@ pub struct RedisOptions {
     pub url: String,
     /// Prefix of every key and channel.
     pub prefix: String,
-    /// Connections in the pool.
+    /// Connections in the pool (on Redis Cluster, per master).
     pub pool_size: usize,
     /// How long a command may take before it fails with `unavailable`.
     pub command_timeout: Duration,

@@ -44,8 +44,8 @@ use fred::prelude::*;
 use presence_core::user::{derive_user, SessionSignal};
 use presence_core::view::build_view;
 use presence_core::{
-    Activity, Clock, JsonMap, Limits, Millis, NodeId, PresenceEvent, RoomId, RoomView, Timings,
-    UserId, UserSummary,
+    Activity, Clock, JsonMap, Limits, Millis, NodeId, PresenceEvent, RoomId, Timings, UserId,
+    UserSummary,
 };
 use tokio::sync::{broadcast, watch};
 
@@ -62,7 +62,7 @@ use self::session_scripts::{
 };
 use crate::api::{
     first_epoch, new_session_id, Claimed, Health, Hello, Joined, Lease, NodeInfo, Online, Page,
-    PresenceStore, RoomStats, SessionRef, Signal, Superseded, SweepReport, Takeover,
+    PresenceStore, RoomMembers, RoomStats, SessionRef, Signal, Superseded, SweepReport, Takeover,
 };
 use crate::bus::{EventBus, Subscribed};
 use crate::error::StoreError;
@@ -381,7 +381,7 @@ impl PresenceStore for RedisStore {
         self.sweep_at(self.now(), term).await
     }
 
-    async fn room_view(&self, room: &RoomId) -> Result<RoomView, StoreError> {
+    async fn room_members(&self, room: &RoomId) -> Result<RoomMembers, StoreError> {
         let now = self.now();
         let entries = self
             .run(ReadRoom {
@@ -397,7 +397,11 @@ impl PresenceStore for RedisStore {
                 }
             }
         }
-        Ok(RoomView::build(room.clone(), entries.seq, now, members))
+        Ok(RoomMembers {
+            seq: entries.seq,
+            read_at: now,
+            members,
+        })
     }
 
     async fn room_stats(&self, room: &RoomId) -> Result<RoomStats, StoreError> {
