@@ -206,6 +206,12 @@ impl Cluster {
             refreshing: tokio::sync::Mutex::new(Instant::now()),
         });
         let routing = cluster.read_slots().await?;
+        if routing.len() == 0 {
+            return Err(StoreError::Internal(
+                "the Redis Cluster serves no slot (CLUSTER SLOTS is empty): create the cluster first"
+                    .into(),
+            ));
+        }
         // At start every master must answer (as a standalone store's must).
         for server in routing.unique_primary_nodes() {
             let pool = cluster.pool_for(&server, false)?;
@@ -437,7 +443,10 @@ impl Cluster {
         if fresh {
             return;
         }
-        if let Ok(routing) = self.read_slots().await {
+        // A node that lost its view of the cluster (an empty map) does not
+        // replace a good one.
+        let read = self.read_slots().await.ok().filter(|r| r.len() > 0);
+        if let Some(routing) = read {
             for server in routing.unique_primary_nodes() {
                 // A master new in the map gets a moment to connect
                 // before commands go to it.

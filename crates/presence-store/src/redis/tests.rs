@@ -457,6 +457,27 @@ mod cluster {
     }
 
     conformance_suite!(make);
+
+    /// A cluster node that serves no slot yet is a clear error, not a hang
+    /// or a panic.
+    #[tokio::test]
+    async fn a_cluster_without_slots_is_refused_with_a_reason() {
+        let node =
+            presence_testkit::RedisServer::start_with(&["--cluster-enabled", "yes"]).unwrap();
+        let url = format!("redis-cluster://127.0.0.1:{}", node.port());
+        let clock = Arc::new(presence_core::ManualClock::new(crate::conformance::T0));
+        let r = RedisStore::connect(
+            RedisOptions::new(&url),
+            clock,
+            Timings::default(),
+            Limits::default(),
+        )
+        .await;
+        let Err(e) = r else {
+            panic!("connected to a cluster without slots")
+        };
+        assert!(e.to_string().contains("serves no slot"), "{e}");
+    }
 }
 
 /// The whole suite again over TLS (`rediss://`, a private CA).
