@@ -69,16 +69,6 @@ impl LiveRoom {
         self.seq
     }
 
-    /// Sessions in the room.
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    /// True when no session is in the room.
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
     /// The sessions in the room now.
     pub fn members(&self) -> impl Iterator<Item = &Member> {
         self.members.values()

@@ -36,6 +36,7 @@ const SETTLE: Duration = Duration::from_secs(2);
 /// The subscriber connections of one bus.
 pub(crate) struct Listener {
     kind: Kind,
+    /// The messages of every master's subscriber (on Cluster).
     messages: broadcast::Sender<Message>,
     reconnects: broadcast::Sender<()>,
     /// Until when subscribers made for masters new in the slot map may
@@ -90,7 +91,7 @@ impl Listener {
         match &listener.kind {
             Kind::Single(client) => {
                 client.init().await.map_err(conn::connect_error)?;
-                listener.forward(client);
+                listener.forward_reconnects(client);
             }
             Kind::Cluster { cluster, .. } => {
                 for server in cluster.servers() {
@@ -106,7 +107,11 @@ impl Listener {
 
     /// Every message of every subscriber connection.
     pub fn messages(&self) -> broadcast::Receiver<Message> {
-        self.messages.subscribe()
+        match &self.kind {
+            // One connection: its own stream, with no hop in between.
+            Kind::Single(client) => client.message_rx(),
+            Kind::Cluster { .. } => self.messages.subscribe(),
+        }
     }
 
     /// A message after each (re)connection of a subscriber, and after a
@@ -226,8 +231,10 @@ impl Listener {
             .insert(server.clone(), client.clone());
     }
 
-    /// Passes `client`'s messages and reconnects on to the bus.
+    /// Passes the messages and reconnects of one master's subscriber on to
+    /// the bus.
     fn forward(&self, client: &SubscriberClient) {
+        self.forward_reconnects(client);
         let mut rx = client.message_rx();
         let messages = self.messages.clone();
         tokio::spawn(async move {
@@ -245,6 +252,10 @@ impl Listener {
                 }
             }
         });
+    }
+
+    /// Passes `client`'s reconnects on to the bus.
+    fn forward_reconnects(&self, client: &SubscriberClient) {
         let mut rx = client.reconnect_rx();
         let reconnects = self.reconnects.clone();
         tokio::spawn(async move {

@@ -104,6 +104,31 @@ impl Route {
         .await
     }
 
+    /// [`Route::on_key`] for an operation that consumes `input` (a script's
+    /// keys and arguments): a single server gets it moved into its one
+    /// attempt; only a cluster, where a `MOVED` takes a second attempt,
+    /// copies it. `key_of` names the key in `input` that routes it.
+    pub async fn on_key_with<I, T, K, F, Fut>(
+        &self,
+        input: I,
+        key_of: K,
+        op: F,
+    ) -> Result<T, StoreError>
+    where
+        I: Clone,
+        K: Fn(&I) -> &str,
+        F: Fn(Client, I) -> Fut,
+        Fut: Future<Output = Result<T, fred::error::Error>>,
+    {
+        match self {
+            Route::Single(pool) => op(pool.next().clone(), input).await.map_err(unavailable),
+            Route::Cluster(c) => {
+                c.on_key(key_of(&input), |client| op(client, input.clone()))
+                    .await
+            }
+        }
+    }
+
     /// A connection for a command that names no key (`INFO`).
     pub fn any(&self) -> Client {
         match self {

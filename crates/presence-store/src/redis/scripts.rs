@@ -125,17 +125,20 @@ impl Scripts {
         call: C,
     ) -> Result<C::Reply, StoreError> {
         let script = C::script(self);
-        let (k, args) = (call.keys(keys), call.args(keys));
-        // Every key of a call shares one slot: the first says where it runs.
-        let first = k.first().map(String::as_str).unwrap_or_default();
+        let input = (call.keys(keys), call.args(keys));
         let v: Value = route
-            .on_key(first, |c| {
-                let (k, args) = (k.clone(), args.clone());
-                async move { script.evalsha_with_reload(&c, k, args).await }
+            .on_key_with(input, first_key, |c, (k, args)| async move {
+                script.evalsha_with_reload(&c, k, args).await
             })
             .await?;
         C::Reply::decode(v)
     }
+}
+
+/// The first of a call's keys: every key of a call shares one slot, so it
+/// says where the call runs.
+fn first_key(input: &(Vec<String>, Vec<String>)) -> &str {
+    input.0.first().map(String::as_str).unwrap_or_default()
 }
 
 /// One call of one script: which script, its keys, its `ARGV` (in the order
