@@ -26,11 +26,12 @@ local v, uid = string.match(cur, '^(%d+)|([^|]*)')
 if tonumber(v) >= version then return 0 end
 redis.call('HDEL', members, sid)
 redis.call('ZREM', expiry, sid)
+redis.call('ZREM', KEYS[6], uid .. ' ' .. sid)
 if redis.call('HINCRBY', users, uid, -1) <= 0 then redis.call('HDEL', users, uid) end
 local seq = redis.call('INCR', seqkey)
 redis.call(publish, channel, (string.gsub(ev, '%%SEQ%%', seq)))
 if redis.call('HLEN', members) == 0 then
   -- An empty room is forgotten; its seq starts again from 1.
-  redis.call('DEL', seqkey, users, expiry)
+  redis.call('DEL', seqkey, users, expiry, KEYS[6])
 end
 return seq

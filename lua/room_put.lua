@@ -5,6 +5,7 @@
 -- KEYS[3]  seq      <prefix>:r:{<roomId>}:seq
 -- KEYS[4]  gone     <prefix>:r:{<roomId>}:g   (hash sessionId -> version it left at)
 -- KEYS[5]  expiry   <prefix>:r:{<roomId>}:x   (sorted set sessionId -> when to check its session)
+-- KEYS[6]  order    <prefix>:r:{<roomId>}:o   (sorted set '<userId> <sessionId>', page order)
 -- ARGV[1]  sessionId   ARGV[2] userId   ARGV[3] version   ARGV[4] kind (join|update|status)
 -- ARGV[5]  event JSON with a %SEQ% placeholder   ARGV[6] channel
 -- ARGV[7]  '1' when observers see a change (else the member is updated quietly)
@@ -41,6 +42,7 @@ else
   local left = redis.call('HGET', gone, sid)
   if left and tonumber(left) >= version then return { 0, 0, 0 } end
   redis.call('HINCRBY', users, uid, 1)
+  redis.call('ZADD', KEYS[6], 0, uid .. ' ' .. sid)
   redis.call('HDEL', gone, sid)
   visible = true
 end

@@ -141,3 +141,47 @@ test("a stored session id that is not the user's starts a new session", async ()
   mallory.close();
   await ctx.close();
 });
+
+test("a large room shows counts and a pageable member list, and the viewer's own tabs", async () => {
+  // Default timings: the members here do not heartbeat.
+  const big = await startNode({ "--emit-debounce-ms": 50, "--full-view-max-members": 3 });
+  const members = [];
+  try {
+    for (let i = 0; i < 24; i++) {
+      const s = io(big.url, { forceNew: true, reconnection: false, transports: ["websocket"] });
+      members.push(s);
+      await new Promise((r) => s.once("connect", r));
+      const h = await s.timeout(5000).emitWithAck("presence:hello", { userId: `m${String(i).padStart(2, "0")}` });
+      const j = await s.timeout(5000).emitWithAck("presence:join", { roomId: "bigdemo" });
+      assert.ok(h.ok && j.ok);
+      s.on("presence:diff", () => {});
+    }
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    await page.goto(`${big.url}/?name=zed&room=bigdemo`);
+    await until(async () => /^25 users: /.test(await page.textContent("#counts")), "counts of 25 users");
+    assert.equal(await page.isVisible("#pager"), true);
+    const names = () => page.$$eval("#users .user b", (bs) => bs.map((b) => b.textContent));
+    const first = await names();
+    assert.equal(first.length, 20, first.join());
+    assert.equal(first[0], "m00");
+    await page.click("#next-page");
+    await until(async () => (await page.textContent("#page-info")) === "page 2", "page 2");
+    const second = await names();
+    assert.deepEqual(second, ["m20", "m21", "m22", "m23", "zed (you)"]);
+    assert.equal(await page.isDisabled("#next-page"), true);
+    // The viewer's own tabs stay live in count view.
+    await until(async () => (await page.textContent("#my-tabs")) === "1", "one tab");
+    const tab2 = await ctx.newPage();
+    await tab2.goto(`${big.url}/?name=zed&room=bigdemo`);
+    await until(async () => (await page.textContent("#my-tabs")) === "2", "two tabs on the first");
+    // Counts follow a member leaving.
+    await until(async () => /^25 users: .*· 26 sessions/.test(await page.textContent("#counts")), "26 sessions");
+    await members[0].timeout(5000).emitWithAck("presence:leave", {});
+    await until(async () => /^24 users: .*· 25 sessions/.test(await page.textContent("#counts")), "a member left");
+    await ctx.close();
+  } finally {
+    for (const s of members) s.disconnect();
+    await big.stop();
+  }
+});

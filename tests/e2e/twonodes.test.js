@@ -102,3 +102,33 @@ test("both nodes register: /api/cluster on either lists both", async () => {
     for (const x of cl.nodes) assert.ok(x.startedAt > 0 && x.lastSeenAt >= x.startedAt);
   }
 });
+
+test("count and watch followers on node B follow members on node A", async () => {
+  const counter = await connect(b.url);
+  await call(counter, "presence:hello", { userId: "counter" });
+  const c = await call(counter, "presence:join", { roomId: "r-views", view: "count" });
+  assert.equal(c.view, "count");
+  const watcher = await connect(b.url);
+  await call(watcher, "presence:hello", { userId: "watcher" });
+  const w = await call(watcher, "presence:join", { roomId: "r-views", view: { watch: ["erin"] } });
+  assert.equal(w.view, "watch");
+  assert.deepEqual(w.snapshot.users, {});
+  const e = await connect(a.url);
+  const ee = await enter(e, "erin", "r-views");
+  const f = await connect(a.url);
+  const ef = await enter(f, "frank", "r-views");
+  await waitFor(counter, "presence:counts", (m) => m.counts.users.total === 4);
+  await waitFor(watcher, "presence:diff", (d) => d.users.erin?.status === "active");
+  await call(f, "presence:state", { roomId: "r-views", epoch: ef.epoch, patch: { t: 1 } });
+  await call(e, "presence:state", { roomId: "r-views", epoch: ee.epoch, patch: { t: 2 } });
+  await waitFor(watcher, "presence:diff", (d) => d.sessions[ee.sessionId]?.state?.t === 2);
+  const all = diffs(watcher, "r-views");
+  assert.ok(all.every((d) => !d.users.frank && !d.sessions[ef.sessionId]), JSON.stringify(all));
+  assert.equal(diffs(counter, "r-views").length, 0);
+  // Pages on node B list node A's members.
+  const p = await call(watcher, "presence:members", { roomId: "r-views", limit: 10 });
+  assert.deepEqual(Object.keys(p.users).sort(), ["counter", "erin", "frank", "watcher"]);
+  const h = await fetch(`${a.url}/api/rooms/r-views/presence?limit=2`).then((r) => r.json());
+  assert.deepEqual(Object.keys(h.users).sort(), ["counter", "erin"]);
+  assert.equal(h.nextCursor.split("~")[0], "erin");
+});

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use presence_bench::report::Report;
-use presence_bench::scenario::{drive, Plan, Run, Scenario};
+use presence_bench::scenario::{drive, Plan, Run, Scenario, View};
 use presence_bench::server::Watched;
 use presence_bench::sio::Target;
 
@@ -74,6 +74,16 @@ struct Common {
     /// Prefix of user, session and room ids (default: one per run).
     #[arg(long, global = true)]
     prefix: Option<String>,
+    /// What the sessions follow in their rooms (`presence:join`'s `view`).
+    #[arg(long, global = true, value_enum, default_value_t = View::Default)]
+    view: View,
+    /// The first N sessions of each room watch others (`view: { watch }`)
+    /// instead of following --view.
+    #[arg(long, global = true, default_value_t = 0)]
+    watchers: usize,
+    /// Users each watcher watches.
+    #[arg(long, global = true, default_value_t = 20)]
+    watch_size: usize,
     /// Exit with status 1 if any session was not set up or any error was seen.
     #[arg(long, global = true)]
     strict: bool,
@@ -200,6 +210,8 @@ async fn real_main(cli: Cli) -> i32 {
             .clone()
             .unwrap_or_else(|| format!("bench{}", stamp % 1_000_000_000)),
         jwt_secret: c.jwt_secret.clone(),
+        view: c.view,
+        watchers: (c.watchers, c.watch_size),
     };
     let run = Run::new(plan);
 

@@ -85,6 +85,24 @@ pub struct Plan {
     pub prefix: String,
     /// HS256 secret to mint each user's token with (`sub`, `rooms: ["*"]`).
     pub jwt_secret: Option<String>,
+    /// What the sessions follow in their rooms.
+    pub view: View,
+    /// The first sessions of each room that watch others instead, and how
+    /// many users each watches.
+    pub watchers: (usize, usize),
+}
+
+/// The `view` sessions join with (`--view`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum View {
+    /// No `view`: the node's default (full up to its limit, then counts).
+    #[default]
+    Default,
+    /// Every member and every diff.
+    Full,
+    /// Counts only.
+    Count,
 }
 
 /// The shared state of a run: the plan, the two phases' stats, counters.
@@ -293,9 +311,39 @@ impl Run {
         })
     }
 
+    /// What session `i` follows: a watch list for the first `watchers` of
+    /// its room (users spread over the room), else the plan's view.
+    fn view_of(&self, i: usize) -> Option<Value> {
+        let size = self.room_len();
+        let (watchers, watched) = self.plan.watchers;
+        let first = i - i % size;
+        if i % size < watchers {
+            let span = size.min(self.plan.sessions - first).max(1);
+            let users: Vec<String> = (0..watched)
+                .map(|k| format!("{}-u{}", self.plan.prefix, first + (i + 1 + k * 97) % span))
+                .collect();
+            return Some(json!({ "watch": users }));
+        }
+        match self.plan.view {
+            View::Default => None,
+            View::Full => Some(json!("full")),
+            View::Count => Some(json!("count")),
+        }
+    }
+
+    fn room_len(&self) -> usize {
+        match self.plan.scenario {
+            Scenario::Bigroom(_) | Scenario::Propagation(_) => self.plan.sessions.max(1),
+            _ => self.plan.room_size.max(1),
+        }
+    }
+
     /// `s` joins its room; the ack is timed from `due`.
     async fn join(&self, setup: bool, s: &Session, due: Instant) -> Option<Value> {
-        let join = json!({ "roomId": s.room });
+        let mut join = json!({ "roomId": s.room });
+        if let Some(v) = self.view_of(s.i) {
+            join["view"] = v;
+        }
         self.call(setup, &s.client, "join", "presence:join", &join, due)
             .await
     }

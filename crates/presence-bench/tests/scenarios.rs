@@ -66,6 +66,8 @@ fn plan(scenario: Scenario, urls: &[&str], sessions: usize) -> Plan {
         source_ips: 1,
         prefix: format!("t{}", std::process::id()),
         jwt_secret: None,
+        view: Default::default(),
+        watchers: (0, 0),
     }
 }
 

@@ -92,7 +92,7 @@ impl Timings {
     }
 }
 
-/// Size and count limits enforced on what clients send.
+/// Size and count limits: on what clients send, and on what they are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Limits {
@@ -104,6 +104,14 @@ pub struct Limits {
     pub max_rooms_per_session: usize,
     /// How many sessions one user may hold at once.
     pub max_sessions_per_user: usize,
+    /// The largest message a client is sent (its Socket.IO frame, in
+    /// bytes): larger snapshots and diffs go out in parts, pages stop short.
+    pub max_message_bytes: usize,
+    /// The most sessions a room may have for its members to follow it
+    /// whole (the `full` view); above it they follow counts.
+    pub full_view_max_members: usize,
+    /// How many users one watch list may name.
+    pub max_watch_users: usize,
 }
 
 impl Default for Limits {
@@ -113,6 +121,9 @@ impl Default for Limits {
             max_meta_bytes: 1024,
             max_rooms_per_session: 32,
             max_sessions_per_user: 32,
+            max_message_bytes: 65_536,
+            full_view_max_members: 1_000,
+            max_watch_users: 1_000,
         }
     }
 }

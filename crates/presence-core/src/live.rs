@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::diff::{diff_entries, Patchable, RoomDiff};
 use crate::event::PresenceEvent;
 use crate::ids::{RoomId, SessionId, UserId};
+use crate::page::{PageCursor, RoomCounts};
 use crate::time::Millis;
 use crate::view::{derive_user_entry, Entries, Member, RoomView, SessionPresence, UserPresence};
 
@@ -45,6 +46,18 @@ pub struct LiveRoom {
     sessions_before: BTreeMap<SessionId, Option<SessionPresence>>,
     /// The whole view as last flushed, when the room was read again since.
     all_before: Option<Entries>,
+    /// The view's users and sessions by status, kept with every change.
+    counts: RoomCounts,
+}
+
+/// What a flush sends: the diff, and the user of each session in it (a
+/// removed session's patch is `null`, and watchers follow users).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flush {
+    /// The diff since the last flush.
+    pub diff: RoomDiff,
+    /// The user of every session in `diff`.
+    pub owners: BTreeMap<SessionId, UserId>,
 }
 
 impl LiveRoom {
@@ -59,6 +72,7 @@ impl LiveRoom {
             users_before: BTreeMap::new(),
             sessions_before: BTreeMap::new(),
             all_before: None,
+            counts: RoomCounts::default(),
         };
         room.fill(members);
         room
@@ -72,6 +86,62 @@ impl LiveRoom {
     /// The sessions in the room now.
     pub fn members(&self) -> impl Iterator<Item = &Member> {
         self.members.values()
+    }
+
+    /// The view's entries now.
+    pub fn entries(&self) -> &Entries {
+        &self.entries
+    }
+
+    /// How many sessions the room has.
+    pub fn sessions(&self) -> usize {
+        self.members.len()
+    }
+
+    /// The room's users and sessions by status.
+    pub fn counts(&self) -> RoomCounts {
+        self.counts
+    }
+
+    /// A user's entry, if the user is in the room.
+    pub fn user(&self, uid: &UserId) -> Option<&UserPresence> {
+        self.entries.users.get(uid)
+    }
+
+    /// A session's entry, if it is in the room.
+    pub fn session(&self, sid: &SessionId) -> Option<&SessionPresence> {
+        self.entries.sessions.get(sid)
+    }
+
+    /// The sessions of `uid` in the room.
+    pub fn sessions_of<'a>(
+        &'a self,
+        uid: &UserId,
+    ) -> impl Iterator<Item = &'a SessionPresence> + 'a {
+        self.by_user
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .filter_map(|sid| self.entries.sessions.get(sid))
+    }
+
+    /// The members after `after` in page order (user id, then session id),
+    /// each with its user's entry.
+    pub fn members_after(
+        &self,
+        after: Option<PageCursor>,
+    ) -> impl Iterator<Item = (&UserPresence, &SessionPresence)> + '_ {
+        let range = match &after {
+            Some(c) => self.by_user.range(c.user_id.clone()..),
+            None => self.by_user.range::<UserId, _>(..),
+        };
+        range.flat_map(move |(uid, sids)| {
+            let after = after.clone();
+            let user = self.entries.users.get(uid);
+            sids.iter()
+                .filter(move |sid| after.as_ref().is_none_or(|c| c.is_before(uid, sid)))
+                .filter_map(move |sid| Some((user?, self.entries.sessions.get(sid)?)))
+        })
     }
 
     /// The view now, as read at `generated_at`.
@@ -124,12 +194,38 @@ impl LiveRoom {
         self.members.clear();
         self.by_user.clear();
         self.entries = Entries::default();
+        self.counts = RoomCounts::default();
         self.fill(members);
     }
 
     /// The diff from the view as last flushed to the view now; what it
     /// holds counts as flushed from now on.
     pub fn take_diff(&mut self) -> RoomDiff {
+        self.take_flush().diff
+    }
+
+    /// [`LiveRoom::take_diff`], with the user of each session in the diff.
+    pub fn take_flush(&mut self) -> Flush {
+        let mut owners = BTreeMap::new();
+        let mut owner = |sid: &SessionId, was: Option<&SessionPresence>| {
+            if let Some(s) = self.entries.sessions.get(sid).or(was) {
+                owners.insert(sid.clone(), s.user_id.clone());
+            }
+        };
+        match &self.all_before {
+            Some(before) => {
+                let mut keys: BTreeSet<&SessionId> = before.sessions.keys().collect();
+                keys.extend(self.entries.sessions.keys());
+                for sid in keys {
+                    owner(sid, before.sessions.get(sid));
+                }
+            }
+            None => {
+                for (sid, was) in &self.sessions_before {
+                    owner(sid, was.as_ref());
+                }
+            }
+        }
         let (users, sessions) = match self.all_before.take() {
             Some(before) => (
                 diff_entries(&before.users, &self.entries.users),
@@ -145,11 +241,15 @@ impl LiveRoom {
         };
         self.users_before.clear();
         self.sessions_before.clear();
-        RoomDiff {
-            room_id: self.room_id.clone(),
-            seq: self.seq,
-            users,
-            sessions,
+        owners.retain(|sid, _| sessions.contains_key(sid));
+        Flush {
+            diff: RoomDiff {
+                room_id: self.room_id.clone(),
+                seq: self.seq,
+                users,
+                sessions,
+            },
+            owners,
         }
     }
 
@@ -170,9 +270,7 @@ impl LiveRoom {
                 .entry(m.user_id.clone())
                 .or_default()
                 .insert(m.session_id.clone());
-            self.entries
-                .sessions
-                .insert(m.session_id.clone(), SessionPresence::from(m.clone()));
+            self.put_session(SessionPresence::from(m.clone()));
             self.members.insert(m.session_id.clone(), m);
         }
         for u in users {
@@ -195,9 +293,7 @@ impl LiveRoom {
             .entry(uid.clone())
             .or_default()
             .insert(sid.clone());
-        self.entries
-            .sessions
-            .insert(sid.clone(), SessionPresence::from(m.clone()));
+        self.put_session(SessionPresence::from(m.clone()));
         self.members.insert(sid, m);
         self.derive(&uid);
     }
@@ -207,8 +303,18 @@ impl LiveRoom {
             return;
         };
         self.note_session(sid);
-        self.entries.sessions.remove(sid);
+        if let Some(was) = self.entries.sessions.remove(sid) {
+            self.counts.sessions.sub(was.status);
+        }
         self.unlink(&old.user_id, sid);
+    }
+
+    /// Puts a session's entry, counting it by status.
+    fn put_session(&mut self, s: SessionPresence) {
+        self.counts.sessions.add(s.status);
+        if let Some(was) = self.entries.sessions.insert(s.session_id.clone(), s) {
+            self.counts.sessions.sub(was.status);
+        }
     }
 
     /// Takes `sid` from `uid`'s sessions and derives the user again.
@@ -226,12 +332,17 @@ impl LiveRoom {
     /// Derives `uid`'s entry from their sessions in the room.
     fn derive(&mut self, uid: &UserId) {
         let Some(sids) = self.by_user.get(uid) else {
-            self.entries.users.remove(uid);
+            if let Some(was) = self.entries.users.remove(uid) {
+                self.counts.users.sub_user(was.status);
+            }
             return;
         };
         let members = sids.iter().filter_map(|s| self.members.get(s));
         let user = derive_user_entry(uid, members);
-        self.entries.users.insert(uid.clone(), user);
+        self.counts.users.add_user(user.status);
+        if let Some(was) = self.entries.users.insert(uid.clone(), user) {
+            self.counts.users.sub_user(was.status);
+        }
     }
 
     fn note_user(&mut self, uid: &UserId) {
@@ -398,7 +509,13 @@ mod tests {
                     }
                     Step::Reset => live.reset(seq, truth.values().cloned()),
                     Step::Flush => {
-                        crate::diff::apply(&mut client, live.take_diff()).unwrap();
+                        let flush = live.take_flush();
+                        for sid in flush.diff.sessions.keys() {
+                            let n: u8 = sid.as_str()[1..].parse().unwrap();
+                            let owner = flush.owners.get(sid).map(|u| u.as_str().to_owned());
+                            prop_assert_eq!(owner, Some(format!("u{}", n % 4)));
+                        }
+                        crate::diff::apply(&mut client, flush.diff).unwrap();
                         // Equal but for timestamps, which alone are no change.
                         let built = RoomView::build(room.clone(), seq, 0, truth.values().cloned());
                         let left = crate::diff::diff(&client, &built);
@@ -407,7 +524,26 @@ mod tests {
                     }
                 }
                 let built = RoomView::build(room.clone(), seq, 0, truth.values().cloned());
-                prop_assert_eq!(live.view(0), built);
+                prop_assert_eq!(live.view(0), built.clone());
+                prop_assert_eq!(live.counts(), RoomCounts::of(built.users.values(), built.sessions.values()));
+                // Pages of 3 cover every member once, in order, with whole user entries.
+                let (mut after, mut seen) = (None, Vec::new());
+                loop {
+                    let page = crate::page::PageBuilder::new(3, None).fill(live.members_after(after.clone()));
+                    let mut keys: Vec<_> = page.sessions.values().map(|s| (s.user_id.clone(), s.session_id.clone())).collect();
+                    keys.sort();
+                    seen.extend(keys);
+                    for (uid, u) in &page.users {
+                        prop_assert_eq!(Some(u), built.users.get(uid));
+                    }
+                    match page.next_cursor {
+                        Some(c) => after = Some(c),
+                        None => break,
+                    }
+                }
+                let mut all: Vec<_> = built.sessions.values().map(|s| (s.user_id.clone(), s.session_id.clone())).collect();
+                all.sort();
+                prop_assert_eq!(seen, all);
             }
         }
     }

@@ -3,9 +3,13 @@
 //! each, so that a field is named and shaped in one place (error acks are
 //! [`WireError`](crate::wire::WireError)s).
 
-use presence_core::{Limits, NodeId, RoomId, SessionId, Timings, UserId};
+use presence_core::{
+    Limits, Millis, NodeId, Page, RoomCounts, RoomId, SessionId, SessionPresence, Timings, UserId,
+    UserPresence,
+};
 use presence_store::{SessionRef, Signal};
 use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
 
 /// `ok: true` of every successful ack.
 #[derive(Debug, Clone, Copy, Default)]
@@ -82,21 +86,153 @@ pub struct SessionEnded<'a> {
     pub rooms: &'a [RoomId],
 }
 
-/// The ack of `presence:join`. It carries the room's snapshot as already
-/// serialized (once for every joiner of a flush): a `json!` would turn it
-/// back into a `Value` tree for every joiner, parsing megabytes in a big room.
+/// The ack of `presence:join`. What it carries beside the counts and the
+/// joiner's own entries is already serialized (once for every joiner of a
+/// flush): a `json!` would turn it back into a `Value` tree for every
+/// joiner, parsing megabytes in a big room.
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct JoinAck<'a> {
     /// Always true.
     pub ok: True,
     /// The room.
-    #[serde(rename = "roomId")]
     pub room_id: &'a RoomId,
     /// The joiner's own session.
     #[serde(rename = "self")]
     pub me: JoinSelf<'a>,
-    /// The room's view, the base of the diffs that follow.
-    pub snapshot: &'a serde_json::value::RawValue,
+    /// What the room holds and the client follows.
+    #[serde(flatten)]
+    pub opening: Opening<'a>,
+    /// The first part of the snapshot (`full` and `watch` views): the base
+    /// of the diffs that follow; its other parts follow as `presence:snapshot`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotPart<'a>>,
+}
+
+/// What a joiner (or a resumed session, per room) is told besides the
+/// snapshot: the view it follows, the counts, its own entries, the first page.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Opening<'a> {
+    /// `full`, `count` or `watch`.
+    pub view: &'static str,
+    /// Why the view is not the one asked for (`room_too_large`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub view_reason: Option<&'static str>,
+    /// The room's version all of this is at.
+    pub seq: u64,
+    /// When it was read.
+    pub generated_at: Millis,
+    /// Users and sessions by status.
+    pub counts: RoomCounts,
+    /// The client's own user and session as the room shows them.
+    pub me: Me<'a>,
+    /// The first page of members (`{ users, sessions, nextCursor? }`).
+    pub page: &'a RawValue,
+}
+
+/// The client's own entries.
+#[derive(Serialize)]
+pub struct Me<'a> {
+    /// Its user.
+    pub user: Option<&'a UserPresence>,
+    /// Its session.
+    pub session: Option<&'a SessionPresence>,
+}
+
+/// One part of a snapshot or a diff: the object of `presence:snapshot` (and
+/// the `snapshot` of a join ack) or of `presence:diff`. `part`/`parts` only
+/// when there are several.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotPart<'a> {
+    /// The room.
+    pub room_id: &'a RoomId,
+    /// The room's version (a diff's: the version it brings the client to).
+    pub seq: u64,
+    /// When a snapshot was read (diffs have none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generated_at: Option<Millis>,
+    /// This part's users (a diff's: `null` for gone).
+    pub users: &'a RawValue,
+    /// This part's sessions.
+    pub sessions: &'a RawValue,
+    /// Which part (from 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub part: Option<usize>,
+    /// How many parts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parts: Option<usize>,
+    /// On the first `presence:snapshot` of a resumed session's room: the view
+    /// and counts, as a join ack has them.
+    #[serde(flatten)]
+    pub opening: Option<Opening<'a>>,
+}
+
+/// `presence:counts`: a count or watch view's counts changed.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CountsMsg<'a> {
+    /// The room.
+    pub room_id: &'a RoomId,
+    /// The room's version.
+    pub seq: u64,
+    /// Users and sessions by status.
+    pub counts: RoomCounts,
+}
+
+/// `presence:view`: the client now follows another view.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ViewMsg<'a> {
+    /// The room.
+    pub room_id: &'a RoomId,
+    /// The view from now on (`count`).
+    pub view: &'static str,
+    /// Why (`room_too_large`).
+    pub reason: &'static str,
+    /// The room's version.
+    pub seq: u64,
+    /// Users and sessions by status.
+    pub counts: RoomCounts,
+}
+
+/// The ack of `presence:members`: one page.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MembersAck<'a> {
+    /// Always true.
+    pub ok: True,
+    /// The room.
+    pub room_id: &'a RoomId,
+    /// The room's version the page was read at.
+    pub seq: u64,
+    /// When it was read.
+    pub generated_at: Millis,
+    /// The page's users and sessions, and `nextCursor`.
+    #[serde(flatten)]
+    pub page: &'a Page,
+}
+
+/// The ack of `presence:watch`: the watched users' entries follow the same
+/// way as a join's snapshot.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchAck<'a> {
+    /// Always true.
+    pub ok: True,
+    /// The room.
+    pub room_id: &'a RoomId,
+    /// `watch`.
+    pub view: &'static str,
+    /// How many users are watched.
+    pub watching: usize,
+    /// The room's version.
+    pub seq: u64,
+    /// Users and sessions by status.
+    pub counts: RoomCounts,
+    /// The first part of the watched users' entries.
+    pub snapshot: SnapshotPart<'a>,
 }
 
 /// The joiner's own session, in its [`JoinAck`].

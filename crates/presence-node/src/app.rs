@@ -80,9 +80,12 @@ impl App {
             node_id.clone(),
             store.clone(),
             clock.clone(),
-            config.emit_debounce(),
-            // A live client heartbeats (and so re-creates its session) within this.
-            Duration::from_millis(timings.heartbeat_timeout_ms.max(0) as u64),
+            (
+                config.emit_debounce(),
+                // A live client heartbeats (and so re-creates its session) within this.
+                Duration::from_millis(timings.heartbeat_timeout_ms.max(0) as u64),
+            ),
+            config.limits(),
         );
         Ok(App {
             node: Arc::new(LocalNode::new(node_id, addr, clock)),

@@ -104,6 +104,20 @@ pub struct Config {
     /// Rooms one session may be in at once.
     #[arg(long, env = "PRESENCE_MAX_ROOMS_PER_SESSION", default_value_t = 32)]
     pub max_rooms_per_session: usize,
+    /// Largest message sent to a client (bytes of its Socket.IO frame):
+    /// bigger snapshots and diffs are sent in parts and pages stop short, so
+    /// that no connection's write buffer grows past it.
+    #[arg(long, env = "PRESENCE_MAX_MESSAGE_BYTES", default_value_t = 65_536)]
+    pub max_message_bytes: usize,
+    /// Most sessions a room may have for its members to follow it whole
+    /// (the `full` view: every member, every diff); above it they follow
+    /// counts, and may page and watch.
+    #[arg(long, env = "PRESENCE_FULL_VIEW_MAX_MEMBERS", default_value_t = 1_000)]
+    pub full_view_max_members: usize,
+    /// Users one watch list may name (`view: { watch }`, `presence:watch`):
+    /// what a hub indexes and filters each flush for a watcher.
+    #[arg(long, env = "PRESENCE_MAX_WATCH_USERS", default_value_t = 1_000)]
+    pub max_watch_users: usize,
     /// Largest Socket.IO message; a larger one closes the connection.
     #[arg(long, env = "PRESENCE_MAX_PAYLOAD_BYTES", default_value_t = 65_536)]
     pub max_payload_bytes: u64,
@@ -184,6 +198,9 @@ impl Config {
             max_meta_bytes: self.max_meta_bytes,
             max_rooms_per_session: self.max_rooms_per_session,
             max_sessions_per_user: self.max_sessions_per_user,
+            max_message_bytes: self.max_message_bytes,
+            full_view_max_members: self.full_view_max_members,
+            max_watch_users: self.max_watch_users,
         }
     }
 
@@ -217,6 +234,14 @@ impl Config {
         self.node_id()?;
         if self.max_rooms_per_session == 0 {
             return Err("PRESENCE_MAX_ROOMS_PER_SESSION must be > 0".into());
+        }
+        // One member and its user, with the largest states, must fit in a
+        // message, or a page could not move on.
+        let least = 2 * self.max_state_bytes + 8_192;
+        if self.max_message_bytes < least {
+            return Err(ConfigError(format!(
+                "PRESENCE_MAX_MESSAGE_BYTES must be at least 2 × PRESENCE_MAX_STATE_BYTES + 8192 ({least})"
+            )));
         }
         if self.max_payload_bytes < 1024 {
             return Err("PRESENCE_MAX_PAYLOAD_BYTES must be at least 1024".into());

@@ -338,8 +338,47 @@ async fn whos_online(
     Ok(Json(body))
 }
 
-async fn room_presence(State(api): State<ApiState>, Path(raw): Path<String>) -> ApiResult {
+/// The whole room, or with `cursor` or `limit` one page of it (members
+/// by user id then session id; `limit` 1..=1000, 100 when absent).
+async fn room_presence(
+    State(api): State<ApiState>,
+    Path(raw): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
     let room = room_id(&raw)?;
+    if q.contains_key("cursor") || q.contains_key("limit") {
+        use presence_core::page::{DEFAULT_PAGE, MAX_PAGE};
+        let limit = match q.get("limit") {
+            None => DEFAULT_PAGE,
+            Some(l) => l
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE).contains(n))
+                .ok_or_else(|| {
+                    WireError::bad("limit", format!("must be an integer in 1..={MAX_PAGE}"))
+                })?,
+        };
+        let after = match q.get("cursor").filter(|c| !c.is_empty()) {
+            None => None,
+            Some(c) => Some(
+                c.parse::<presence_core::PageCursor>()
+                    .map_err(|e| WireError::bad("cursor", e))?,
+            ),
+        };
+        let p = api.store.room_page(&room, after.as_ref(), limit).await?;
+        let mut body = json!({
+            "ok": true,
+            "roomId": room,
+            "seq": p.seq,
+            "generatedAt": p.read_at,
+            "users": p.page.users,
+            "sessions": p.page.sessions,
+        });
+        if let Some(c) = p.page.next_cursor {
+            body["nextCursor"] = json!(c.to_string());
+        }
+        return Ok(Json(body));
+    }
     let v = api.store.room_view(&room).await?;
     Ok(Json(json!({
         "ok": true,

@@ -4,6 +4,9 @@
 //! Every payload is checked here before anything else sees it (ids, sizes,
 //! types); the rest of the node only handles typed, valid requests.
 
+use std::collections::BTreeSet;
+
+use presence_core::page::{PageCursor, DEFAULT_PAGE, JOIN_PAGE, MAX_JOIN_PAGE, MAX_PAGE};
 use presence_core::{Activity, IdError, JsonMap, Limits, RoomId, SessionId, UserId};
 use presence_store::StoreError;
 use serde::{Serialize, Serializer};
@@ -176,6 +179,60 @@ pub struct JoinReq {
     pub room_id: RoomId,
     /// Initial state in the room.
     pub state: Option<JsonMap>,
+    /// What the client follows.
+    pub follow: Follow,
+}
+
+/// What a joiner follows, and how many members its join ack lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Follow {
+    /// The view asked for.
+    pub view: ViewReq,
+    /// The size of the ack's first page (`pageLimit`).
+    pub page: usize,
+}
+
+impl Default for Follow {
+    fn default() -> Self {
+        Follow {
+            view: ViewReq::Default,
+            page: JOIN_PAGE,
+        }
+    }
+}
+
+/// What a joiner asks to follow (`view` of `presence:join`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ViewReq {
+    /// No `view`: the whole room while it is small enough, else counts.
+    #[default]
+    Default,
+    /// `"full"`: every member and every diff (counts when the room is too big).
+    Full,
+    /// `"count"`: counts only.
+    Count,
+    /// `{ "watch": [userIds] }`: counts and the listed users' entries.
+    Watch(BTreeSet<UserId>),
+}
+
+/// A decoded `presence:members`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MembersReq {
+    /// The room.
+    pub room_id: RoomId,
+    /// Where the page starts (after the member it names).
+    pub after: Option<PageCursor>,
+    /// How many members at most.
+    pub limit: usize,
+}
+
+/// A decoded `presence:watch`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchReq {
+    /// The room.
+    pub room_id: RoomId,
+    /// The users to watch from now on.
+    pub users: BTreeSet<UserId>,
 }
 
 /// A decoded `presence:heartbeat`.
@@ -285,6 +342,46 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// `watch`: an array of at most `max` user ids (repeats count once).
+    fn watch_list(
+        v: &Value,
+        field: &'static str,
+        max: usize,
+    ) -> Result<BTreeSet<UserId>, WireError> {
+        let Value::Array(ids) = v else {
+            return Err(WireError::bad(field, "must be an array of user ids"));
+        };
+        if ids.len() > max {
+            return Err(WireError::bad(
+                field,
+                format_args!("names {} users; at most {max} may be watched", ids.len()),
+            ));
+        }
+        ids.iter()
+            .map(|id| match id {
+                Value::String(s) => UserId::new(s).map_err(|e| WireError::bad(field, e)),
+                _ => Err(WireError::bad(field, "must be an array of user ids")),
+            })
+            .collect()
+    }
+
+    fn view(&self, limits: &Limits) -> Result<ViewReq, WireError> {
+        const WHAT: &str = r#"must be "full", "count" or { "watch": [userIds] }"#;
+        match self.get("view") {
+            None => Ok(ViewReq::Default),
+            Some(Value::String(s)) if s == "full" => Ok(ViewReq::Full),
+            Some(Value::String(s)) if s == "count" => Ok(ViewReq::Count),
+            Some(Value::Object(o)) if o.len() == 1 && o.contains_key("watch") => {
+                Ok(ViewReq::Watch(Self::watch_list(
+                    &o["watch"],
+                    "view.watch",
+                    limits.max_watch_users,
+                )?))
+            }
+            Some(_) => Err(WireError::bad("view", WHAT)),
+        }
+    }
+
     fn epoch(&self) -> Result<u64, WireError> {
         match self.get("epoch") {
             None => Err(WireError::bad("epoch", "is required")),
@@ -368,6 +465,69 @@ pub fn join(v: &Value, limits: &Limits) -> Result<JoinReq, WireError> {
     Ok(JoinReq {
         room_id: o.required_id("roomId", RoomId::new)?,
         state: o.object("state", limits.max_state_bytes)?,
+        follow: Follow {
+            view: o.view(limits)?,
+            page: match o.get("pageLimit") {
+                None => JOIN_PAGE,
+                Some(v) => v
+                    .as_u64()
+                    .filter(|n| (1..=MAX_JOIN_PAGE as u64).contains(n))
+                    .map(|n| n as usize)
+                    .ok_or_else(|| {
+                        WireError::bad(
+                            "pageLimit",
+                            format_args!("must be an integer in 1..={MAX_JOIN_PAGE}"),
+                        )
+                    })?,
+            },
+        },
+    })
+}
+
+/// Decodes `presence:members`.
+pub fn members(v: &Value) -> Result<MembersReq, WireError> {
+    let o = Obj::of(v)?;
+    let after = match o.get("cursor") {
+        None => None,
+        Some(Value::String(s)) => Some(
+            s.parse::<PageCursor>()
+                .map_err(|e| WireError::bad("cursor", e))?,
+        ),
+        Some(_) => return Err(WireError::bad("cursor", "must be a string")),
+    };
+    Ok(MembersReq {
+        room_id: o.required_id("roomId", RoomId::new)?,
+        after,
+        limit: page_limit(o.get("limit"))?,
+    })
+}
+
+/// A page's `limit`: 1..=1000, 100 when absent.
+pub fn page_limit(v: Option<&Value>) -> Result<usize, WireError> {
+    let Some(v) = v else {
+        return Ok(DEFAULT_PAGE);
+    };
+    v.as_u64()
+        .filter(|n| (1..=MAX_PAGE as u64).contains(n))
+        .map(|n| n as usize)
+        .ok_or_else(|| {
+            WireError::bad(
+                "limit",
+                format_args!("must be an integer in 1..={MAX_PAGE}"),
+            )
+        })
+}
+
+/// Decodes `presence:watch`.
+pub fn watch(v: &Value, limits: &Limits) -> Result<WatchReq, WireError> {
+    let o = Obj::of(v)?;
+    let users = match o.get("watch") {
+        Some(w) => Obj::watch_list(w, "watch", limits.max_watch_users)?,
+        None => return Err(WireError::bad("watch", "is required")),
+    };
+    Ok(WatchReq {
+        room_id: o.required_id("roomId", RoomId::new)?,
+        users,
     })
 }
 

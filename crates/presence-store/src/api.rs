@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use presence_core::view::{Entries, Member};
+use presence_core::page::{page_of, PageCursor};
+use presence_core::view::{build_view, Entries, Member};
 use presence_core::{
     Activity, JsonMap, Millis, NodeId, PresenceEvent, RoomId, RoomView, SessionId, UserId,
     UserSummary,
@@ -102,6 +103,37 @@ pub struct RoomStats {
     pub sessions: u64,
     /// Distinct users in the room.
     pub users: u64,
+}
+
+/// One page of a room's members (see [`presence_core::page`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoomPage {
+    /// The room's version the page was read at.
+    pub seq: u64,
+    /// When it was read (the store's clock).
+    pub read_at: Millis,
+    /// The members and their users.
+    pub page: presence_core::Page,
+}
+
+impl RoomPage {
+    /// The page of `limit` members after `after`, out of `members`: at
+    /// least every member of the page's users, and the first member after
+    /// the page if there is one (so that the page knows it is not the last).
+    pub fn from_members(
+        seq: u64,
+        read_at: Millis,
+        members: Vec<Member>,
+        after: Option<&PageCursor>,
+        limit: usize,
+    ) -> Self {
+        let e = build_view(members);
+        RoomPage {
+            seq,
+            read_at,
+            page: page_of(&e.users, &e.sessions, after, limit),
+        }
+    }
 }
 
 /// A page request for who's online, ordered by user id.
@@ -272,6 +304,15 @@ pub trait PresenceStore: Send + Sync + 'static {
         let m = self.room_members(room).await?;
         Ok(RoomView::build(room.clone(), m.seq, m.read_at, m.members))
     }
+
+    /// A page of the room's members: the first `limit` after `after` in
+    /// page order (user id, then session id). O(limit) in the room.
+    async fn room_page(
+        &self,
+        room: &RoomId,
+        after: Option<&PageCursor>,
+        limit: usize,
+    ) -> Result<RoomPage, StoreError>;
 
     /// The room's counts, in O(1).
     async fn room_stats(&self, room: &RoomId) -> Result<RoomStats, StoreError>;

@@ -50,6 +50,7 @@ fn env() -> Env {
             max_meta_bytes: 64,
             max_rooms_per_session: 3,
             max_sessions_per_user: 3,
+            ..Limits::default()
         },
     }
 }
@@ -275,6 +276,61 @@ cases! {
         let now = store.room_view(&rid("doc")).await.unwrap();
         assert_eq!(live.view(now.generated_at), now);
         assert_eq!(now.users["alice"].handle.as_deref(), Some("Alice"));
+    }
+
+    /// Pages list a room's members once each, by user then session, each
+    /// with its user's whole entry; a member that leaves or joins behind
+    /// the cursor does not shift the pages after it.
+    async fn pages_walk_a_room_in_a_stable_order(store, env) {
+        let _ = &env;
+        let mut want = Vec::new();
+        for (u, s) in [("bob", "b2"), ("alice", "a1"), ("bob", "b1"), ("carol", "c1"), ("alice", "a2"), ("dave", "d1")] {
+            let r = claim(store, u, s).await;
+            store.join(&r, &rid("doc"), None).await.unwrap();
+            want.push((u.to_owned(), s.to_owned()));
+        }
+        want.sort();
+        let whole = store.room_view(&rid("doc")).await.unwrap();
+        let mut got = Vec::new();
+        let mut after: Option<presence_core::PageCursor> = None;
+        let mut pages = 0;
+        loop {
+            let p = store.room_page(&rid("doc"), after.as_ref(), 2).await.unwrap();
+            assert_eq!(p.seq, whole.seq);
+            assert!(p.page.sessions.len() <= 2);
+            let mut keys: Vec<_> = p.page.sessions.values().map(|s| (s.user_id.to_string(), s.session_id.to_string())).collect();
+            keys.sort();
+            for s in p.page.sessions.values() {
+                assert_eq!(p.page.users.get(&s.user_id), whole.users.get(&s.user_id));
+                assert_eq!(Some(s), whole.sessions.get(&s.session_id));
+            }
+            assert_eq!(p.page.users.len(), keys.iter().map(|k| &k.0).collect::<std::collections::BTreeSet<_>>().len());
+            got.extend(keys);
+            pages += 1;
+            match p.page.next_cursor {
+                Some(c) => after = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(got, want);
+        assert_eq!(pages, 3);
+        // A cursor past everyone reads an empty last page; an unknown room too.
+        let end: presence_core::PageCursor = "zzz~z".parse().unwrap();
+        let p = store.room_page(&rid("doc"), Some(&end), 2).await.unwrap();
+        assert!(p.page.sessions.is_empty() && p.page.next_cursor.is_none());
+        let p = store.room_page(&rid("nowhere"), None, 2).await.unwrap();
+        assert_eq!((p.seq, p.page.sessions.len()), (0, 0));
+        // Leaving and joining behind a cursor: the next page is unchanged.
+        let c: presence_core::PageCursor = "bob~b1".parse().unwrap();
+        let before = store.room_page(&rid("doc"), Some(&c), 10).await.unwrap().page;
+        let e = claim(store, "aaron", "e1").await;
+        store.join(&e, &rid("doc"), None).await.unwrap();
+        let after_join = store.room_page(&rid("doc"), Some(&c), 10).await.unwrap().page;
+        assert_eq!(after_join.sessions, before.sessions);
+        // One more member than the page holds: the page says so.
+        let p = store.room_page(&rid("doc"), None, 6).await.unwrap();
+        assert_eq!(p.page.sessions.len(), 6);
+        assert_eq!(p.page.next_cursor.map(|c| c.to_string()), Some("carol~c1".to_owned()));
     }
 
     /// A heartbeat that changes no status publishes nothing and bumps no seq.

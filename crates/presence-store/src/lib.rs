@@ -28,7 +28,8 @@ pub mod redis;
 
 pub use api::{
     Claimed, Health, Hello, Joined, Lease, NodeInfo, Online, Page, PresenceStore, RoomMembers,
-    RoomStats, SessionRef, Signal, Superseded, SweepReport, Takeover, EVENT_BUFFER, TOMBSTONE_MS,
+    RoomPage, RoomStats, SessionRef, Signal, Superseded, SweepReport, Takeover, EVENT_BUFFER,
+    TOMBSTONE_MS,
 };
 pub use bus::{BusMessage, EventBus, Subscribed};
 pub use error::StoreError;

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use presence_core::event::{EventMember, EventStatus};
+use presence_core::page::PageCursor;
 use presence_core::session::Liveness;
 use presence_core::user::{derive_user, SessionSignal};
 use presence_core::view::{build_view, Member};
@@ -22,8 +23,8 @@ use tokio::sync::{broadcast, watch};
 
 use crate::api::{
     first_epoch, new_session_id, Claimed, Health, Hello, Joined, Lease, NodeInfo, Online, Page,
-    PresenceStore, RoomMembers, RoomStats, SessionRef, Signal, Superseded, SweepReport, Takeover,
-    EVENT_BUFFER, TOMBSTONE_MS,
+    PresenceStore, RoomMembers, RoomPage, RoomStats, SessionRef, Signal, Superseded, SweepReport,
+    Takeover, EVENT_BUFFER, TOMBSTONE_MS,
 };
 use crate::error::StoreError;
 
@@ -103,6 +104,8 @@ impl Membership {
 struct Room {
     seq: u64,
     sessions: BTreeSet<SessionId>,
+    /// The members in page order.
+    order: BTreeSet<(UserId, SessionId)>,
     /// Sessions per user, so that the user count is O(1).
     users: HashMap<UserId, u32>,
 }
@@ -254,6 +257,7 @@ impl MemoryStore {
         let user = e.facts.user_id.clone();
         if let Some(r) = inner.rooms.get_mut(room) {
             r.sessions.remove(session);
+            r.order.remove(&(user.clone(), session.clone()));
             if let Some(n) = r.users.get_mut(&user) {
                 *n -= 1;
                 if *n == 0 {
@@ -489,6 +493,7 @@ impl PresenceStore for MemoryStore {
         let user = e.facts.user_id.clone();
         let r = inner.rooms.entry(room.clone()).or_default();
         r.sessions.insert(s.session_id.clone());
+        r.order.insert((user.clone(), s.session_id.clone()));
         *r.users.entry(user).or_default() += 1;
         self.publish(inner, EventKind::Join, &s.session_id, room, now);
         let seq = inner.rooms.get(room).map_or(0, |r| r.seq);
@@ -624,6 +629,41 @@ impl PresenceStore for MemoryStore {
             read_at: now,
             members,
         })
+    }
+
+    async fn room_page(
+        &self,
+        room: &RoomId,
+        after: Option<&PageCursor>,
+        limit: usize,
+    ) -> Result<RoomPage, StoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let now = self.clock.now_ms();
+        let inner = self.lock();
+        let Some(r) = inner.rooms.get(room) else {
+            return Ok(RoomPage::from_members(0, now, vec![], after, limit));
+        };
+        let start = match after {
+            Some(c) => Excluded((c.user_id.clone(), c.session_id.clone())),
+            None => Unbounded,
+        };
+        // The first limit + 1 members, then every member of their users.
+        let mut users: Vec<&UserId> = Vec::new();
+        for (u, _) in r.order.range((start, Unbounded)).take(limit + 1) {
+            if users.last() != Some(&u) {
+                users.push(u);
+            }
+        }
+        let mut members = Vec::new();
+        for u in users {
+            let sids = inner.users.get(u).into_iter().flatten();
+            for e in sids.filter_map(|sid| inner.sessions.get(sid)) {
+                if e.rooms.contains_key(room) {
+                    members.push(Self::member(e, Some(room)));
+                }
+            }
+        }
+        Ok(RoomPage::from_members(r.seq, now, members, after, limit))
     }
 
     async fn room_stats(&self, room: &RoomId) -> Result<RoomStats, StoreError> {

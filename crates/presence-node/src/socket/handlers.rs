@@ -11,7 +11,7 @@ use super::conn::{Bound, Conn};
 use super::{answer, SocketContext};
 use crate::acks::{Done, HeartbeatAck, HelloAck, RoomLeft, SessionEnded, SignalMsg, True};
 use crate::fanout::Reply;
-use crate::wire::{self, ErrorCode, WireError};
+use crate::wire::{self, ErrorCode, Follow, WireError};
 
 /// The store says a newer connection owns this connection's session: stop
 /// sending this socket the session's rooms. `used` is the epoch the refused
@@ -135,7 +135,13 @@ pub(super) async fn hello(
             conn.with_bound(|b| {
                 if b.session.epoch == claimed.epoch {
                     for room in &claimed.rooms {
-                        cx.fanout.join(room, socket.clone(), Reply::Snapshot, 0);
+                        let me = SessionRef {
+                            session_id: claimed.session_id.clone(),
+                            epoch: claimed.epoch,
+                        };
+                        let reply = Reply::Snapshot(me);
+                        cx.fanout
+                            .join(room, socket.clone(), reply, 0, Follow::default());
                     }
                 }
             });
@@ -199,10 +205,10 @@ pub(super) async fn join(
             .await
             .map_err(|e| on_store_error(cx, conn, &socket, b.session.epoch, e))?;
         tracing::debug!(session_id = %b.session.session_id, room_id = %req.room_id, "join");
-        Ok((req.room_id, req.state, b.session, joined.seq))
+        Ok((req.room_id, req.state, b.session, joined.seq, req.follow))
     }
     .await;
-    let (room, state, me, seq) = match r {
+    let (room, state, me, seq, follow) = match r {
         Ok(joined) => joined,
         Err(e) => return answer::<Done>(ack, "presence:join", Err(e)),
     };
@@ -220,7 +226,7 @@ pub(super) async fn join(
             *known = state;
         }
         if let Some(reply) = reply.take() {
-            cx.fanout.join(&room, socket, reply, seq);
+            cx.fanout.join(&room, socket, reply, seq, follow);
         }
     });
     let Some(Reply::JoinAck(ack, _)) = reply else {
@@ -233,6 +239,59 @@ pub(super) async fn join(
         .err()
         .unwrap_or_else(|| StoreError::StaleEpoch { current: me.epoch }.into());
     answer::<Done>(ack, "presence:join", Err(e))
+}
+
+/// `presence:members`: a page of a room the socket is in, answered by the
+/// room's hub between two diffs.
+pub(super) fn members(
+    cx: &SocketContext,
+    conn: &Arc<Conn>,
+    socket: SocketRef,
+    v: Value,
+    ack: AckSender,
+) -> bool {
+    let event = "presence:members";
+    match in_room(conn, wire::members(&v), |r| &r.room_id) {
+        Ok(req) => {
+            crate::metrics::request(event, "ok");
+            cx.fanout
+                .page(&req.room_id, socket, ack, req.after, req.limit);
+            false
+        }
+        Err(e) => answer::<Done>(ack, event, Err(e)),
+    }
+}
+
+/// `presence:watch`: the users a socket watches in a room, from now on.
+pub(super) fn watch(
+    cx: &SocketContext,
+    conn: &Arc<Conn>,
+    socket: SocketRef,
+    v: Value,
+    ack: AckSender,
+) -> bool {
+    let event = "presence:watch";
+    match in_room(conn, wire::watch(&v, &cx.limits), |r| &r.room_id) {
+        Ok(req) => {
+            crate::metrics::request(event, "ok");
+            cx.fanout.watch(&req.room_id, socket, ack, req.users);
+            false
+        }
+        Err(e) => answer::<Done>(ack, event, Err(e)),
+    }
+}
+
+/// A decoded request about a room, from a connection that holds a session
+/// and whose token grants the room (whether it is in the room, the hub knows).
+fn in_room<R>(
+    conn: &Arc<Conn>,
+    req: Result<R, WireError>,
+    room: impl Fn(&R) -> &RoomId,
+) -> Result<R, WireError> {
+    let req = req?;
+    conn.bound()?;
+    check_grant(conn, room(&req))?;
+    Ok(req)
 }
 
 /// Re-creates a lost session with the same id, user and rooms (with the

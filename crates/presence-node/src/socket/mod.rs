@@ -107,16 +107,20 @@ enum Event {
     State,
     Signal,
     Leave,
+    Members,
+    Watch,
 }
 
 impl Event {
-    const ALL: [Event; 6] = [
+    const ALL: [Event; 8] = [
         Event::Hello,
         Event::Join,
         Event::Heartbeat,
         Event::State,
         Event::Signal,
         Event::Leave,
+        Event::Members,
+        Event::Watch,
     ];
 
     fn name(self) -> &'static str {
@@ -127,6 +131,8 @@ impl Event {
             Event::State => "presence:state",
             Event::Signal => "presence:signal",
             Event::Leave => "presence:leave",
+            Event::Members => "presence:members",
+            Event::Watch => "presence:watch",
         }
     }
 }
@@ -309,6 +315,8 @@ async fn drain(cx: Arc<SocketContext>, conn: Arc<Conn>, queue: Arc<Queue<Box<Op>
                     Event::Leave => {
                         Box::pin(handlers::leave(&cx, &conn, socket, payload, ack)).await
                     }
+                    Event::Members => handlers::members(&cx, &conn, socket, payload, ack),
+                    Event::Watch => handlers::watch(&cx, &conn, socket, payload, ack),
                 };
                 if unavailable {
                     queue.store_failed();

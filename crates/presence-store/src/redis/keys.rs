@@ -84,10 +84,13 @@ pub struct RoomKeys {
     pub gone: String,
     /// The room's expiry index.
     pub expiry: String,
+    /// The room's members in page order: a sorted set of `<userId> <sessionId>`
+    /// (all scores 0, read by lex range; a space sorts before every id character).
+    pub order: String,
 }
 
 impl RoomKeys {
-    /// `KEYS[1..5]` of room_put.lua and room_del.lua.
+    /// `KEYS[1..6]` of room_put.lua and room_del.lua.
     pub fn all(&self) -> Vec<String> {
         vec![
             self.members.clone(),
@@ -95,6 +98,7 @@ impl RoomKeys {
             self.seq.clone(),
             self.gone.clone(),
             self.expiry.clone(),
+            self.order.clone(),
         ]
     }
 }
@@ -130,6 +134,7 @@ impl Keys {
             seq: format!("{p}:r:{{{rid}}}:seq"),
             gone: format!("{p}:r:{{{rid}}}:g"),
             expiry: format!("{p}:r:{{{rid}}}:x"),
+            order: format!("{p}:r:{{{rid}}}:o"),
         }
     }
 

@@ -41,6 +41,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use fred::prelude::*;
+use presence_core::page::PageCursor;
 use presence_core::user::{derive_user, SessionSignal};
 use presence_core::view::build_view;
 use presence_core::{
@@ -62,7 +63,8 @@ use self::session_scripts::{
 };
 use crate::api::{
     first_epoch, new_session_id, Claimed, Health, Hello, Joined, Lease, NodeInfo, Online, Page,
-    PresenceStore, RoomMembers, RoomStats, SessionRef, Signal, Superseded, SweepReport, Takeover,
+    PresenceStore, RoomMembers, RoomPage, RoomStats, SessionRef, Signal, Superseded, SweepReport,
+    Takeover,
 };
 use crate::bus::{EventBus, Subscribed};
 use crate::error::StoreError;
@@ -402,6 +404,34 @@ impl PresenceStore for RedisStore {
             read_at: now,
             members,
         })
+    }
+
+    async fn room_page(
+        &self,
+        room: &RoomId,
+        after: Option<&PageCursor>,
+        limit: usize,
+    ) -> Result<RoomPage, StoreError> {
+        let now = self.now();
+        let entries = self
+            .run(room_scripts::PageRoom {
+                room: room.as_str(),
+                after: after.map(|c| format!("{} {}", c.user_id, c.session_id)),
+                size: limit,
+            })
+            .await?;
+        let members = entries
+            .members
+            .iter()
+            .filter_map(|(sid, raw)| room_scripts::MemberEntry::parse(raw)?.member(sid))
+            .collect();
+        Ok(RoomPage::from_members(
+            entries.seq,
+            now,
+            members,
+            after,
+            limit,
+        ))
     }
 
     async fn room_stats(&self, room: &RoomId) -> Result<RoomStats, StoreError> {

@@ -186,6 +186,29 @@ impl ScriptCall for ReadRoom<'_> {
     }
 }
 
+/// `room_page.lua`: one page of members after a cursor, with the other
+/// members of the page's users (its reply reads as a [`RoomEntries`]).
+pub(super) struct PageRoom<'a> {
+    pub room: &'a str,
+    /// `<userId> <sessionId>` of the member the page starts after.
+    pub after: Option<String>,
+    pub size: usize,
+}
+
+impl ScriptCall for PageRoom<'_> {
+    type Reply = RoomEntries;
+    fn script(s: &Scripts) -> &Script {
+        &s.room_page
+    }
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        let k = keys.room(self.room);
+        vec![k.members, k.seq, k.order]
+    }
+    fn args(self, _: &Keys) -> Vec<String> {
+        vec![self.after.unwrap_or_default(), self.size.to_string()]
+    }
+}
+
 /// `room_due.lua`: the members whose session the sweeper must check.
 pub(super) struct DueMembers<'a> {
     pub room: &'a str,

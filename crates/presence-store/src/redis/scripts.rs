@@ -50,6 +50,7 @@ pub(super) struct Scripts {
     pub room_put: Script,
     pub room_del: Script,
     pub room_read: Script,
+    pub room_page: Script,
     pub room_due: Script,
     pub rooms_settle: Script,
     pub user_put: Script,
@@ -73,6 +74,7 @@ impl Scripts {
             room_put: Script::from_lua(alone!("room_put.lua")),
             room_del: Script::from_lua(alone!("room_del.lua")),
             room_read: Script::from_lua(alone!("room_read.lua")),
+            room_page: Script::from_lua(alone!("room_page.lua")),
             room_due: Script::from_lua(alone!("room_due.lua")),
             rooms_settle: Script::from_lua(alone!("rooms_settle.lua")),
             user_put: Script::from_lua(alone!("user_put.lua")),
@@ -84,7 +86,7 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 18] {
+    fn all(&self) -> [&Script; 19] {
         [
             &self.claim,
             &self.join,
@@ -96,6 +98,7 @@ impl Scripts {
             &self.room_put,
             &self.room_del,
             &self.room_read,
+            &self.room_page,
             &self.room_due,
             &self.rooms_settle,
             &self.user_put,

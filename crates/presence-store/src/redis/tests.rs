@@ -230,6 +230,25 @@ mod standalone {
         assert_eq!(exists.trim(), "0");
     }
 
+    /// A room written before the order index existed (or with an index cut
+    /// short) is paged all the same: the index is built from the members once.
+    #[tokio::test]
+    async fn pages_of_a_room_without_its_order_index_rebuild_it() {
+        let (own, store, alice, _clock) = own_store_clocked("alice").await;
+        let room = RoomId::new("old-room").unwrap();
+        store.join(&alice, &room, None).await.unwrap();
+        let o = store.keys.room(room.as_str()).order;
+        let card = |p| presence_testkit::redis_cli(p, &["ZCARD", &o]).unwrap();
+        assert_eq!(card(own.port()).trim(), "1");
+        presence_testkit::redis_cli(own.port(), &["DEL", &o]).unwrap();
+        let p = store.room_page(&room, None, 10).await.unwrap();
+        assert_eq!(p.page.sessions.len(), 1);
+        assert_eq!(card(own.port()).trim(), "1");
+        // Emptied, the room forgets its index with its other keys.
+        store.leave(&alice, &room).await.unwrap();
+        assert_eq!(card(own.port()).trim(), "0");
+    }
+
     #[tokio::test]
     async fn a_removal_that_never_reached_the_room_is_repaired() {
         let (own, store, alice, clock) = own_store_clocked("alice").await;
