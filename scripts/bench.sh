@@ -5,6 +5,7 @@
 #   scripts/bench.sh smoke          # a few sessions for a few seconds (CI)
 #   scripts/bench.sh all            # every figure below, ~10 minutes
 #   scripts/bench.sh ceiling|throughput|latency|roomsize|curve|memory|storm
+#   scripts/bench.sh largerooms     # rooms of 10, 1,000, 10,000; 50,000 on three nodes
 #
 # Each figure gets a redis-server and a release presence-node of its own, on
 # free loopback ports, started here and stopped at the end. JSON results go to
@@ -47,16 +48,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start_stack [node env...]: a fresh redis-server and node; sets REDIS_PORT,
-# NODE_URL, NODE_PID.
-start_stack() {
-  stop_stack
+# start_redis: a fresh redis-server on a free port; sets REDIS_PORT, REDIS_PID.
+start_redis() {
   REDIS_PORT=$(free_port)
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
     --logfile "$OUT/redis.log" &
   REDIS_PID=$!
   pids+=("$REDIS_PID")
   for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+}
+
+# start_stack [node env...]: a fresh redis-server and node; sets REDIS_PORT,
+# NODE_URL, NODE_PID.
+start_stack() {
+  stop_stack
+  start_redis
   local port
   port=$(free_port)
   env PRESENCE_BIND="127.0.0.1:$port" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
@@ -80,6 +86,8 @@ bench() {
   local redis=()
   [ -n "${REDIS_PID:-}" ] && redis=(--pid "$REDIS_PID")
   "$BIN/presence-bench" "$@" --url "$NODE_URL" --pid "$NODE_PID" "${redis[@]}" --json "$OUT/$name.json" -q
+  # The node's counters after the run (events by type, diffs, room reads).
+  curl -s "$NODE_URL/metrics" | grep -E '^presence_(events|diffs|snapshots|room_reads)_total' >"$OUT/$name.metrics" || true
 }
 
 # The heartbeat script's own ceiling: redis-benchmark sends the exact
@@ -153,6 +161,82 @@ storm() {
   bench storm-10k connect -n 10000 --connect-concurrency 10000 -d 2
 }
 
+# Large rooms: the same 10,000 sessions heartbeating at 1 Hz in rooms of
+# 10 (the default, full view), 1,000 and 10,000 (members in count view, 50
+# of them watching 20 others each); then each change's bytes (state updates
+# at 0.05 Hz per session), and one room of 50,000 on three nodes.
+largerooms() {
+  roomviews
+  fiftyk
+}
+
+roomviews() {
+  # Three rounds: a p99 of a few milliseconds moves by as much from one run
+  # to the next on two shared cores; the figures are the median round.
+  local rep
+  for rep in 1 2 3; do
+    start_stack
+    bench lr-room10-$rep heartbeat --rate 1 -n 10000 --room-size 10 -d 30 --warmup 10
+    start_stack
+    bench lr-room1000-$rep heartbeat --rate 1 -n 10000 --room-size 1000 --view count --watchers 5 \
+      -d 30 --warmup 10 --timeout-ms 30000
+    start_stack
+    bench lr-room10000-$rep heartbeat --rate 1 -n 10000 --room-size 10000 --view count \
+      --watchers 50 -d 30 --warmup 10 --timeout-ms 30000
+  done
+  changes
+}
+
+# What a member's change costs on the wire: state updates at 0.05 Hz per
+# session in rooms of 10 (full view: each goes to the room) and in one room
+# of 10,000 (count view: only to whoever watches the member).
+changes() {
+  start_stack
+  bench lr-changes10 bigroom --rate 0.05 -n 10000 --room-size 10 -d 30 --warmup 10
+  start_stack
+  bench lr-changes10000 bigroom --rate 0.05 -n 10000 --view count --watchers 50 -d 30 --warmup 10 \
+    --timeout-ms 30000
+}
+
+# One room of 50,000 sessions across three nodes on one Redis, held 60 s:
+# three tool processes (one process's open-file limit holds ~17,000
+# connections), each over all three nodes, heartbeating every 10 s (the
+# default interval; 1 Hz would be 50,000 requests/s on these two cores).
+fiftyk() {
+  stop_stack
+  start_redis
+  local urls=() npids=() port k
+  for k in 1 2 3; do
+    port=$(free_port)
+    env PRESENCE_BIND="127.0.0.1:$port" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
+      PRESENCE_NODE_ID="n$k" RUST_LOG=warn "$BIN/presence-node" >"$OUT/node$k.log" 2>&1 &
+    npids+=("$!")
+    pids+=("$!")
+    urls+=(--url "http://127.0.0.1:$port")
+    ready "http://127.0.0.1:$port/readyz"
+  done
+  echo "==> lr-50k: 3 x presence-bench heartbeat --rate 0.1 -n 16667 --room-size 50000 --view count --watchers 50 -d 60"
+  local tools=()
+  for k in 0 1 2; do
+    local watchers=()
+    [ "$k" = 0 ] && watchers=(--watchers 50)
+    "$BIN/presence-bench" heartbeat --rate 0.1 -n 16667 --offset $((k * 16667)) --prefix lr50k \
+      --room-size 50000 --view count "${watchers[@]}" -d 60 --warmup 20 --connect-concurrency 200 \
+      --timeout-ms 60000 "${urls[@]}" --pid "${npids[0]}" --pid "${npids[1]}" --pid "${npids[2]}" \
+      --pid "$REDIS_PID" --json "$OUT/lr-50k-$k.json" -q >"$OUT/lr-50k-$k.txt" 2>&1 &
+    tools+=("$!")
+  done
+  local failed=0
+  for t in "${tools[@]}"; do wait "$t" || failed=1; done
+  cat "$OUT"/lr-50k-*.txt
+  for u in "${urls[@]}"; do
+    [ "$u" = --url ] && continue
+    curl -s "$u/metrics" | grep -E '^presence_(events|diffs|snapshots|room_reads)_total'
+  done >"$OUT/lr-50k.metrics" || true
+  for p in "${npids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  return $failed
+}
+
 smoke() {
   # The node's defaults, the memory store: a few sessions, a few seconds.
   stop_stack
@@ -185,6 +269,10 @@ case "${1:-all}" in
   throughput) throughput ;;
   latency) latency ;;
   roomsize) roomsize ;;
+  largerooms) largerooms ;;
+  roomviews) roomviews ;;
+  changes) changes ;;
+  fiftyk) fiftyk ;;
   memory) memory ;;
   storm) storm ;;
   curve) curve ;;

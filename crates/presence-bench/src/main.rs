@@ -35,9 +35,9 @@ struct Common {
     /// Sessions to open (joiners, for propagation).
     #[arg(short = 'n', long, global = true, default_value_t = 100)]
     sessions: usize,
-    /// Sessions per room.
-    #[arg(long, global = true, default_value_t = 10)]
-    room_size: usize,
+    /// Sessions per room (default 10; bigroom and propagation: all in one).
+    #[arg(long, global = true)]
+    room_size: Option<usize>,
     /// Seconds of the measured phase (for connect: how long the sessions are
     /// held, idle, before the servers are sampled).
     #[arg(short = 'd', long, global = true, default_value_t = 10.0)]
@@ -84,6 +84,10 @@ struct Common {
     /// Users each watcher watches.
     #[arg(long, global = true, default_value_t = 20)]
     watch_size: usize,
+    /// Index of the first session: several tool processes (each under its
+    /// own open-file limit) share rooms with --prefix and distinct offsets.
+    #[arg(long, global = true, default_value_t = 0)]
+    offset: usize,
     /// Exit with status 1 if any session was not set up or any error was seen.
     #[arg(long, global = true)]
     strict: bool,
@@ -199,7 +203,10 @@ async fn real_main(cli: Cli) -> i32 {
         scenario: scenario.clone(),
         targets,
         sessions: c.sessions,
-        room_size: c.room_size,
+        room_size: c.room_size.unwrap_or(match scenario {
+            Scenario::Bigroom(_) | Scenario::Propagation(_) => usize::MAX,
+            _ => 10,
+        }),
         duration: Duration::from_secs_f64(c.duration),
         warmup: Duration::from_secs_f64(c.warmup),
         connect_concurrency: c.connect_concurrency,
@@ -212,6 +219,7 @@ async fn real_main(cli: Cli) -> i32 {
         jwt_secret: c.jwt_secret.clone(),
         view: c.view,
         watchers: (c.watchers, c.watch_size),
+        offset: c.offset,
     };
     let run = Run::new(plan);
 
@@ -289,6 +297,15 @@ async fn real_main(cli: Cli) -> i32 {
 
     let started = Instant::now();
     let mut servers = Vec::new();
+    // Bytes and events received, when the measured phase starts and ends.
+    let wire_at_start = Mutex::new((0, 0));
+    let wire_at_end = Mutex::new((0, 0));
+    let wire_now = |run: &Run| {
+        (
+            run.wire.bytes_in.load(Ordering::Relaxed),
+            run.wire.events_in.load(Ordering::Relaxed),
+        )
+    };
     let setup = drive(
         run.clone(),
         || {
@@ -302,8 +319,10 @@ async fn real_main(cli: Cli) -> i32 {
             for w in watched.lock().expect("watched").iter_mut() {
                 w.start_cpu();
             }
+            *wire_at_start.lock().expect("wire") = wire_now(&run);
         },
         || {
+            *wire_at_end.lock().expect("wire") = wire_now(&run);
             let reached = run.reached.load(Ordering::Relaxed);
             let mut ws = watched.lock().expect("watched");
             servers = ws.iter_mut().map(|w| w.finish(reached)).collect();
@@ -338,6 +357,20 @@ async fn real_main(cli: Cli) -> i32 {
         events_in: run.wire.events_in.load(Ordering::Relaxed),
         bytes_in: run.wire.bytes_in.load(Ordering::Relaxed),
         bytes_out: run.wire.bytes_out.load(Ordering::Relaxed),
+        run_bytes_in: {
+            let (a, b) = (
+                *wire_at_start.lock().expect("wire"),
+                *wire_at_end.lock().expect("wire"),
+            );
+            b.0.saturating_sub(a.0)
+        },
+        run_events_in: {
+            let (a, b) = (
+                *wire_at_start.lock().expect("wire"),
+                *wire_at_end.lock().expect("wire"),
+            );
+            b.1.saturating_sub(a.1)
+        },
         servers,
         client,
     };

@@ -28,6 +28,10 @@ pub struct Report {
     pub bytes_in: u64,
     /// Bytes sent by all sessions.
     pub bytes_out: u64,
+    /// Bytes received by all sessions in the measured phase.
+    pub run_bytes_in: u64,
+    /// Server events received by all sessions in the measured phase.
+    pub run_events_in: u64,
     /// The processes given by `--pid`.
     pub servers: Vec<ServerSummary>,
     /// This tool's own process (RSS, CPU).

@@ -68,7 +68,7 @@ pub struct Plan {
     pub targets: Vec<Target>,
     /// Sessions to open.
     pub sessions: usize,
-    /// Sessions per room (rooms are `<prefix>-r<k>`); `bigroom` puts all in one.
+    /// Sessions per room (rooms are `<prefix>-r<k>`); `usize::MAX`: all in one.
     pub room_size: usize,
     /// Length of the measured phase.
     pub duration: Duration,
@@ -90,6 +90,9 @@ pub struct Plan {
     /// The first sessions of each room that watch others instead, and how
     /// many users each watches.
     pub watchers: (usize, usize),
+    /// The index of the first session (so that several tool processes can
+    /// share one room without sharing user ids).
+    pub offset: usize,
 }
 
 /// The `view` sessions join with (`--view`).
@@ -168,11 +171,7 @@ impl Run {
     }
 
     fn room_of(&self, i: usize) -> String {
-        let size = match self.plan.scenario {
-            Scenario::Bigroom(_) | Scenario::Propagation(_) => usize::MAX,
-            _ => self.plan.room_size.max(1),
-        };
-        format!("{}-r{}", self.plan.prefix, i / size)
+        format!("{}-r{}", self.plan.prefix, i / self.plan.room_size.max(1))
     }
 
     fn token(&self, uid: &str) -> Option<String> {
@@ -318,7 +317,8 @@ impl Run {
         let (watchers, watched) = self.plan.watchers;
         let first = i - i % size;
         if i % size < watchers {
-            let span = size.min(self.plan.sessions - first).max(1);
+            let end = self.plan.offset + self.plan.sessions;
+            let span = size.min(end.saturating_sub(first)).max(1);
             let users: Vec<String> = (0..watched)
                 .map(|k| format!("{}-u{}", self.plan.prefix, first + (i + 1 + k * 97) % span))
                 .collect();
@@ -332,10 +332,10 @@ impl Run {
     }
 
     fn room_len(&self) -> usize {
-        match self.plan.scenario {
-            Scenario::Bigroom(_) | Scenario::Propagation(_) => self.plan.sessions.max(1),
-            _ => self.plan.room_size.max(1),
-        }
+        self.plan
+            .room_size
+            .min(self.plan.offset + self.plan.sessions)
+            .max(1)
     }
 
     /// `s` joins its room; the ack is timed from `due`.
@@ -350,6 +350,7 @@ impl Run {
 
     /// Connect, hello, join: a session ready for the run phase.
     async fn open(&self, i: usize) -> Option<Session> {
+        let i = i + self.plan.offset;
         let uid = format!("{}-u{i}", self.plan.prefix);
         let s = self.greet(true, i, i, uid, self.room_of(i), None).await?;
         self.join(true, &s, Instant::now()).await?;
@@ -375,6 +376,8 @@ pub async fn drive(
     let (window_tx, window_rx) = watch::channel::<Option<Window>>(None);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
+    // Each session's run phase is over (its last request answered or timed out).
+    let (ran_tx, mut ran_rx) = mpsc::unbounded_channel::<()>();
     run.setup.start();
     let t0 = Instant::now();
     let mut tasks = Vec::with_capacity(n);
@@ -384,6 +387,7 @@ pub async fn drive(
         let mut window_rx = window_rx.clone();
         let mut stop_rx = stop_rx.clone();
         let ready_tx = ready_tx.clone();
+        let ran_tx = ran_tx.clone();
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await.expect("gate");
             let s = run.open(i).await;
@@ -404,12 +408,14 @@ pub async fn drive(
                 _ = heartbeat_until(&run, &mut s, far_future()) => return,
             };
             session(&run, &mut s, w).await;
+            let _ = ran_tx.send(());
             // Stay connected until the servers have been sampled.
             let _ = stop_rx.wait_for(|s| *s).await;
             s.client.close();
         }));
     }
     drop(ready_tx);
+    drop(ran_tx);
     let mut done = 0;
     while done < n && ready_rx.recv().await.is_some() {
         done += 1;
@@ -425,15 +431,17 @@ pub async fn drive(
     run.run.start();
     on_measure();
     tokio::time::sleep_until(end.into()).await;
-    // Requests still in flight get their deadline to come back.
+    // Requests still in flight get their deadline to come back; sessions
+    // that are done wait (connected, silent) only for that, not for the
+    // deadline itself: silent long enough, they would turn stale and the
+    // servers would be sampled sending that.
     let grace = Instant::now() + run.plan.timeout;
-    for t in &mut tasks {
-        if t.is_finished() {
-            continue;
-        }
-        let _ = tokio::time::timeout_at(grace.into(), &mut *t).await;
-        if Instant::now() >= grace {
-            break;
+    let reached = run.reached.load(Ordering::Relaxed);
+    let mut ran = 0;
+    while ran < reached {
+        match tokio::time::timeout_at(grace.into(), ran_rx.recv()).await {
+            Ok(Some(())) => ran += 1,
+            _ => break,
         }
     }
     run.measuring.store(false, Ordering::Relaxed);
@@ -450,7 +458,7 @@ async fn session(run: &Run, s: &mut Session, w: Window) {
     let n = run.plan.sessions.max(1) as f64;
     // Each session's schedule is offset by its index, spreading the load
     // evenly over a period instead of firing every session at once.
-    let offset = |period: Duration| period.mul_f64(s.i as f64 / n);
+    let offset = |period: Duration| period.mul_f64(((s.i - run.plan.offset) as f64 / n).min(1.0));
     match run.plan.scenario {
         Scenario::Heartbeat(None) => {
             while Instant::now() < w.end {
@@ -539,8 +547,10 @@ async fn open_loop(
 ) {
     let mut tick = tokio::time::interval_at((w.start + offset).into(), period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    // The keep-alive beats go on from the setup's (whose last beat may be a
+    // whole interval old): the first within a second of the window's start.
     let mut keep = tokio::time::interval_at(
-        (w.start + s.interval.mul_f64((s.i % 97) as f64 / 97.0)).into(),
+        (w.start + Duration::from_millis((s.i % 97) as u64 * 10)).into(),
         s.interval,
     );
     let mut inflight = FuturesUnordered::new();

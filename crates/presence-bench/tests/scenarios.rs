@@ -54,11 +54,15 @@ async fn node(extra: &[&str]) -> Node {
 }
 
 fn plan(scenario: Scenario, urls: &[&str], sessions: usize) -> Plan {
+    let room_size = match scenario {
+        Scenario::Bigroom(_) | Scenario::Propagation(_) => usize::MAX,
+        _ => 5,
+    };
     Plan {
         scenario,
         targets: urls.iter().map(|u| Target::parse(u).unwrap()).collect(),
         sessions,
-        room_size: 5,
+        room_size,
         duration: Duration::from_secs(2),
         warmup: Duration::from_millis(200),
         connect_concurrency: 8,
@@ -68,6 +72,7 @@ fn plan(scenario: Scenario, urls: &[&str], sessions: usize) -> Plan {
         jwt_secret: None,
         view: Default::default(),
         watchers: (0, 0),
+        offset: 0,
     }
 }
 

@@ -628,6 +628,81 @@ mod tests {
     }
 
     #[test]
+    fn views_pages_and_watch_lists_decode_or_name_the_field() {
+        let room = |v: Value| join(&v, &l()).map(|r| r.follow);
+        assert_eq!(room(json!({ "roomId": "r" })).unwrap(), Follow::default());
+        assert_eq!(
+            room(json!({ "roomId": "r", "view": "count" }))
+                .unwrap()
+                .view,
+            ViewReq::Count
+        );
+        assert_eq!(
+            room(json!({ "roomId": "r", "view": "full", "pageLimit": 100 }))
+                .unwrap()
+                .page,
+            100
+        );
+        let w = room(json!({ "roomId": "r", "view": { "watch": ["b", "a", "b"] } })).unwrap();
+        let ids: Vec<_> = match w.view {
+            ViewReq::Watch(u) => u.into_iter().map(|u| u.to_string()).collect(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(ids, ["a", "b"], "sorted, repeats once");
+        let many: Vec<String> = (0..=l().max_watch_users).map(|i| format!("u{i}")).collect();
+        for (v, field) in [
+            (json!({ "roomId": "r", "view": "all" }), "view"),
+            (
+                json!({ "roomId": "r", "view": { "watch": ["a"], "x": 1 } }),
+                "view",
+            ),
+            (
+                json!({ "roomId": "r", "view": { "watch": "a" } }),
+                "view.watch",
+            ),
+            (
+                json!({ "roomId": "r", "view": { "watch": [1] } }),
+                "view.watch",
+            ),
+            (
+                json!({ "roomId": "r", "view": { "watch": many } }),
+                "view.watch",
+            ),
+            (json!({ "roomId": "r", "pageLimit": 0 }), "pageLimit"),
+            (json!({ "roomId": "r", "pageLimit": 101 }), "pageLimit"),
+        ] {
+            assert_eq!(room(v.clone()).unwrap_err().field, Some(field), "{v}");
+        }
+        let m = members(&json!({ "roomId": "r", "cursor": "u~s", "limit": 1000 })).unwrap();
+        assert_eq!(
+            (m.after.unwrap().to_string(), m.limit),
+            ("u~s".to_owned(), 1000)
+        );
+        assert_eq!(members(&json!({ "roomId": "r" })).unwrap().limit, 100);
+        for (v, field) in [
+            (json!({ "roomId": "r", "cursor": "garbage" }), "cursor"),
+            (json!({ "roomId": "r", "cursor": 3 }), "cursor"),
+            (json!({ "roomId": "r", "limit": 0 }), "limit"),
+            (json!({ "roomId": "r", "limit": 1001 }), "limit"),
+            (json!({ "roomId": "r", "limit": 1.5 }), "limit"),
+            (json!({ "limit": 5 }), "roomId"),
+        ] {
+            assert_eq!(members(&v).unwrap_err().field, Some(field), "{v}");
+        }
+        assert_eq!(
+            watch(&json!({ "roomId": "r", "watch": [] }), &l())
+                .unwrap()
+                .users
+                .len(),
+            0
+        );
+        assert_eq!(
+            watch(&json!({ "roomId": "r" }), &l()).unwrap_err().field,
+            Some("watch")
+        );
+    }
+
+    #[test]
     fn every_field_is_type_checked() {
         let cases = [
             (hello(&json!({ "userId": 5 }), &l(), None), "userId"),

@@ -23,8 +23,25 @@ use crate::acks::{
 use crate::wire::{ErrorCode, Follow, ViewReq, WireError};
 
 /// How long a joiner's snapshot waits for the event of its join before the
-/// hub reads the room instead.
+/// hub reads the room instead, in a room of at most [`CHEAP_READ`] sessions.
 const JOIN_EVENT_WAIT: Duration = Duration::from_millis(50);
+
+/// How long it waits in a bigger room. The event is on its way (the script
+/// that made the join published it), and a lost one is caught anyway (a
+/// dropped subscription resyncs, a lagging stream re-reads): reading a big
+/// room for every joiner whose event is late would make each join cost the
+/// room, and in a join storm, when events lag most, every join.
+const JOIN_EVENT_WAIT_BIG: Duration = Duration::from_secs(2);
+
+/// The largest room a late joiner may have read for it.
+const CHEAP_READ: usize = 100;
+
+/// The gap between two counts messages of a room grows by this much per
+/// session in it (beyond the debounce window): a room's node sends at most
+/// 10,000 counts messages a second however big the room, so that a room of
+/// 50,000 filling up does not send every member its counts four times a
+/// second (200,000 messages a second).
+const COUNTS_GAP_PER_SESSION: Duration = Duration::from_micros(100);
 
 /// What waits for the next flush, in the order it came.
 enum Pending {
@@ -73,6 +90,9 @@ struct Hub {
     holding: bool,
     /// The counts last sent to count and watch followers.
     sent_counts: Option<RoomCounts>,
+    /// When the next counts message may go, and whether counts wait for it.
+    counts_next: Instant,
+    counts_due: bool,
 }
 
 pub(super) async fn run(inner: Arc<Inner>, room: RoomId, mut rx: mpsc::UnboundedReceiver<HubMsg>) {
@@ -107,6 +127,8 @@ pub(super) async fn run(inner: Arc<Inner>, room: RoomId, mut rx: mpsc::Unbounded
         hold_until: None,
         holding: false,
         sent_counts: None,
+        counts_next: Instant::now(),
+        counts_due: false,
     };
     let mut next_flush = Instant::now();
     loop {
@@ -115,11 +137,13 @@ pub(super) async fn run(inner: Arc<Inner>, room: RoomId, mut rx: mpsc::Unbounded
         } else if let Some(since) = hub.waiting_since() {
             // Joiners go at once when the view has their join, else when
             // their wait ends.
-            Some(next_flush.max(since + JOIN_EVENT_WAIT))
+            Some(next_flush.max(since + hub.join_wait()))
         } else if !hub.pending.is_empty() {
             Some(next_flush)
         } else if hub.holding {
             hub.hold_until
+        } else if hub.counts_due {
+            Some(hub.counts_next)
         } else {
             None
         };
@@ -179,6 +203,14 @@ impl Hub {
                 self.followers.remove(&socket.id);
                 super::leave_channels(&self.room, &socket);
             }
+        }
+    }
+
+    /// How long a joiner waits for its join's event before the room is read.
+    fn join_wait(&self) -> Duration {
+        match &self.live {
+            Some(live) if live.sessions() > CHEAP_READ => JOIN_EVENT_WAIT_BIG,
+            _ => JOIN_EVENT_WAIT,
         }
     }
 
@@ -250,7 +282,7 @@ impl Hub {
         let hold_over = self.holding && self.hold_until.is_none_or(|u| Instant::now() >= u);
         let late = self
             .waiting_since()
-            .is_some_and(|since| since.elapsed() >= JOIN_EVENT_WAIT);
+            .is_some_and(|since| since.elapsed() >= self.join_wait());
         let read = self.live.is_none() || self.reread || hold_over || late;
         if read && !self.read().await {
             return;
@@ -273,10 +305,14 @@ impl Hub {
         }
         self.dirty = false;
         let counts = live.counts();
-        if self.followers.counting() > 0 && self.sent_counts != Some(counts) {
+        self.counts_due = self.followers.counting() > 0 && self.sent_counts != Some(counts);
+        if self.counts_due && Instant::now() >= self.counts_next {
             out.counts(&self.followers).await;
+            self.sent_counts = Some(counts);
+            self.counts_due = false;
+            let gap = COUNTS_GAP_PER_SESSION * live.sessions() as u32;
+            self.counts_next = Instant::now() + self.inner.debounce.max(gap);
         }
-        self.sent_counts = Some(counts);
         self.serve(read).await;
     }
 
