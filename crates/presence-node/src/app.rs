@@ -141,6 +141,9 @@ impl App {
         if self.config.api_key.is_none() {
             tracing::warn!("the HTTP API is open (no PRESENCE_API_KEY)");
         }
+        if let Some(w) = self.config.message_limit_warning() {
+            tracing::warn!("{w}");
+        }
         {
             // The handlers are registered in the connect middleware, before
             // socketioxide sends the CONNECT packet: a client emits as soon as

@@ -215,6 +215,21 @@ impl Config {
         }
     }
 
+    /// Why the message limit cannot hold for every message, if it cannot:
+    /// an entry is never split, so one member and its user with the largest
+    /// states (and a join ack's own entries beside them) must fit in one.
+    pub fn message_limit_warning(&self) -> Option<String> {
+        let least = 4 * self.max_state_bytes + 8_192;
+        (self.max_message_bytes < least).then(|| {
+            format!(
+                "PRESENCE_MAX_MESSAGE_BYTES ({}) is below 4 × PRESENCE_MAX_STATE_BYTES + 8192 \
+                 ({least}): a member whose state is near the limit may be sent in a message of \
+                 its own that is larger",
+                self.max_message_bytes
+            )
+        })
+    }
+
     /// The debounce as a `Duration`.
     pub fn emit_debounce(&self) -> Duration {
         Duration::from_millis(self.emit_debounce_ms.max(0) as u64)
@@ -235,13 +250,8 @@ impl Config {
         if self.max_rooms_per_session == 0 {
             return Err("PRESENCE_MAX_ROOMS_PER_SESSION must be > 0".into());
         }
-        // One member and its user, with the largest states, must fit in a
-        // message, or a page could not move on.
-        let least = 2 * self.max_state_bytes + 8_192;
-        if self.max_message_bytes < least {
-            return Err(ConfigError(format!(
-                "PRESENCE_MAX_MESSAGE_BYTES must be at least 2 × PRESENCE_MAX_STATE_BYTES + 8192 ({least})"
-            )));
+        if self.max_message_bytes < 4_096 {
+            return Err("PRESENCE_MAX_MESSAGE_BYTES must be at least 4096".into());
         }
         if self.max_payload_bytes < 1024 {
             return Err("PRESENCE_MAX_PAYLOAD_BYTES must be at least 1024".into());
@@ -345,6 +355,25 @@ mod tests {
         assert_eq!(c.limits(), Limits::default());
         assert!(c.node_id().unwrap().as_str().starts_with("node-"));
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_message_limit_that_cannot_hold_for_every_entry_is_warned_of() {
+        let at = |n: &str| Config::parse_from(["presence-node", "--max-message-bytes", n]);
+        assert!(Config::parse_from(["presence-node"])
+            .message_limit_warning()
+            .is_none());
+        assert!(at("4095")
+            .validate()
+            .unwrap_err()
+            .0
+            .contains("PRESENCE_MAX_MESSAGE_BYTES"));
+        at("4096").validate().unwrap();
+        assert!(at("16384")
+            .message_limit_warning()
+            .unwrap()
+            .contains("24576"));
+        assert!(at("24576").message_limit_warning().is_none());
     }
 
     #[test]
