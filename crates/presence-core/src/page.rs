@@ -248,21 +248,10 @@ impl PageBuilder {
         }
         self.page
     }
-
-    /// The page so far, marked as not the last (there are members after it).
-    pub fn more(mut self) -> Page {
-        self.page.next_cursor = self.last.clone();
-        self.page
-    }
-
-    /// The page so far.
-    pub fn finish(self) -> Page {
-        self.page
-    }
 }
 
 /// The JSON size of one `"key":value,` map entry.
-pub fn entry_len(key: &impl fmt::Display, value: &impl Serialize) -> usize {
+fn entry_len(key: &impl fmt::Display, value: &impl Serialize) -> usize {
     key.to_string().len() + 4 + serde_json::to_vec(value).map_or(0, |v| v.len())
 }
 

@@ -506,9 +506,7 @@ impl<'a> Out<'a> {
         if sent.is_err() {
             return None;
         }
-        for (i, p) in parts.unwrap_or_default().iter().enumerate().skip(1) {
-            let _ = socket.emit("presence:snapshot", &part(i, p));
-        }
+        self.rest(socket, parts.unwrap_or_default());
         Some(view)
     }
 
@@ -526,6 +524,14 @@ impl<'a> Out<'a> {
             part: (n > 1).then_some(i + 1),
             parts: (n > 1).then_some(n),
             opening: None,
+        }
+    }
+
+    /// The parts of a snapshot after the first (which went in an ack), as
+    /// `presence:snapshot`.
+    fn rest(&self, socket: &SocketRef, parts: &[Part]) {
+        for (i, p) in parts.iter().enumerate().skip(1) {
+            let _ = socket.emit("presence:snapshot", &self.snapshot_part(p, i, parts.len()));
         }
     }
 
@@ -570,9 +576,7 @@ impl<'a> Out<'a> {
             snapshot: part(0, &parts[0]),
         });
         if sent.is_ok() {
-            for (i, p) in parts.iter().enumerate().skip(1) {
-                let _ = socket.emit("presence:snapshot", &part(i, p));
-            }
+            self.rest(socket, &parts);
         }
     }
 
