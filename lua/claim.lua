@@ -18,7 +18,7 @@
 -- and no other user can take the id over while the tombstone lives.
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
-local T = cjson.decode(ARGV[2])
+local T = timings(ARGV[2])
 local sid, uid, handle, meta, activity, node = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local first_epoch = tonumber(ARGV[9])
 
@@ -53,9 +53,10 @@ if f ~= nil and f.dead ~= '1' then
   f.lastHeartbeatAt = math.max(now, num(f.lastHeartbeatAt, 0))
   f.a = activity
   if activity == 'active' then f.la = math.max(now, num(f.la, 0)) end
-  local st, changed = rederive(key, f, now, T)
+  local st, changed = rederive(f, now, T)
   redis.call('HSET', key, 'epoch', f.epoch, 'v', f.v, 'n', f.n, 'h', f.h or '', 'm', f.m or '',
     'lastHeartbeatAt', f.lastHeartbeatAt, 'a', f.a, 'la', f.la, 'st', st)
+  keep(key, f, now, T)
   reply.resumed = true
   reply.changed = changed
   -- Every room hears of the new epoch; observers see a change only if the status changed.
@@ -71,10 +72,10 @@ else
     lastHeartbeatAt = now, la = now, c = now, st = 'active',
   }
   redis.call('DEL', key)
-  local st = rederive(key, f, now, T)
+  local st = rederive(f, now, T)
   redis.call('HSET', key, 'sid', sid, 'userId', uid, 'h', handle, 'm', meta, 'n', node, 'a', activity,
     'epoch', f.epoch, 'v', f.v, 'lastHeartbeatAt', now, 'la', now, 'c', now, 'st', st)
-  redis.call('PEXPIRE', key, math.max(1, removal_deadline(f, T) - now) + KEEP)
+  keep(key, f, now, T)
   reply.resumed = false
   reply.changed = false
 end

@@ -8,15 +8,16 @@
 -- Reply: { ok, changed, v, uid, ix, puts: [{room, ev, m, visible}] } or an error.
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
-local T = cjson.decode(ARGV[2])
+local T = timings(ARGV[2])
 
 local f = load_session(key)
 local err = fence(f, ARGV[3])
 if err then return err end
 f.d = now
-local st, changed = rederive(key, f, now, T)
+local st, changed = rederive(f, now, T)
 if changed then f.v = tonumber(f.v) + 1 end
 redis.call('HSET', key, 'd', now, 'st', st, 'v', f.v)
+keep(key, f, now, T)
 local ix = index_update(key, f, now, T)
 local puts = {}
 if changed then puts = status_puts(f, true, now, T) end

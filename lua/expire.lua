@@ -23,7 +23,7 @@
 --   { outcome = 'alive', changed, v, uid, next, inroom, x, puts: [{room, ev, m, visible, x}] }
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
-local T = cjson.decode(ARGV[2])
+local T = timings(ARGV[2])
 local room = ARGV[3]
 
 local f = load_session(key)
@@ -39,10 +39,11 @@ if liveness(f, now, T) == 'expired' then
   return cjson.encode({ outcome = 'expired', v = f.v, uid = f.userId, dels = dels })
 end
 
-local st, changed = rederive(key, f, now, T)
+local st, changed = rederive(f, now, T)
 if changed then f.v = tonumber(f.v) + 1 end
 local nd = next_deadline(f, now, T)
 redis.call('HSET', key, 'st', st, 'v', f.v, 'ix', nd)
+keep(key, f, now, T)
 local puts = {}
 if changed then puts = status_puts(f, true, now, T) end
 local inroom = room ~= nil and room ~= '' and f['r:' .. room] ~= nil

@@ -8,25 +8,57 @@
 -- else { ok, changed, v, uid, ix, puts: [{room, ev, m, visible}] }; or an error.
 -- Only a heartbeat that reports 'active' counts as activity; one that reports
 -- nothing proves liveness only.
+--
+-- The common case reads the few fields that decide the status and writes
+-- only those that moved (the heartbeat time, and the activity when it is
+-- reported): one HMGET and one HSET. The TTL is set again only when its
+-- slack is used up (`keep`), the deadline index only when the next deadline
+-- comes earlier (`index_update`); the whole hash (rooms, states) is read only
+-- when the status changed and every room must be told.
 local key = KEYS[1]
-local now = tonumber(ARGV[1])
-local T = cjson.decode(ARGV[2])
-local activity = ARGV[4]
+local now_text = ARGV[1]
+local now = tonumber(now_text)
+local T = timings(ARGV[2])
+local epoch, activity = ARGV[3], ARGV[4]
 
--- Only the facts that decide the status are read; the whole hash (rooms,
--- states) only when the status changed and every room must be told.
-local f = load_fields(key, { 'dead', 'epoch', 'd', 'lastHeartbeatAt', 'a', 'la', 'st', 'v', 'ix', 'userId' })
-local err = fence(f, ARGV[3])
+local f = load_fields(key, { 'dead', 'epoch', 'd', 'lastHeartbeatAt', 'a', 'la', 'st', 'ix', 'ttl' })
+local err = fence(f, epoch)
 if err then return err end
 
-f.lastHeartbeatAt = math.max(now, num(f.lastHeartbeatAt, 0))
-if activity ~= '' then f.a = activity end
-if activity == 'active' then f.la = math.max(now, num(f.la, 0)) end
-local st, changed = rederive(key, f, now, T)
-if changed then f.v = tonumber(f.v) + 1 end
-redis.call('HSET', key, 'lastHeartbeatAt', f.lastHeartbeatAt, 'a', f.a or 'active', 'la', f.la, 'st', st, 'v', f.v)
+-- Times are written as the text they came in (now_text): Lua turning a
+-- number back into text is a good part of a quiet beat's cost.
+local w = { 'HSET', key }
+if now > num(f.lastHeartbeatAt, 0) then
+  f.lastHeartbeatAt = now_text
+  w[#w + 1] = 'lastHeartbeatAt'
+  w[#w + 1] = now_text
+end
+if activity ~= '' and activity ~= f.a then
+  f.a = activity
+  w[#w + 1] = 'a'
+  w[#w + 1] = activity
+end
+if activity == 'active' and now > num(f.la, 0) then
+  f.la = now_text
+  w[#w + 1] = 'la'
+  w[#w + 1] = now_text
+end
+local st, changed = rederive(f, now, T)
+if changed then
+  w[#w + 1] = 'st'
+  w[#w + 1] = st
+end
+if #w > 2 then redis.call(unpack(w)) end
+local v
+if changed then v = redis.call('HINCRBY', key, 'v', 1) end
+keep(key, f, now, T)
 local ix = index_update(key, f, now, T)
-if not changed and ix == nil then return '{"ok":true}' end
-local puts = {}
-if changed then puts = status_puts(load_session(key), true, now, T) end
-return cjson.encode({ ok = true, changed = changed, v = tonumber(f.v), uid = f.userId, ix = ix, puts = puts })
+if not changed then
+  if ix == nil then return '{"ok":true}' end
+  -- Only the deadline came earlier: the caller files it; no room hears of it.
+  return cjson.encode({ ok = true, changed = false, ix = ix })
+end
+local all = load_session(key)
+return cjson.encode({
+  ok = true, changed = true, v = v, uid = all.userId, ix = ix, puts = status_puts(all, true, now, T),
+})

@@ -11,7 +11,7 @@
 -- Reply: { ok, already, changed, v, uid, put: {room, ev, m, visible} } or { err = 'no_session' | 'stale_epoch' | 'too_many_rooms' }.
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
-local T = cjson.decode(ARGV[2])
+local T = timings(ARGV[2])
 local room, has_state, state, max_rooms = ARGV[4], ARGV[5] == '1', ARGV[6], tonumber(ARGV[7])
 
 local f = load_session(key)

@@ -8,7 +8,7 @@
 -- Reply: { ok, v, uid, ended, dels: [{room, ev}] } or { err = 'no_session' | 'stale_epoch' | 'not_joined' }.
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
-local T = cjson.decode(ARGV[2])
+local T = timings(ARGV[2])
 local room = ARGV[4]
 
 local f = load_session(key)

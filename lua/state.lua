@@ -10,7 +10,7 @@
 -- Reply: { ok, changed, v, uid, put: {room, ev, m, visible, x} } or { err = 'no_session' | 'stale_epoch' | 'not_joined' | 'retry' }.
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
-local T = cjson.decode(ARGV[2])
+local T = timings(ARGV[2])
 local room, based_on, state = ARGV[4], ARGV[5], ARGV[6]
 
 local f = load_session(key)

@@ -6,6 +6,7 @@
 #   scripts/bench.sh all            # every figure below, ~10 minutes
 #   scripts/bench.sh ceiling|throughput|latency|roomsize|curve|memory|storm
 #   scripts/bench.sh largerooms     # rooms of 10, 1,000, 10,000; 50,000 on three nodes
+#   scripts/bench.sh hotpath        # Redis CPU per heartbeat: functions or EVALSHA, standalone or cluster
 #
 # Each figure gets a redis-server and a release presence-node of its own, on
 # free loopback ports, started here and stopped at the end. JSON results go to
@@ -58,15 +59,15 @@ start_redis() {
   for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 }
 
-# start_stack [node env...]: a fresh redis-server and node; sets REDIS_PORT,
-# NODE_URL, NODE_PID.
+# start_stack [node env...]: a fresh redis-server and node ($NODE_BIN, else
+# this build's); sets REDIS_PORT, NODE_URL, NODE_PID.
 start_stack() {
   stop_stack
   start_redis
   local port
   port=$(free_port)
   env PRESENCE_BIND="127.0.0.1:$port" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
-    RUST_LOG=warn "$@" "$BIN/presence-node" >"$OUT/node.log" 2>&1 &
+    RUST_LOG=warn "$@" "${NODE_BIN:-$BIN/presence-node}" >"$OUT/node.log" 2>&1 &
   NODE_PID=$!
   pids+=("$NODE_PID")
   NODE_URL="http://127.0.0.1:$port"
@@ -90,9 +91,10 @@ bench() {
   curl -s "$NODE_URL/metrics" | grep -E '^presence_(events|diffs|snapshots|room_reads)_total' >"$OUT/$name.metrics" || true
 }
 
-# The heartbeat script's own ceiling: redis-benchmark sends the exact
-# EVALSHA a node sends (taken from MONITOR while sessions heartbeat), on the
-# same machine, 50 connections, without and with pipelining.
+# The heartbeat script's own ceiling: redis-benchmark sends the exact call a
+# node sends (FCALL; EVALSHA with PRESENCE_REDIS_FUNCTIONS=false or on Redis
+# 6), taken from MONITOR while sessions heartbeat, on the same machine, 50
+# connections, without and with pipelining.
 ceiling() {
   start_stack
   "$BIN/presence-bench" heartbeat --url "$NODE_URL" -n 20 --rate 1 -d 30 -q >/dev/null &
@@ -109,10 +111,100 @@ ceiling() {
   : >"$OUT/ceiling.csv"
   for pipeline in 1 16; do
     redis-benchmark -p "$REDIS_PORT" -n 400000 -c 50 -P "$pipeline" --csv "${cmd[@]}" 2>/dev/null |
-      tail -1 | awk -v p="$pipeline" -F'","' '{ printf "pipeline %s: %s EVALSHA/s\n", p, $2 }' | tee -a "$OUT/ceiling.csv"
+      tail -1 | awk -v p="$pipeline" -F'","' '{ printf "pipeline %s: %s calls/s\n", p, $2 }' | tee -a "$OUT/ceiling.csv"
   done
   kill "$keep" 2>/dev/null || true
   wait "$keep" 2>/dev/null || true
+}
+
+# start_cluster [masters]: a Redis Cluster of masters only, on free loopback
+# ports (and their bus ports); sets CLUSTER_URL and CLUSTER_PIDS.
+start_cluster() {
+  local masters=${1:-3} ports=() port dir
+  CLUSTER_PIDS=()
+  for _ in $(seq "$masters"); do
+    port=$(python3 -c 'import socket
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close()
+    if p + 10000 > 65535: continue
+    b = socket.socket()
+    try: b.bind(("127.0.0.1", p + 10000)); b.close(); print(p); break
+    except OSError: b.close()')
+    dir=$(mktemp -d)
+    redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --dir "$dir" \
+      --cluster-enabled yes --cluster-node-timeout 2000 --logfile "$OUT/cluster-$port.log" &
+    CLUSTER_PIDS+=("$!")
+    pids+=("$!")
+    ports+=("127.0.0.1:$port")
+    for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  redis-cli --cluster create "${ports[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
+  for _ in $(seq 100); do
+    local ok=1
+    for hp in "${ports[@]}"; do
+      redis-cli -p "${hp#*:}" cluster info | grep -q cluster_state:ok || ok=0
+    done
+    [ "$ok" = 1 ] && break
+    sleep 0.1
+  done
+  CLUSTER_URL="redis-cluster://$(IFS=,; echo "${ports[*]}")"
+}
+
+stop_cluster() {
+  for p in "${CLUSTER_PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "${CLUSTER_PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+  CLUSTER_PIDS=()
+}
+
+# Redis CPU per heartbeat: Redis's own CPU time (user + system, read from
+# /proc as INFO cpu reports it) over the measured phase, divided by the
+# heartbeats answered in it ("µs CPU per run ack" on the server lines; on a
+# cluster, the sum over its masters). 10,000 sessions, closed loop and 1 Hz,
+# each run on a fresh Redis and node; the scripts as a function library
+# (FCALL) and as EVALSHA scripts; one redis-server, then a cluster of three
+# masters. HOTPATH_BEFORE=<path to another presence-node> adds that build
+# (say, the previous release) to the same run. Redis, the node and the tool
+# share the machine's cores.
+hotpath() {
+  local variants=("functions|$BIN/presence-node|true" "evalsha|$BIN/presence-node|false")
+  [ -n "${HOTPATH_BEFORE:-}" ] && variants=("before|$HOTPATH_BEFORE|true" "${variants[@]}")
+  local v label bin functions mode
+  for v in "${variants[@]}"; do
+    IFS='|' read -r label bin functions <<<"$v"
+    for mode in closed 1hz; do
+      local args=(--closed)
+      [ "$mode" = 1hz ] && args=(--rate 1)
+      NODE_BIN=$bin start_stack PRESENCE_REDIS_FUNCTIONS=$functions
+      bench "hotpath-$label-$mode" heartbeat "${args[@]}" -n 10000 -d 20 --warmup 3
+      stop_stack
+      start_cluster 3
+      local port
+      port=$(free_port)
+      env PRESENCE_BIND="127.0.0.1:$port" REDIS_URL="$CLUSTER_URL" PRESENCE_REDIS_FUNCTIONS=$functions \
+        RUST_LOG=warn "$bin" >"$OUT/node.log" 2>&1 &
+      NODE_PID=$!
+      pids+=("$NODE_PID")
+      NODE_URL="http://127.0.0.1:$port"
+      ready "$NODE_URL/readyz"
+      local name="hotpath-$label-cluster-$mode" watch=()
+      for p in "${CLUSTER_PIDS[@]}"; do watch+=(--pid "$p"); done
+      echo "==> $name: presence-bench heartbeat ${args[*]} -n 10000 -d 20 --warmup 3 (3 masters)"
+      "$BIN/presence-bench" heartbeat "${args[@]}" -n 10000 -d 20 --warmup 3 --url "$NODE_URL" \
+        --pid "$NODE_PID" "${watch[@]}" --json "$OUT/$name.json" -q
+      python3 - "$OUT/$name.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+masters = r["servers"][1:]
+total = sum(s["cpu_us_per_ack"] or 0 for s in masters)
+print(f"Redis Cluster, {len(masters)} masters together: {total:.1f} µs CPU per heartbeat")
+PY
+      kill "$NODE_PID" 2>/dev/null || true
+      wait "$NODE_PID" 2>/dev/null || true
+      NODE_PID=""
+      stop_cluster
+    done
+  done
+  ceiling
 }
 
 throughput() {
@@ -275,6 +367,7 @@ case "${1:-all}" in
   fiftyk) fiftyk ;;
   memory) memory ;;
   storm) storm ;;
+  hotpath) hotpath ;;
   curve) curve ;;
   all) ceiling; throughput; latency; roomsize; curve; memory; storm ;;
   *) echo "usage: $0 [smoke|all|ceiling|throughput|latency|roomsize|curve|memory|storm]" >&2; exit 2 ;;

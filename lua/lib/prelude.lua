@@ -9,6 +9,23 @@
 -- (`timings_json` in crates/presence-store/src/redis/session_scripts.rs);
 -- `tomb` is how long a tombstone lives, the same as the memory store's.
 -- Replies are JSON strings, each read by one Rust type.
+--
+-- Loaded as a function library (Redis 7+), this file runs once and its
+-- locals live between calls; run with EVALSHA (Redis 6), it runs before
+-- every call. Nothing here may depend on which.
+
+-- The timings as a table: decoded once per distinct text. In a function
+-- library the last text and its table are kept between calls (the text is
+-- the same on every call of a node), which spares the heartbeat a JSON
+-- decode; the table is never written to.
+local timings_text, timings_table
+local function timings(text)
+  if text ~= timings_text then
+    timings_table = cjson.decode(text)
+    timings_text = text
+  end
+  return timings_table
+end
 
 local function num(v, default)
   if v == nil or v == false or v == '' then return default end
@@ -72,9 +89,12 @@ local function next_deadline(f, now, T)
   if now >= removal then return now end
   local la = num(f.la, 0)
   local best = removal
-  for _, c in ipairs({ la + T.idle, la + T.away, num(f.lastHeartbeatAt, 0) + hb_timeout(f, T) }) do
-    if c > now and c < best then best = c end
-  end
+  local c = la + T.idle
+  if c > now and c < best then best = c end
+  c = la + T.away
+  if c > now and c < best then best = c end
+  c = num(f.lastHeartbeatAt, 0) + hb_timeout(f, T)
+  if c > now and c < best then best = c end
   return best
 end
 
@@ -162,15 +182,29 @@ local function room_dels(f, kind, now)
   return dels
 end
 
--- Re-derives the recorded status and the session key's TTL after a change.
--- Returns the new status and whether it changed.
-local function rederive(key, f, now, T)
+-- Re-derives the recorded status after a change of the facts. Returns the
+-- new status and whether it changed (the caller writes it).
+local function rederive(f, now, T)
   local st = liveness(f, now, T)
   if st == 'expired' then st = 'stale' end
   local changed = st ~= f.st
   f.st = st
-  redis.call('PEXPIRE', key, math.max(1, removal_deadline(f, T) - now) + KEEP)
   return st, changed
+end
+
+-- Keeps the session key at least KEEP past its removal deadline. The TTL is
+-- set with another KEEP of slack and the instant it runs to is kept in the
+-- field `ttl`, so a heartbeat (which moves the deadline by one interval)
+-- sets it only once that slack is used up, not on every beat. A key may
+-- outlive its deadline by up to 2 × KEEP; the sweeper, not the TTL, ends a
+-- session on time. Called after the hash is written.
+local function keep(key, f, now, T)
+  local need = removal_deadline(f, T) + KEEP
+  if num(f.ttl, 0) >= need then return end
+  local untl = need + KEEP
+  redis.call('PEXPIRE', key, math.max(1, untl - now))
+  redis.call('HSET', key, 'ttl', untl)
+  f.ttl = untl
 end
 
 -- Wants the deadline index to hold an entry no later than the next deadline;

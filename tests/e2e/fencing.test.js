@@ -7,7 +7,7 @@ import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import {
   startRedis, startNode, restartNode, startProxy, connect, closeAll, call, enter, getJson, keepAlive, liveClient,
-  metric, monitor, subscribeEvents, until, sleep, diffs, RoomMirror,
+  metric, monitor, isScriptCall, subscribeEvents, until, sleep, diffs, RoomMirror,
 } from "./helpers.js";
 
 const FLAGS = {
@@ -101,7 +101,7 @@ test("SIGSTOP the leader in the middle of a sweep, past its lease: a new leader 
   // The leader marks them stale, which takes it a second or so: pause it
   // in the middle of that, with the writes it has sent still on the way
   // (held with it, as the packets of a paused VM wait in its queues).
-  const swept = () => mon.commands.filter((c) => c[0] === "EVALSHA" && c[c.length - 1] === String(lead.term)).length;
+  const swept = () => mon.commands.filter((c) => isScriptCall(c) && c[c.length - 1] === String(lead.term)).length;
   await until(() => swept() >= 64, "the leader to be well into its sweep", beaten + 10000 - Date.now());
   leader.proc.kill("SIGSTOP");
   link.hold();
@@ -125,8 +125,8 @@ test("SIGSTOP the leader in the middle of a sweep, past its lease: a new leader 
   // Writes that carried the old term and reached Redis after the new
   // leader's first write: the old leader's late ones.
   const termOf = (c) => c[c.length - 1];
-  const firstNew = mon.commands.findIndex((c) => c[0] === "EVALSHA" && termOf(c) === String(next.term));
-  const late = mon.commands.slice(firstNew).filter((c) => c[0] === "EVALSHA" && termOf(c) === String(lead.term)).length;
+  const firstNew = mon.commands.findIndex((c) => isScriptCall(c) && termOf(c) === String(next.term));
+  const late = mon.commands.slice(firstNew).filter((c) => isScriptCall(c) && termOf(c) === String(lead.term)).length;
   const fenced = await metric(leader.url, "presence_sweep_writes_fenced_total");
   console.log(`new leader ${tookOver} ms after SIGSTOP; ${late} writes of the old term reached Redis after the new term's first; the old leader counted ${fenced} refused`);
   assert.deepEqual([...tally(sub, sids, "expire").values()].filter((n) => n !== 1), [], "each session culled exactly once");

@@ -478,6 +478,24 @@ export async function monitor(port) {
   return m;
 }
 
+/**
+ * Whether a command MONITOR saw is a call of one of the node's scripts, and
+ * of `name` (a file of lua/ without `.lua`) when given: `FCALL
+ * presence_<version>_<name>` where Redis runs them as a function library,
+ * `EVALSHA <sha1>` otherwise (the SHA-1 of the script as loaded: after
+ * lua/lib/prelude.lua for the session scripts).
+ */
+export function isScriptCall(command, name) {
+  const [verb, target] = [String(command[0]).toUpperCase(), command[1]];
+  if (verb === "FCALL") return name === undefined || new RegExp(`^presence_[0-9a-f]{12}_${name}$`).test(target);
+  if (verb !== "EVALSHA") return false;
+  if (name === undefined) return true;
+  const read = (f) => fs.readFileSync(new URL(`../../lua/${f}`, import.meta.url), "utf8");
+  const text = read(`${name}.lua`);
+  const forms = [text, `${read("lib/prelude.lua")}\n${text}`];
+  return forms.some((t) => crypto.createHash("sha1").update(t).digest("hex") === target);
+}
+
 /** A counter from a node's /metrics (0 when absent). */
 export async function metric(url, name) {
   const text = await (await fetch(`${url}/metrics`)).text();

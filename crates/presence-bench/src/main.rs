@@ -340,10 +340,13 @@ async fn real_main(cli: Cli) -> i32 {
         _ => run.plan.duration.as_secs_f64(),
     };
 
+    let run_summary = run.run.summary(run_seconds);
+    let run_acks: u64 = run_summary.acks.values().map(|a| a.count).sum();
     let client = servers.pop().map(|mut c| {
         c.rss_per_session_bytes = None;
-        c
+        c.per_ack(run_acks)
     });
+    let servers = servers.into_iter().map(|s| s.per_ack(run_acks)).collect();
     let report = Report {
         scenario: scenario.name().to_owned(),
         params: serde_json::json!({
@@ -353,7 +356,7 @@ async fn real_main(cli: Cli) -> i32 {
         sessions_target: c.sessions as u64,
         sessions_reached: run.reached.load(Ordering::Relaxed),
         setup: run.setup.summary(setup.as_secs_f64()),
-        run: run.run.summary(run_seconds),
+        run: run_summary,
         events_in: run.wire.events_in.load(Ordering::Relaxed),
         bytes_in: run.wire.bytes_in.load(Ordering::Relaxed),
         bytes_out: run.wire.bytes_out.load(Ordering::Relaxed),

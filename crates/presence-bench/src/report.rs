@@ -91,7 +91,7 @@ impl Report {
         let all = self.servers.iter().map(|s| ("server", s));
         for (what, s) in all.chain(self.client.iter().map(|c| ("presence-bench", c))) {
             out.push_str(&format!(
-                "{what} pid {}: RSS {} -> {} (peak {}){}{}\n",
+                "{what} pid {}: RSS {} -> {} (peak {}){}{}{}\n",
                 s.pid,
                 mib(s.rss_before_bytes),
                 mib(s.rss_after_bytes),
@@ -101,6 +101,9 @@ impl Report {
                     .unwrap_or_default(),
                 s.cpu_percent
                     .map(|c| format!(", CPU {c:.0}% of a core"))
+                    .unwrap_or_default(),
+                s.cpu_us_per_ack
+                    .map(|u| format!(", {u:.1} µs CPU per run ack"))
                     .unwrap_or_default(),
             ));
         }

@@ -57,14 +57,11 @@ impl Watched {
         self.sample();
         let now = read(self.pid, self.page);
         let rss_after = now.map(|(r, _)| r).unwrap_or(0);
-        let cpu_percent = match (self.cpu_from, now) {
+        let cpu = match (self.cpu_from, now) {
             (Some((at, from)), Some((_, to))) => {
                 let wall = at.elapsed().as_secs_f64();
-                if wall > 0.0 {
-                    Some((to.saturating_sub(from)) as f64 / self.ticks_per_s / wall * 100.0)
-                } else {
-                    None
-                }
+                let seconds = (to.saturating_sub(from)) as f64 / self.ticks_per_s;
+                (wall > 0.0).then_some((seconds, seconds / wall * 100.0))
             }
             _ => None,
         };
@@ -75,7 +72,9 @@ impl Watched {
             rss_after_bytes: rss_after,
             rss_peak_bytes: self.rss_peak,
             rss_per_session_bytes: growth.checked_div(sessions),
-            cpu_percent,
+            cpu_seconds: cpu.map(|(s, _)| s),
+            cpu_percent: cpu.map(|(_, p)| p),
+            cpu_us_per_ack: None,
         }
     }
 }
@@ -93,8 +92,25 @@ pub struct ServerSummary {
     pub rss_peak_bytes: u64,
     /// (after - before) / sessions reached.
     pub rss_per_session_bytes: Option<u64>,
+    /// CPU time (user + system) over the measured phase, in seconds.
+    pub cpu_seconds: Option<f64>,
     /// CPU over the measured phase, in % of one core.
     pub cpu_percent: Option<f64>,
+    /// CPU time over the measured phase divided by the acks answered in it,
+    /// in µs: what one request costs this process (for Redis, the Redis CPU
+    /// per heartbeat that `INFO cpu` would show).
+    pub cpu_us_per_ack: Option<f64>,
+}
+
+impl ServerSummary {
+    /// Sets [`ServerSummary::cpu_us_per_ack`] from the acks of the measured phase.
+    pub fn per_ack(mut self, acks: u64) -> Self {
+        self.cpu_us_per_ack = match (self.cpu_seconds, acks) {
+            (Some(s), n) if n > 0 => Some(s * 1e6 / n as f64),
+            _ => None,
+        };
+        self
+    }
 }
 
 #[cfg(test)]
@@ -116,6 +132,10 @@ mod tests {
         assert!(s.rss_after_bytes > 0);
         assert!(s.rss_peak_bytes >= s.rss_before_bytes);
         assert!(s.cpu_percent.is_some());
+        let spent = s.cpu_seconds.unwrap();
+        let per = s.clone().per_ack(4).cpu_us_per_ack.unwrap();
+        assert!((per - spent * 1e6 / 4.0).abs() < 1e-6);
+        assert_eq!(s.per_ack(0).cpu_us_per_ack, None);
         assert!(Watched::new(i32::MAX).is_err());
     }
 }

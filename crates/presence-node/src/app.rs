@@ -283,6 +283,7 @@ async fn open_store(
         pool_size: config.redis_pool_size,
         command_timeout: Duration::from_millis(config.redis_timeout_ms),
         ca_file: config.redis_ca_file.clone(),
+        functions: config.redis_functions,
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {

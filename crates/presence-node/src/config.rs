@@ -58,6 +58,12 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_REDIS_CA_FILE")]
     pub redis_ca_file: Option<std::path::PathBuf>,
 
+    /// Run the Lua scripts as one Redis function library (`FUNCTION LOAD`,
+    /// `FCALL`) where Redis allows it (7 and later); `false` runs them with
+    /// `EVALSHA` as on Redis 6 (each call then defines the helpers again).
+    #[arg(long, env = "PRESENCE_REDIS_FUNCTIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub redis_functions: bool,
+
     /// How often clients should heartbeat.
     #[arg(long, env = "PRESENCE_HEARTBEAT_INTERVAL_MS", default_value_t = 10_000)]
     pub heartbeat_interval_ms: Millis,

@@ -203,7 +203,11 @@ async fn script_calls(admin: &Client) -> String {
         )
         .await
         .expect("info");
-    let Some(line) = info.lines().find(|l| l.starts_with("cmdstat_evalsha:")) else {
+    // FCALL where Redis runs the scripts as functions, else EVALSHA.
+    let Some(line) = info
+        .lines()
+        .find(|l| l.starts_with("cmdstat_fcall:") || l.starts_with("cmdstat_evalsha:"))
+    else {
         return "no script calls".into();
     };
     let field = |name: &str| {

@@ -26,10 +26,14 @@ pub struct RedisOptions {
     /// A PEM file of the CAs to trust for `rediss://` instead of the system's
     /// (a private CA, as self-hosted Redis with TLS usually has).
     pub ca_file: Option<std::path::PathBuf>,
+    /// Run the scripts as a function library (`FCALL`) where Redis allows it;
+    /// `false` keeps `EVALSHA` (see [`scripts`](super::scripts)).
+    pub functions: bool,
 }
 
 impl RedisOptions {
-    /// Defaults for `url`: prefix `presence`, 4 connections, 2 s timeout.
+    /// Defaults for `url`: prefix `presence`, 4 connections, 2 s timeout,
+    /// functions where Redis has them.
     pub fn new(url: &str) -> Self {
         Self {
             url: url.to_owned(),
@@ -37,6 +41,7 @@ impl RedisOptions {
             pool_size: 4,
             command_timeout: Duration::from_secs(2),
             ca_file: None,
+            functions: true,
         }
     }
 }

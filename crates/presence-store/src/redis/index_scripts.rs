@@ -2,12 +2,11 @@
 //! (`lease`, `lease_release`) and the node registry (`node_put`,
 //! `nodes_read`): their typed arguments and replies.
 
-use fred::types::scripts::Script;
 use fred::types::Value;
 use presence_core::{Millis, NodeId};
 
 use super::keys::Keys;
-use super::scripts::{integer, json, Decode, ScriptCall, Scripts};
+use super::scripts::{integer, json, Decode, Lua, ScriptCall, Scripts};
 use crate::api::{Lease, NodeInfo};
 use crate::error::StoreError;
 
@@ -45,7 +44,7 @@ impl Decode for UserSessionAdded {
 
 impl ScriptCall for AddUserSession<'_> {
     type Reply = UserSessionAdded;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Lua {
         &s.user_put
     }
     fn keys(&self, keys: &Keys) -> Vec<String> {
@@ -80,7 +79,7 @@ impl Decode for SessionsLeft {
 
 impl ScriptCall for RemoveUserSession<'_> {
     type Reply = SessionsLeft;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Lua {
         &s.user_del
     }
     fn keys(&self, keys: &Keys) -> Vec<String> {
@@ -106,7 +105,7 @@ impl Decode for Lease {
 
 impl ScriptCall for TakeLease<'_> {
     type Reply = Lease;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Lua {
         &s.lease
     }
     fn keys(&self, keys: &Keys) -> Vec<String> {
@@ -140,7 +139,7 @@ impl Decode for Released {
 
 impl ScriptCall for ReleaseLease<'_> {
     type Reply = Released;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Lua {
         &s.lease_release
     }
     fn keys(&self, keys: &Keys) -> Vec<String> {
@@ -171,7 +170,7 @@ impl Decode for NodesLive {
 
 impl ScriptCall for RegisterNode<'_> {
     type Reply = NodesLive;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Lua {
         &s.node_put
     }
     fn keys(&self, keys: &Keys) -> Vec<String> {
@@ -211,7 +210,7 @@ impl Decode for Registrations {
 
 impl ScriptCall for ReadNodes {
     type Reply = Registrations;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Lua {
         &s.nodes_read
     }
     fn keys(&self, keys: &Keys) -> Vec<String> {

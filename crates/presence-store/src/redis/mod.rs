@@ -98,7 +98,7 @@ impl RedisStore {
         let mode = PubSub::of_server(&route.any()).await?;
         let bus = EventBus::start(listener, route.clone(), &opts.prefix, mode);
         let scripts = Scripts::new();
-        scripts.load(&route).await?;
+        scripts.load(&route, opts.functions).await?;
         Ok(Self {
             route,
             scripts,

@@ -2,7 +2,6 @@
 //! `rooms_settle`): their typed arguments and replies, and the member entry
 //! a room keeps (`<version>|<userId>|<member JSON>`).
 
-use fred::types::scripts::Script;
 use fred::types::Value;
 use presence_core::view::Member;
 use presence_core::{JsonMap, Millis, SessionId, SessionStatus, UserId};
@@ -10,7 +9,7 @@ use serde::Deserialize;
 
 use super::conn::PubSub;
 use super::keys::Keys;
-use super::scripts::{integer, Decode, ScriptCall, Scripts};
+use super::scripts::{integer, Decode, Lua, ScriptCall, Scripts};
 use super::session_scripts::RoomPut;
 use crate::error::StoreError;
 
@@ -78,7 +77,7 @@ impl Decode for MemberPut {
 
 impl ScriptCall for PutMember<'_> {
     type Reply = MemberPut;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Lua {
         &s.room_put
     }
     fn keys(&self, keys: &Keys) -> Vec<String> {
@@ -131,7 +130,7 @@ impl Decode for MemberRemoved {
 
 impl ScriptCall for RemoveMember<'_> {
     type Reply = MemberRemoved;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Lua {
         &s.room_del
     }
     fn keys(&self, keys: &Keys) -> Vec<String> {
@@ -174,7 +173,7 @@ impl Decode for RoomEntries {
 
 impl ScriptCall for ReadRoom<'_> {
     type Reply = RoomEntries;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Lua {
         &s.room_read
     }
     fn keys(&self, keys: &Keys) -> Vec<String> {
@@ -197,7 +196,7 @@ pub(super) struct PageRoom<'a> {
 
 impl ScriptCall for PageRoom<'_> {
     type Reply = RoomEntries;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Lua {
         &s.room_page
     }
     fn keys(&self, keys: &Keys) -> Vec<String> {
@@ -228,7 +227,7 @@ impl Decode for Due {
 
 impl ScriptCall for DueMembers<'_> {
     type Reply = Due;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Lua {
         &s.room_due
     }
     fn keys(&self, keys: &Keys) -> Vec<String> {
@@ -263,7 +262,7 @@ impl Decode for Settled {
 
 impl ScriptCall for SettleRoom<'_> {
     type Reply = Settled;
-    fn script(s: &Scripts) -> &Script {
+    fn script(s: &Scripts) -> &Lua {
         &s.rooms_settle
     }
     fn keys(&self, keys: &Keys) -> Vec<String> {

@@ -1,6 +1,14 @@
-//! The Lua scripts of `lua/`: loading them, running them with `EVALSHA`
-//! (loaded again after a `NOSCRIPT`, as a restarted or failed-over Redis
-//! answers), and the typed boundary every call goes through.
+//! The Lua scripts of `lua/`: loading them, running them, and the typed
+//! boundary every call goes through.
+//!
+//! On Redis 7 and later the scripts are one function library (`FUNCTION
+//! LOAD`, run with `FCALL`): the helpers of `lua/lib/prelude.lua` are
+//! defined once when the library loads instead of on every call, and the
+//! timings are decoded once (see `timings` in the prelude). On Redis 6, or
+//! where `FUNCTION` is not allowed (an ACL), each script runs with
+//! `EVALSHA`, the prelude prepended. Either way a call that finds its code
+//! missing (a restarted or failed-over Redis) loads it again and runs once
+//! more.
 //!
 //! Each script has one argument type (a struct with named fields that
 //! implements [`ScriptCall`]: its keys, its `ARGV`, its reply type) and one
@@ -8,6 +16,9 @@
 //! [`room`](super::room_scripts) and [`index`](super::index_scripts) hold
 //! them. No caller builds a positional vector or reads an untyped reply.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use fred::prelude::*;
 use fred::types::scripts::Script;
 use fred::types::Value;
 use serde::de::DeserializeOwned;
@@ -18,75 +29,160 @@ use super::keys::Keys;
 use super::route::Route;
 use crate::error::StoreError;
 
-/// A session script: `lua/lib/prelude.lua` (the lifecycle rules) followed by
-/// the script itself.
+/// The helpers every session script uses.
+const PRELUDE: &str = include_str!("../../../../lua/lib/prelude.lua");
+
+/// One script of `lua/`: its text, whether it needs the prelude, its
+/// `EVALSHA` form and its name in the function library.
+pub(super) struct Lua {
+    /// `EVALSHA` form: the script, after the prelude if it needs it.
+    script: Script,
+    /// The function's name in the library (`presence_<version>_<script>`).
+    function: String,
+}
+
+/// A script read at build time: its name (the file's, without `.lua`), its
+/// text, and whether it runs after the prelude.
+struct Source {
+    name: &'static str,
+    text: &'static str,
+    prelude: bool,
+}
+
+/// A session script: runs after `lua/lib/prelude.lua` (the lifecycle rules).
 macro_rules! with_prelude {
     ($name:literal) => {
-        concat!(
-            include_str!("../../../../lua/lib/prelude.lua"),
-            "\n",
-            include_str!(concat!("../../../../lua/", $name))
-        )
+        Source {
+            name: $name,
+            text: include_str!(concat!("../../../../lua/", $name, ".lua")),
+            prelude: true,
+        }
     };
 }
 
 /// A script that stands alone.
 macro_rules! alone {
     ($name:literal) => {
-        include_str!(concat!("../../../../lua/", $name))
+        Source {
+            name: $name,
+            text: include_str!(concat!("../../../../lua/", $name, ".lua")),
+            prelude: false,
+        }
     };
 }
 
 /// Every script, compiled into the binary (a node always runs the scripts it
-/// was built with; their SHA-1 is computed once).
+/// was built with; their SHA-1 and the library's version are computed once).
 pub(super) struct Scripts {
-    pub claim: Script,
-    pub join: Script,
-    pub heartbeat: Script,
-    pub state: Script,
-    pub leave: Script,
-    pub disconnect: Script,
-    pub expire: Script,
-    pub room_put: Script,
-    pub room_del: Script,
-    pub room_read: Script,
-    pub room_page: Script,
-    pub room_due: Script,
-    pub rooms_settle: Script,
-    pub user_put: Script,
-    pub user_del: Script,
-    pub node_put: Script,
-    pub nodes_read: Script,
-    pub lease: Script,
-    pub lease_release: Script,
+    pub claim: Lua,
+    pub join: Lua,
+    pub heartbeat: Lua,
+    pub state: Lua,
+    pub leave: Lua,
+    pub disconnect: Lua,
+    pub expire: Lua,
+    pub room_put: Lua,
+    pub room_del: Lua,
+    pub room_read: Lua,
+    pub room_page: Lua,
+    pub room_due: Lua,
+    pub rooms_settle: Lua,
+    pub user_put: Lua,
+    pub user_del: Lua,
+    pub node_put: Lua,
+    pub nodes_read: Lua,
+    pub lease: Lua,
+    pub lease_release: Lua,
+    /// The function library's code (`#!lua name=presence_<version>`).
+    library: String,
+    /// Whether calls go through the library (`FCALL`), decided by [`Scripts::load`].
+    functions: AtomicBool,
+}
+
+/// The library's name and the prefix of its functions. The version is a
+/// hash of the code: nodes built from other scripts (a rolling upgrade)
+/// load a library of their own beside this one instead of replacing it
+/// under the feet of the nodes that still run the old code.
+fn library_name(body: &str) -> String {
+    format!("presence_{}", &fred::util::sha1_hash(body)[..12])
 }
 
 impl Scripts {
     pub fn new() -> Self {
+        let sources = [
+            with_prelude!("claim"),
+            with_prelude!("join"),
+            with_prelude!("heartbeat"),
+            with_prelude!("state"),
+            with_prelude!("leave"),
+            with_prelude!("disconnect"),
+            with_prelude!("expire"),
+            alone!("room_put"),
+            alone!("room_del"),
+            alone!("room_read"),
+            alone!("room_page"),
+            alone!("room_due"),
+            alone!("rooms_settle"),
+            alone!("user_put"),
+            alone!("user_del"),
+            alone!("node_put"),
+            alone!("nodes_read"),
+            alone!("lease"),
+            alone!("lease_release"),
+        ];
+        // The library: the prelude once, then each script as the body of a
+        // function whose parameters are named as a script's globals are
+        // (`KEYS`, `ARGV`), so that one text serves both forms.
+        let mut body = String::from(PRELUDE);
+        for s in &sources {
+            body.push_str(&format!(
+                "\nredis.register_function('%FN%_{}', function(KEYS, ARGV)\n{}\nend)\n",
+                s.name, s.text
+            ));
+        }
+        let name = library_name(&body);
+        let library = format!("#!lua name={name}\n{}", body.replace("%FN%", &name));
+        let lua = sources.map(|s| Lua {
+            script: Script::from_lua(if s.prelude {
+                format!("{PRELUDE}\n{}", s.text)
+            } else {
+                s.text.to_owned()
+            }),
+            function: format!("{name}_{}", s.name),
+        });
+        // In the order of `sources` (rustfmt leaves a long slice pattern on one line).
+        #[rustfmt::skip]
+        let [
+            claim, join, heartbeat, state, leave, disconnect, expire,
+            room_put, room_del, room_read, room_page, room_due, rooms_settle,
+            user_put, user_del, node_put, nodes_read, lease, lease_release,
+        ] = lua;
         Self {
-            claim: Script::from_lua(with_prelude!("claim.lua")),
-            join: Script::from_lua(with_prelude!("join.lua")),
-            heartbeat: Script::from_lua(with_prelude!("heartbeat.lua")),
-            state: Script::from_lua(with_prelude!("state.lua")),
-            leave: Script::from_lua(with_prelude!("leave.lua")),
-            disconnect: Script::from_lua(with_prelude!("disconnect.lua")),
-            expire: Script::from_lua(with_prelude!("expire.lua")),
-            room_put: Script::from_lua(alone!("room_put.lua")),
-            room_del: Script::from_lua(alone!("room_del.lua")),
-            room_read: Script::from_lua(alone!("room_read.lua")),
-            room_page: Script::from_lua(alone!("room_page.lua")),
-            room_due: Script::from_lua(alone!("room_due.lua")),
-            rooms_settle: Script::from_lua(alone!("rooms_settle.lua")),
-            user_put: Script::from_lua(alone!("user_put.lua")),
-            user_del: Script::from_lua(alone!("user_del.lua")),
-            node_put: Script::from_lua(alone!("node_put.lua")),
-            nodes_read: Script::from_lua(alone!("nodes_read.lua")),
-            lease: Script::from_lua(alone!("lease.lua")),
-            lease_release: Script::from_lua(alone!("lease_release.lua")),
+            claim,
+            join,
+            heartbeat,
+            state,
+            leave,
+            disconnect,
+            expire,
+            room_put,
+            room_del,
+            room_read,
+            room_page,
+            room_due,
+            rooms_settle,
+            user_put,
+            user_del,
+            node_put,
+            nodes_read,
+            lease,
+            lease_release,
+            library,
+            functions: AtomicBool::new(false),
         }
     }
 
-    fn all(&self) -> [&Script; 19] {
+    fn all(&self) -> [&Lua; 19] {
         [
             &self.claim,
             &self.join,
@@ -110,14 +206,46 @@ impl Scripts {
         ]
     }
 
-    /// `SCRIPT LOAD`s every script (on Cluster, on every master).
-    pub async fn load(&self, route: &Route) -> Result<(), StoreError> {
-        for master in route.masters() {
+    /// Loads the function library on every master (on Cluster, each master
+    /// holds its own copy; replicas get it from their master). If a master
+    /// refuses it (Redis 6 has no `FUNCTION`; an ACL may deny it), or
+    /// `functions` is false, every script is `SCRIPT LOAD`ed instead and
+    /// calls use `EVALSHA`.
+    pub async fn load(&self, route: &Route, functions: bool) -> Result<(), StoreError> {
+        let masters = route.masters();
+        let mut refused = None;
+        if functions {
+            for master in &masters {
+                if let Err(e) = master.function_load::<Value, _>(true, &self.library).await {
+                    if is_connection_error(&e) {
+                        return Err(unavailable(e));
+                    }
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        if functions && refused.is_none() {
+            self.functions.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
+        if let Some(e) = refused {
+            tracing::warn!(
+                error = %e,
+                "Redis refused FUNCTION LOAD: the scripts run with EVALSHA (slower: each call defines the helpers again)"
+            );
+        }
+        for master in &masters {
             for s in self.all() {
-                s.load(&master).await.map_err(unavailable)?;
+                s.script.load(master).await.map_err(unavailable)?;
             }
         }
         Ok(())
+    }
+
+    /// Whether calls go through the function library.
+    pub fn uses_functions(&self) -> bool {
+        self.functions.load(Ordering::Relaxed)
     }
 
     /// Runs one call and decodes its reply.
@@ -127,15 +255,53 @@ impl Scripts {
         keys: &Keys,
         call: C,
     ) -> Result<C::Reply, StoreError> {
-        let script = C::script(self);
+        let lua = C::script(self);
         let input = (call.keys(keys), call.args(keys));
-        let v: Value = route
-            .on_key_with(input, first_key, |c, (k, args)| async move {
-                script.evalsha_with_reload(&c, k, args).await
-            })
-            .await?;
+        let v: Value = if self.uses_functions() {
+            let library = self.library.as_str();
+            route
+                .on_key_with(input, first_key, |c, (k, args)| async move {
+                    fcall_with_reload(&c, library, &lua.function, k, args).await
+                })
+                .await?
+        } else {
+            route
+                .on_key_with(input, first_key, |c, (k, args)| async move {
+                    lua.script.evalsha_with_reload(&c, k, args).await
+                })
+                .await?
+        };
         C::Reply::decode(v)
     }
+}
+
+/// `FCALL`; when the server does not have the function (restarted without
+/// persistence, a replica promoted before the library reached it, a master
+/// added to a cluster), loads the library there and calls once more.
+async fn fcall_with_reload(
+    c: &Client,
+    library: &str,
+    function: &str,
+    keys: Vec<String>,
+    args: Vec<String>,
+) -> Result<Value, fred::error::Error> {
+    match c.fcall(function, keys.clone(), args.clone()).await {
+        Err(e) if e.details().contains("Function not found") => {
+            c.function_load::<Value, _>(true, library).await?;
+            c.fcall(function, keys, args).await
+        }
+        other => other,
+    }
+}
+
+/// True for an error that says nothing about what the server supports (it
+/// could not be asked).
+fn is_connection_error(e: &fred::error::Error) -> bool {
+    use fred::error::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::IO | K::Timeout | K::Canceled | K::Cluster | K::Sentinel | K::Tls | K::Backpressure
+    )
 }
 
 /// The first of a call's keys: every key of a call shares one slot, so it
@@ -150,7 +316,7 @@ pub(super) trait ScriptCall {
     /// What the script answers.
     type Reply: Decode;
     /// The script.
-    fn script(scripts: &Scripts) -> &Script;
+    fn script(scripts: &Scripts) -> &Lua;
     /// `KEYS`.
     fn keys(&self, keys: &Keys) -> Vec<String>;
     /// `ARGV` (channel names, too, are built from `keys`).

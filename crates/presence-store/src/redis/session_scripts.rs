@@ -6,13 +6,12 @@
 //! [`RoomPut`]s and [`RoomDel`]s for the caller to project
 //! (see [`room_scripts`](super::room_scripts)).
 
-use fred::types::scripts::Script;
 use fred::types::Value;
 use presence_core::{Activity, Millis, Timings};
 use serde::{Deserialize, Serialize};
 
 use super::keys::Keys;
-use super::scripts::{json, list, Decode, Fenced, ScriptCall, Scripts};
+use super::scripts::{json, list, Decode, Fenced, Lua, ScriptCall, Scripts};
 use crate::api::TOMBSTONE_MS;
 use crate::error::StoreError;
 
@@ -79,7 +78,7 @@ macro_rules! session_call {
     ($call:ident, $script:ident, $reply:ty, |$c:ident| $rest:expr) => {
         impl ScriptCall for $call<'_> {
             type Reply = $reply;
-            fn script(s: &Scripts) -> &Script {
+            fn script(s: &Scripts) -> &Lua {
                 &s.$script
             }
             fn keys(&self, keys: &Keys) -> Vec<String> {

@@ -36,6 +36,25 @@ mod standalone {
 
     conformance_suite!(make);
 
+    /// The same contract with the scripts run by `EVALSHA`, as on Redis 6
+    /// (or where an ACL denies `FUNCTION`).
+    mod evalsha {
+        use super::*;
+
+        async fn make(env: Env) -> Arc<dyn PresenceStore> {
+            let mut opts = RedisOptions::new(&server().url());
+            opts.prefix = format!("e{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            opts.functions = false;
+            let store = RedisStore::connect(opts, Arc::new(env.clock), env.timings, env.limits)
+                .await
+                .expect("connects");
+            assert!(!store.scripts.uses_functions());
+            Arc::new(store)
+        }
+
+        conformance_suite!(make);
+    }
+
     /// A store on its own server (the command counts are the server's),
     /// and a connected session of user `uid`.
     async fn own_store(uid: &str) -> (RedisServer, RedisStore, SessionRef) {
@@ -52,16 +71,27 @@ mod standalone {
         SessionRef,
         Arc<presence_core::ManualClock>,
     ) {
+        own_store_with(uid, true).await
+    }
+
+    /// [`own_store_clocked`], with the scripts run as functions or not.
+    async fn own_store_with(
+        uid: &str,
+        functions: bool,
+    ) -> (
+        RedisServer,
+        RedisStore,
+        SessionRef,
+        Arc<presence_core::ManualClock>,
+    ) {
         let own = RedisServer::start().unwrap();
         let clock = Arc::new(presence_core::ManualClock::new(crate::conformance::T0));
-        let store = RedisStore::connect(
-            RedisOptions::new(&own.url()),
-            clock.clone(),
-            Timings::default(),
-            Limits::default(),
-        )
-        .await
-        .unwrap();
+        let mut opts = RedisOptions::new(&own.url());
+        opts.functions = functions;
+        let store = RedisStore::connect(opts, clock.clone(), Timings::default(), Limits::default())
+            .await
+            .unwrap();
+        assert_eq!(store.scripts.uses_functions(), functions);
         let me = hello(&store, uid).await;
         (own, store, me, clock)
     }
@@ -120,19 +150,32 @@ mod standalone {
         assert_eq!(field("userId"), "alice");
         assert_eq!(field("epoch"), me.epoch.to_string());
         assert_eq!(field("lastHeartbeatAt"), crate::conformance::T0.to_string());
-        // Removal deadline (heartbeat timeout + grace) plus a minute.
+        // The key outlives the removal deadline (heartbeat timeout + grace)
+        // by a minute, plus a minute of slack; `ttl` says until when.
         let t = Timings::default();
-        let full = t.heartbeat_timeout_ms + t.reconnect_grace_ms + 60_000;
+        let removal = t.heartbeat_timeout_ms + t.reconnect_grace_ms;
+        let set = |at: i64| at + removal + 120_000;
         let first = pttl();
-        assert!(first > full - 5_000 && first <= full, "{first}");
+        assert!(first > set(0) - 5_000 && first <= set(0), "{first}");
+        assert_eq!(field("ttl"), set(crate::conformance::T0).to_string());
+        // Beats within the slack leave the TTL alone (no PEXPIRE per beat)...
+        for beat in 1..=6 {
+            clock.advance(10_000);
+            store.heartbeat(&me, Some(Activity::Active)).await.unwrap();
+            assert_eq!(
+                field("lastHeartbeatAt"),
+                (crate::conformance::T0 + beat * 10_000).to_string()
+            );
+            assert_eq!(field("ttl"), set(crate::conformance::T0).to_string());
+        }
+        // ...and the one that would leave less than a minute past the new
+        // deadline sets it again, a minute of slack ahead.
         clock.advance(10_000);
         store.heartbeat(&me, Some(Activity::Active)).await.unwrap();
-        assert_eq!(
-            field("lastHeartbeatAt"),
-            (crate::conformance::T0 + 10_000).to_string()
-        );
+        let now = crate::conformance::T0 + 70_000;
+        assert_eq!(field("ttl"), set(now).to_string());
         let pushed = pttl();
-        assert!(pushed > full - 5_000 && pushed <= full, "{pushed}");
+        assert!(pushed > set(0) - 5_000 && pushed <= set(0), "{pushed}");
     }
 
     /// The tombstone's lifetime comes from Rust (`TOMBSTONE_MS`, the memory
@@ -154,13 +197,14 @@ mod standalone {
         assert!(pttl > tomb - 5_000 && pttl <= tomb, "{pttl}");
     }
 
-    #[tokio::test]
-    async fn scripts_are_loaded_again_after_a_script_flush() {
-        let (own, store, me) = own_store("flush").await;
+    /// What a restarted or failed-over Redis looks like to the scripts:
+    /// `flush` empties the cache of scripts or functions, and each call
+    /// loads its code again and runs.
+    async fn code_comes_back_after(functions: bool, flush: &[&str], load: &str, least: u64) {
+        let (own, store, me, _) = own_store_with("flush", functions).await;
         let room = RoomId::new("flush").unwrap();
         store.join(&me, &room, None).await.unwrap();
-        // What a restarted or failed-over Redis looks like to the scripts.
-        presence_testkit::redis_cli(own.port(), &["SCRIPT", "FLUSH"]).unwrap();
+        presence_testkit::redis_cli(own.port(), flush).unwrap();
         presence_testkit::redis_cli(own.port(), &["CONFIG", "RESETSTAT"]).unwrap();
         store.heartbeat(&me, Some(Activity::Idle)).await.unwrap();
         store
@@ -170,15 +214,20 @@ mod standalone {
         let view = store.room_view(&room).await.unwrap();
         assert_eq!(view.sessions.len(), 1);
         let c = calls(own.port());
-        let loads = c
-            .iter()
-            .find(|(n, _)| n == "script|load")
-            .map(|x| x.1)
-            .unwrap_or(0);
-        assert!(
-            loads >= 3,
-            "each script is loaded again on its NOSCRIPT: {c:?}"
-        );
+        let loads = c.iter().find(|(n, _)| n == load).map(|x| x.1).unwrap_or(0);
+        assert!(loads >= least, "{load} at least {least}: {c:?}");
+    }
+
+    #[tokio::test]
+    async fn scripts_are_loaded_again_after_a_script_flush() {
+        // Each script is loaded again on its own NOSCRIPT.
+        code_comes_back_after(false, &["SCRIPT", "FLUSH"], "script|load", 3).await;
+    }
+
+    #[tokio::test]
+    async fn the_library_is_loaded_again_after_a_function_flush() {
+        // The first call that finds no function loads the whole library.
+        code_comes_back_after(true, &["FUNCTION", "FLUSH"], "function|load", 1).await;
     }
 
     #[tokio::test]
@@ -334,27 +383,48 @@ mod standalone {
         list.iter().map(|(c, n)| (c.to_string(), *n)).collect()
     }
 
-    #[tokio::test]
-    async fn a_heartbeat_is_one_evalsha() {
-        let (own, store, me) = own_store("hb").await;
+    /// 100 heartbeats a second apart of a session in a room, and the
+    /// commands they cost the server.
+    async fn heartbeat_calls(functions: bool) -> Vec<(String, u64)> {
+        let (own, store, me, clock) = own_store_with("hb", functions).await;
         store
             .join(&me, &RoomId::new("big").unwrap(), None)
             .await
             .unwrap();
         presence_testkit::redis_cli(own.port(), &["CONFIG", "RESETSTAT"]).unwrap();
         for _ in 0..100 {
+            clock.advance(1_000);
             store.heartbeat(&me, Some(Activity::Active)).await.unwrap();
         }
-        // One EVALSHA each; inside it one read of the few fields that
-        // decide the status (not the whole hash: its rooms and states),
-        // two writes of the session hash, and nothing per room.
+        calls(own.port())
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_is_one_function_call_one_read_and_one_write() {
+        // One FCALL each; inside it one read of the few fields that decide
+        // the status (not the whole hash: its rooms and states) and one
+        // write of those that moved, nothing per room. The TTL is set again
+        // once in the 100 seconds (when its minute of slack is used up).
         assert_eq!(
-            calls(own.port()),
+            heartbeat_calls(true).await,
+            counts(&[
+                ("fcall", 100),
+                ("hmget", 100),
+                ("hset", 101),
+                ("pexpire", 1)
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn without_functions_a_heartbeat_is_one_evalsha() {
+        assert_eq!(
+            heartbeat_calls(false).await,
             counts(&[
                 ("evalsha", 100),
                 ("hmget", 100),
-                ("hset", 100),
-                ("pexpire", 100)
+                ("hset", 101),
+                ("pexpire", 1)
             ])
         );
     }
@@ -425,7 +495,7 @@ mod standalone {
     }
 
     #[tokio::test]
-    async fn a_join_and_its_snapshot_are_three_evalsha_whatever_the_room_size() {
+    async fn a_join_and_its_snapshot_are_three_script_calls_whatever_the_room_size() {
         let (own, store, me) = own_store("joiner").await;
         let room = RoomId::new("big").unwrap();
         for i in 0..50 {
@@ -441,7 +511,7 @@ mod standalone {
         // event), room_read.lua (the whole view): no read per member.
         let c = calls(own.port());
         assert_eq!(
-            c.iter().find(|(n, _)| n == "evalsha").map(|x| x.1),
+            c.iter().find(|(n, _)| n == "fcall").map(|x| x.1),
             Some(3),
             "{c:?}"
         );
