@@ -1,53 +1,70 @@
--- expire.lua: the sweeper's step for one session found due in the deadline
--- index. Re-derives the status at `now` (a heartbeat may have moved the
--- deadline since the entry was made): publishes a status change, buries the
--- session once it is past its removal deadline, and says when to look again.
+-- expire.lua: the sweeper's step for the sessions it found due in the
+-- deadline index, many at once (the reaper culls a dead node's sessions in
+-- batches, not one call each). For each session: re-derives the status at
+-- `now` (a heartbeat may have moved the deadline since the entry was made),
+-- reports a status change, buries the session once it is past its removal
+-- deadline, and says when to look again.
 --
 -- Also the sweeper's step for a member found due in a room's expiry index
--- (room_due.lua): then ARGV[3] names the room, and the reply says whether
--- the session still holds it (`inroom`) and when the room should check again
--- (`x`).
+-- (room_due.lua): then there is one session and ARGV[3] names the room, and
+-- its outcome says whether the session still holds it (`inroom`) and when
+-- the room should check again (`x`).
 --
--- KEYS[1]  session hash
+-- KEYS[1..n]  session hashes (one slot on Redis Cluster; any on one server)
 -- ARGV[1]  now   ARGV[2] timings JSON   ARGV[3] roomId (optional)
 -- ARGV[4]  the sweeper's lease term
 --
--- Term fencing: the session keeps the highest term that swept it (`ft`); a
+-- Term fencing: a session keeps the highest term that swept it (`ft`); a
 -- sweeper with a lower term (a leader paused past its lease, whose
--- successor has been here) changes nothing: { outcome = 'fenced' }.
+-- successor has been here) changes nothing: { outcome = 'fenced' }, and it
+-- changes nothing more in this call either (every later session of the
+-- batch is answered 'fenced' untouched): it is no longer the leader.
 --
--- Reply (JSON), by `outcome`:
+-- Reply: a JSON array, an outcome per key in KEYS order, by `outcome`:
 --   { outcome = 'gone' }     no session (or only its tombstone): nothing left to watch
 --   { outcome = 'fenced' }   a sweeper with a higher term has been here
 --   { outcome = 'expired', v, uid, dels: [{room, ev}] }   buried now
 --   { outcome = 'alive', changed, v, uid, next, inroom, x, puts: [{room, ev, m, visible, x}] }
-local key = KEYS[1]
 local now = tonumber(ARGV[1])
 local T = timings(ARGV[2])
 local room = ARGV[3]
-
-local f = load_session(key)
-if f == nil or f.dead == '1' then return '{"outcome":"gone"}' end
 local term = tonumber(ARGV[4]) or 0
-if term < num(f.ft, 0) then return '{"outcome":"fenced"}' end
-if term > num(f.ft, 0) then redis.call('HSET', key, 'ft', term) end
+local fenced = { outcome = 'fenced' }
 
-if liveness(f, now, T) == 'expired' then
-  local dels = room_dels(f, 'expire', now)
-  f.v = tonumber(f.v) + 1
-  bury(key, f, T)
-  return cjson.encode({ outcome = 'expired', v = f.v, uid = f.userId, dels = dels })
+local function expire_one(key)
+  local f = load_session(key)
+  if f == nil or f.dead == '1' then return { outcome = 'gone' } end
+  if term < num(f.ft, 0) then return fenced end
+  if term > num(f.ft, 0) then redis.call('HSET', key, 'ft', term) end
+
+  if liveness(f, now, T) == 'expired' then
+    local dels = room_dels(f, 'expire', now)
+    f.v = tonumber(f.v) + 1
+    bury(key, f, T)
+    return { outcome = 'expired', v = f.v, uid = f.userId, dels = dels }
+  end
+
+  local st, changed = rederive(f, now, T)
+  if changed then f.v = tonumber(f.v) + 1 end
+  local nd = next_deadline(f, now, T)
+  redis.call('HSET', key, 'st', st, 'v', f.v, 'ix', nd)
+  keep(key, f, now, T)
+  local puts = {}
+  if changed then puts = status_puts(f, true, now, T) end
+  local inroom = room ~= nil and room ~= '' and f['r:' .. room] ~= nil
+  return {
+    outcome = 'alive', changed = changed, v = tonumber(f.v), uid = f.userId, next = nd, puts = puts,
+    inroom = inroom, x = removal_deadline(f, T) + KEEP,
+  }
 end
 
-local st, changed = rederive(f, now, T)
-if changed then f.v = tonumber(f.v) + 1 end
-local nd = next_deadline(f, now, T)
-redis.call('HSET', key, 'st', st, 'v', f.v, 'ix', nd)
-keep(key, f, now, T)
-local puts = {}
-if changed then puts = status_puts(f, true, now, T) end
-local inroom = room ~= nil and room ~= '' and f['r:' .. room] ~= nil
-return cjson.encode({
-  outcome = 'alive', changed = changed, v = tonumber(f.v), uid = f.userId, next = nd, puts = puts,
-  inroom = inroom, x = removal_deadline(f, T) + KEEP,
-})
+local out = {}
+for i, key in ipairs(KEYS) do
+  local r = expire_one(key)
+  out[i] = r
+  if r == fenced then
+    for j = i + 1, #KEYS do out[j] = fenced end
+    break
+  end
+end
+return cjson.encode(out)

@@ -108,29 +108,36 @@ local function session_rooms(f)
   return rooms
 end
 
--- The v1 event about this session in `room`, as JSON with a '%SEQ%'
+-- JSON is written here by hand rather than with cjson.encode: encoding a
+-- table formats every number with "%.14g", which made the event and the
+-- member most of a status change's Lua time. Ids need no escaping (their
+-- characters are [A-Za-z0-9_.:@-], checked by every node before a write);
+-- the handle is the only free text and is escaped with cjson. Integers
+-- stored in the hash are spliced in as the text they are.
+
+-- A stored integer field as JSON (0 when absent).
+local function jint(v)
+  if v == nil or v == false or v == '' then return '0' end
+  if type(v) == 'number' then return string.format('%d', v) end
+  return v
+end
+
+-- The v1 event about this session in `room`, as JSON with a bare %SEQ%
 -- placeholder that room_put.lua / room_del.lua replace with the room's seq.
 -- Unless it takes the session out, it carries the member as the room keeps
 -- it (member_json below), so that followers apply it without reading the
 -- room. The state is spliced in as stored, never decoded and re-encoded.
 local function event_json(f, room, kind, status, now)
-  local e = {
-    v = 1, type = kind, roomId = room, seq = '%SEQ%', userId = f.userId,
-    sessionId = f.sid, nodeId = f.n, epoch = tonumber(f.epoch), status = status, ts = now,
-  }
-  if kind ~= 'leave' and kind ~= 'expire' then
-    if f.h ~= nil and f.h ~= '' then e.handle = f.h end
-    e.lastHeartbeatAt = num(f.lastHeartbeatAt, 0)
-    e.lastActiveAt = num(f.la, 0)
-    e.stateUpdatedAt = num(f['su:' .. room], 0)
-  end
-  e = cjson.encode(e)
-  e = string.gsub(e, '"%%SEQ%%"', '%%SEQ%%')
+  local e = '{"v":1,"type":"' .. kind .. '","roomId":"' .. room .. '","seq":%SEQ%,"userId":"' ..
+    f.userId .. '","sessionId":"' .. f.sid .. '","nodeId":"' .. (f.n or '') .. '","epoch":' ..
+    jint(f.epoch) .. ',"status":"' .. status .. '","ts":' .. jint(now)
+  if kind == 'leave' or kind == 'expire' then return e .. '}' end
+  if f.h ~= nil and f.h ~= '' then e = e .. ',"handle":' .. cjson.encode(f.h) end
+  e = e .. ',"lastHeartbeatAt":' .. jint(f.lastHeartbeatAt) .. ',"lastActiveAt":' .. jint(f.la) ..
+    ',"stateUpdatedAt":' .. jint(f['su:' .. room])
   local state = f['r:' .. room]
-  if state ~= nil and state ~= '' and kind ~= 'leave' and kind ~= 'expire' then
-    e = string.sub(e, 1, -2) .. ',"state":' .. state .. '}'
-  end
-  return e
+  if state ~= nil and state ~= '' then e = e .. ',"state":' .. state end
+  return e .. '}'
 end
 
 -- What a room keeps of a member (room_put.lua stores it, room_read.lua
@@ -138,15 +145,12 @@ end
 -- Timestamps are as of the member's last projection; the state is spliced in
 -- as stored.
 local function member_json(f, room)
-  local m = cjson.encode({
-    h = f.h or '', st = f.st, hb = num(f.lastHeartbeatAt, 0), la = num(f.la, 0), su = num(f['su:' .. room], 0),
-    e = tonumber(f.epoch), n = f.n,
-  })
+  local m = '{"h":' .. cjson.encode(f.h or '') .. ',"st":"' .. f.st .. '","hb":' ..
+    jint(f.lastHeartbeatAt) .. ',"la":' .. jint(f.la) .. ',"su":' .. jint(f['su:' .. room]) ..
+    ',"e":' .. jint(f.epoch) .. ',"n":"' .. (f.n or '') .. '"'
   local state = f['r:' .. room]
-  if state ~= nil and state ~= '' then
-    m = string.sub(m, 1, -2) .. ',"s":' .. state .. '}'
-  end
-  return m
+  if state ~= nil and state ~= '' then m = m .. ',"s":' .. state end
+  return m .. '}'
 end
 
 -- How long a session's hash outlives its removal deadline (its TTL margin).

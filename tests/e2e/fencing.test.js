@@ -91,17 +91,21 @@ test("SIGSTOP the leader in the middle of a sweep, past its lease: a new leader 
   await beat();
   const beaten = Date.now();
   assert.deepEqual([...tally(sub, sids, "status").values()].filter((n) => n > 0), [], "none was stale before");
-  // The leader is far from Redis (40 ms each way), so that culling 300
-  // sessions takes it a while; then the victim dies.
+  // The leader is far from Redis (100 ms each way), so that culling 300
+  // sessions takes it a few round trips (it sends 8 batches of 32 at once,
+  // then the rest once those are answered); then the victim dies.
   const link = proxies[nodes.indexOf(leader)];
-  link.delay(40);
+  link.delay(100);
   const mon = await monitor(redis.port);
   victim.proc.kill("SIGKILL");
 
-  // The leader marks them stale, which takes it a second or so: pause it
-  // in the middle of that, with the writes it has sent still on the way
-  // (held with it, as the packets of a paused VM wait in its queues).
-  const swept = () => mon.commands.filter((c) => isScriptCall(c) && c[c.length - 1] === String(lead.term)).length;
+  // The leader marks them stale in batches: pause it in the middle of that,
+  // between its first batches and its last, with the replies and writes it
+  // has on the way held (as the packets of a paused VM wait in its queues).
+  // A sweep's script call names its sessions as keys and ends with its term.
+  const swept = () => mon.commands
+    .filter((c) => isScriptCall(c, "expire") && c[c.length - 1] === String(lead.term))
+    .reduce((n, c) => n + Number(c[2]), 0);
   await until(() => swept() >= 64, "the leader to be well into its sweep", beaten + 10000 - Date.now());
   leader.proc.kill("SIGSTOP");
   link.hold();

@@ -9,7 +9,9 @@
 //! nothing is left, printing the figures that docs/benchmarks.md quotes.
 //! Redis measures the calls itself: SLOWLOG keeps every call above 1 ms
 //! during the sweeps (recording every call would slow Redis down), and the
-//! longest is read back from it; INFO commandstats counts the script calls.
+//! longest is read back from it; INFO commandstats counts the script calls,
+//! and INFO cpu gives the CPU time Redis spent on each phase. The bench
+//! process and Redis share the machine's cores.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -119,6 +121,7 @@ async fn main() {
             )
             .await
             .expect("resetstat");
+        let cpu = redis_cpu(&admin).await;
         let t = Instant::now();
         let (mut sweeps, mut changed, mut expired) = (0, 0, 0);
         loop {
@@ -131,13 +134,15 @@ async fn main() {
             }
         }
         let took = t.elapsed();
+        let cpu = redis_cpu(&admin).await - cpu;
         let (calls, longest, cmd, by) = longest_call(&admin).await;
         let scripts = script_calls(&admin).await;
         println!(
             "{phase}: {changed} status changes, {expired} removed, in {sweeps} sweeps, {took:.2?} \
-             ({:.0} sessions/s); {scripts}; {calls} calls above 1 ms ({by}), the longest \
-             {longest} µs ({cmd})",
-            n as f64 / took.as_secs_f64()
+             ({:.0} sessions/s); Redis CPU {cpu:.2} s ({:.1} µs a session); {scripts}; {calls} \
+             calls above 1 ms ({by}), the longest {longest} µs ({cmd})",
+            n as f64 / took.as_secs_f64(),
+            cpu * 1e6 / n as f64
         );
     }
     let left = store
@@ -174,6 +179,15 @@ async fn longest_call(admin: &Client) -> (usize, i64, String, String) {
             .and_then(|x| x.as_string())
             .unwrap_or_default()
             .to_uppercase();
+        // A function call is named by its function (`<library>_<script>`).
+        let cmd = match f.get(3).map(|a| a.clone().into_array()) {
+            Some(args) if cmd == "FCALL" => args
+                .get(1)
+                .and_then(|x| x.as_string())
+                .and_then(|name| name.splitn(3, '_').nth(2).map(|s| format!("FCALL {s}")))
+                .unwrap_or(cmd),
+            _ => cmd,
+        };
         if cmd == "SLOWLOG" || cmd == "CONFIG" {
             continue;
         }
@@ -191,6 +205,20 @@ async fn longest_call(admin: &Client) -> (usize, i64, String, String) {
         .collect::<Vec<_>>()
         .join(", ");
     (calls, best.0, best.1, by)
+}
+
+/// The CPU time Redis has used so far (user + sys, `INFO cpu`), in seconds.
+async fn redis_cpu(admin: &Client) -> f64 {
+    let info: String = admin
+        .custom(CustomCommand::new_static("INFO", None, false), vec!["cpu"])
+        .await
+        .expect("info cpu");
+    info.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            matches!(k, "used_cpu_user" | "used_cpu_sys").then(|| v.trim().parse::<f64>().ok())?
+        })
+        .sum()
 }
 
 /// The script calls since the last CONFIG RESETSTAT, from INFO commandstats:

@@ -59,34 +59,49 @@ impl ScriptCall for AddUserSession<'_> {
     }
 }
 
-/// `user_del.lua`: a session is no longer one of its user's.
-pub(super) struct RemoveUserSession<'a> {
+/// One entry of a [`RemoveUserSessions`] call.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct UserSession<'a> {
     pub user_id: &'a str,
     pub session: &'a str,
     /// An entry newer than this stays (the id was claimed again since).
     pub version: u64,
 }
 
-/// How many sessions the user has left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct SessionsLeft(pub u64);
+/// `user_del.lua`: sessions are no longer their users' (the users' keys on
+/// one slot on Redis Cluster).
+pub(super) struct RemoveUserSessions<'a> {
+    pub entries: &'a [UserSession<'a>],
+}
+
+/// Per entry, in call order, how many sessions its user has left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SessionsLeft(pub Vec<u64>);
 
 impl Decode for SessionsLeft {
     fn decode(v: Value) -> Result<Self, StoreError> {
-        Ok(SessionsLeft(integer("user_del.lua", v)?.max(0) as u64))
+        let left: Vec<i64> = v
+            .convert()
+            .map_err(|e| StoreError::Internal(format!("user_del.lua: {e}")))?;
+        Ok(SessionsLeft(
+            left.into_iter().map(|n| n.max(0) as u64).collect(),
+        ))
     }
 }
 
-impl ScriptCall for RemoveUserSession<'_> {
+impl ScriptCall for RemoveUserSessions<'_> {
     type Reply = SessionsLeft;
     fn script(s: &Scripts) -> &Lua {
         &s.user_del
     }
     fn keys(&self, keys: &Keys) -> Vec<String> {
-        vec![keys.user(self.user_id)]
+        self.entries.iter().map(|e| keys.user(e.user_id)).collect()
     }
     fn args(self, _: &Keys) -> Vec<String> {
-        vec![self.session.to_owned(), self.version.to_string()]
+        self.entries
+            .iter()
+            .flat_map(|e| [e.session.to_owned(), e.version.to_string()])
+            .collect()
     }
 }
 

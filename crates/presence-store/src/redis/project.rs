@@ -6,16 +6,52 @@
 //! projection carries the session's version, so a late or repeated one is
 //! ignored where it lands.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use fred::prelude::*;
 use fred::types::sorted_sets::Ordering;
-use futures::future::join_all;
+use futures::StreamExt;
 
-use super::index_scripts::{AddUserSession, RemoveUserSession, SessionsLeft, UserSessionAdded};
+use super::index_scripts::{
+    AddUserSession, RemoveUserSessions, SessionsLeft, UserSession, UserSessionAdded,
+};
 use super::keys::{field, shard_of};
-use super::room_scripts::{PutKind, PutMember, RemoveMember};
+use super::room_scripts::{
+    MemberRemoval, MemberUpdate, MembersPut, PutKind, PutMembers, RemoveMembers,
+};
 use super::session_scripts::{RoomDel, RoomPut};
 use super::RedisStore;
 use crate::error::StoreError;
+
+/// Members per `room_put` / `room_del` call when many are projected at once
+/// (a reaper's bulk): enough to spare the per-call cost, few enough that no
+/// call holds Redis for more than about a millisecond.
+const ROOM_CHUNK: usize = 32;
+/// Entries per `user_del` call.
+const USER_CHUNK: usize = 128;
+/// Entries per ZADD / ZREM of an index shard.
+const INDEX_CHUNK: usize = 128;
+/// Projection calls in flight at once in a bulk.
+const BULK_CONCURRENCY: usize = 16;
+/// Users whose last session went checked at once for a racing hello (one
+/// HLEN each, pipelined).
+const RECHECK_CONCURRENCY: usize = 64;
+
+/// Each call's outcome, at most `BULK_CONCURRENCY` running at once.
+async fn bounded<F, T>(calls: impl IntoIterator<Item = F>) -> Vec<T>
+where
+    F: std::future::Future<Output = T>,
+{
+    futures::stream::iter(calls)
+        .buffer_unordered(BULK_CONCURRENCY)
+        .collect()
+        .await
+}
+
+/// The first error of `results`, if any.
+fn first_error(results: Vec<Result<(), StoreError>>) -> Result<(), StoreError> {
+    results.into_iter().collect()
+}
 
 impl RedisStore {
     /// Projects a session into one room; returns the room's seq after it
@@ -28,19 +64,35 @@ impl RedisStore {
         kind: PutKind,
         put: &RoomPut,
     ) -> Result<u64, StoreError> {
-        let call = PutMember {
+        let member = [MemberUpdate {
             session,
             user_id,
             version,
             kind,
             put,
-            pubsub: self.bus.mode(),
-        };
-        let r = self.run(call).await?;
+        }];
+        let r = self.put_members(&put.room, &member).await?;
+        Ok(r.seqs.first().copied().unwrap_or(0))
+    }
+
+    /// Projects `members` into `room` in one call, and lowers the room's
+    /// entry in the rooms-by-deadline index when it asks.
+    async fn put_members(
+        &self,
+        room: &str,
+        members: &[MemberUpdate<'_>],
+    ) -> Result<MembersPut, StoreError> {
+        let r = self
+            .run(PutMembers {
+                room,
+                members,
+                pubsub: self.bus.mode(),
+            })
+            .await?;
         if let Some(at) = r.list_at {
-            self.list_room(&put.room, at, r.fresh).await?;
+            self.list_room(room, at, r.fresh).await?;
         }
-        Ok(r.seq)
+        Ok(r)
     }
 
     /// [`put_room`](Self::put_room) for each of `puts`, at once (each room is its own slot).
@@ -52,13 +104,36 @@ impl RedisStore {
         kind: PutKind,
         puts: &[RoomPut],
     ) -> Result<(), StoreError> {
-        let calls = puts
+        let updates: Vec<_> = puts
             .iter()
-            .map(|p| self.put_room(session, user_id, version, kind, p));
-        for r in join_all(calls).await {
-            r?;
+            .map(|put| MemberUpdate {
+                session,
+                user_id,
+                version,
+                kind,
+                put,
+            })
+            .collect();
+        first_error(self.put_many(&updates).await)
+    }
+
+    /// Projects many sessions into their rooms: a call per room (and per
+    /// [`ROOM_CHUNK`] members), the rooms at once. The outcome of each call.
+    pub(super) async fn put_many(
+        &self,
+        updates: &[MemberUpdate<'_>],
+    ) -> Vec<Result<(), StoreError>> {
+        let mut by_room: BTreeMap<&str, Vec<MemberUpdate<'_>>> = BTreeMap::new();
+        for u in updates {
+            by_room.entry(u.put.room.as_str()).or_default().push(*u);
         }
-        Ok(())
+        let mut calls = Vec::new();
+        for (room, members) in &by_room {
+            for chunk in members.chunks(ROOM_CHUNK) {
+                calls.push(async move { self.put_members(room, chunk).await.map(|_| ()) });
+            }
+        }
+        bounded(calls).await
     }
 
     /// Removes a session from each room of `dels`, at once.
@@ -68,19 +143,47 @@ impl RedisStore {
         version: u64,
         dels: &[RoomDel],
     ) -> Result<(), StoreError> {
-        let calls = dels.iter().map(|d| {
-            self.run(RemoveMember {
-                room: &d.room,
-                session,
-                version,
-                event: &d.event,
-                pubsub: self.bus.mode(),
+        let removals: Vec<_> = dels
+            .iter()
+            .map(|d| {
+                (
+                    d.room.as_str(),
+                    MemberRemoval {
+                        session,
+                        version,
+                        event: &d.event,
+                    },
+                )
             })
-        });
-        for r in join_all(calls).await {
-            r?;
+            .collect();
+        first_error(self.remove_many(&removals).await)
+    }
+
+    /// Removes many members from their rooms: a call per room (and per
+    /// [`ROOM_CHUNK`] members), the rooms at once. The outcome of each call.
+    pub(super) async fn remove_many(
+        &self,
+        removals: &[(&str, MemberRemoval<'_>)],
+    ) -> Vec<Result<(), StoreError>> {
+        let mut by_room: BTreeMap<&str, Vec<MemberRemoval<'_>>> = BTreeMap::new();
+        for (room, m) in removals {
+            by_room.entry(room).or_default().push(*m);
         }
-        Ok(())
+        let mut calls = Vec::new();
+        for (room, members) in &by_room {
+            for chunk in members.chunks(ROOM_CHUNK) {
+                calls.push(async move {
+                    self.run(RemoveMembers {
+                        room,
+                        members: chunk,
+                        pubsub: self.bus.mode(),
+                    })
+                    .await
+                    .map(|_| ())
+                });
+            }
+        }
+        bounded(calls).await
     }
 
     /// Files a room in the rooms-by-deadline index at `at`, after a write
@@ -138,33 +241,87 @@ impl RedisStore {
         session: &str,
         version: u64,
     ) -> Result<(), StoreError> {
-        let SessionsLeft(left) = self
-            .run(RemoveUserSession {
-                user_id,
-                session,
-                version,
-            })
-            .await?;
-        if left == 0 {
-            let shard = self.keys.online(shard_of(user_id));
-            let _: () = self
-                .route
-                .on_key(&shard, |c| {
-                    let shard = &shard;
-                    async move { c.zrem(shard, user_id).await }
-                })
-                .await?;
-            // A hello of the same user may have raced the removal: put it back.
-            let user = &self.keys.user(user_id);
-            let n: u64 = self
-                .route
-                .on_key(user, |c| async move { c.hlen(user).await })
-                .await?;
-            if n > 0 {
-                self.zadd_one(shard, None, None, 0, user_id).await?;
+        let entry = [UserSession {
+            user_id,
+            session,
+            version,
+        }];
+        first_error(self.remove_from_users(&entry).await)
+    }
+
+    /// [`remove_from_user`](Self::remove_from_user) for many sessions: a
+    /// call per group of users' keys (one slot on a cluster), then the
+    /// users left without a session out of who's online, a call per shard.
+    /// The outcome of each call.
+    pub(super) async fn remove_from_users(
+        &self,
+        entries: &[UserSession<'_>],
+    ) -> Vec<Result<(), StoreError>> {
+        let keyed = entries
+            .iter()
+            .map(|e| (self.keys.user(e.user_id), *e))
+            .collect();
+        let batches = self.route.batches(keyed, |(key, _)| key, USER_CHUNK);
+        let mut calls = Vec::new();
+        for batch in batches {
+            let entries: Vec<UserSession<'_>> = batch.into_iter().map(|(_, e)| e).collect();
+            calls.push(async move {
+                let SessionsLeft(left) = self.run(RemoveUserSessions { entries: &entries }).await?;
+                let mut emptied = Vec::new();
+                for (e, n) in entries.iter().zip(left) {
+                    if n == 0 {
+                        emptied.push(e.user_id);
+                    }
+                }
+                Ok::<_, StoreError>(emptied)
+            });
+        }
+        let removed = bounded(calls).await;
+        let mut outcomes = Vec::new();
+        let mut emptied = BTreeSet::new();
+        for r in removed {
+            match r {
+                Ok(users) => emptied.extend(users),
+                Err(e) => outcomes.push(Err(e)),
             }
         }
-        Ok(())
+        let emptied: Vec<&str> = emptied.into_iter().collect();
+        let by_shard = by_shard(&emptied, |u| shard_of(u));
+        let mut calls = Vec::new();
+        for (shard, users) in &by_shard {
+            for users in users.chunks(INDEX_CHUNK) {
+                calls.push(async move {
+                    let key = &self.keys.online(*shard);
+                    let users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+                    self.zrem_many(key, &users).await?;
+                    // A hello of the same user may have raced the removal: put it back.
+                    let mut checks = Vec::with_capacity(users.len());
+                    for user_id in &users {
+                        checks.push(async move {
+                            let user = &self.keys.user(user_id);
+                            let n: u64 = self
+                                .route
+                                .on_key(user, |c| async move { c.hlen(user).await })
+                                .await?;
+                            Ok::<_, StoreError>((user_id, n))
+                        });
+                    }
+                    let counts: Vec<_> = futures::stream::iter(checks)
+                        .buffer_unordered(RECHECK_CONCURRENCY)
+                        .collect()
+                        .await;
+                    for r in counts {
+                        let (user_id, n) = r?;
+                        if n > 0 {
+                            self.zadd_one(key.clone(), None, None, 0, user_id).await?;
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        outcomes.extend(bounded(calls).await);
+        outcomes
     }
 
     /// Files the session in the deadline index at `at`, when its script asked.
@@ -179,36 +336,85 @@ impl RedisStore {
         at: Option<i64>,
     ) -> Result<(), StoreError> {
         let Some(at) = at else { return Ok(()) };
-        let filed = self
-            .zadd_one(
-                self.keys.deadlines(shard_of(session)),
-                None,
-                None,
-                at,
-                session,
-            )
-            .await;
-        if filed.is_err() {
-            let key = &self.keys.session(session);
-            let _ = self
-                .route
-                .on_key(key, |c| async move {
-                    c.hdel::<(), _, _>(key, field::INDEXED_AT).await
-                })
-                .await;
+        first_error(self.file_deadlines(&[(session, at)]).await)
+    }
+
+    /// [`file_deadline`](Self::file_deadline) for many sessions: a ZADD per
+    /// shard (and per [`INDEX_CHUNK`] entries). The outcome of each call.
+    pub(super) async fn file_deadlines(
+        &self,
+        entries: &[(&str, i64)],
+    ) -> Vec<Result<(), StoreError>> {
+        let by_shard = by_shard(entries, |(sid, _)| shard_of(sid));
+        let mut calls = Vec::new();
+        for (shard, entries) in &by_shard {
+            for chunk in entries.chunks(INDEX_CHUNK) {
+                calls.push(async move {
+                    let key = &self.keys.deadlines(*shard);
+                    let values: Vec<(f64, String)> = chunk
+                        .iter()
+                        .map(|(sid, at)| (*at as f64, sid.to_string()))
+                        .collect();
+                    let filed = self
+                        .route
+                        .on_key(key, |c| {
+                            let values = values.clone();
+                            async move {
+                                c.zadd::<(), _, _>(key, None, None, false, false, values)
+                                    .await
+                            }
+                        })
+                        .await;
+                    if filed.is_err() {
+                        for (sid, _) in chunk {
+                            let key = &self.keys.session(sid);
+                            let _ = self
+                                .route
+                                .on_key(key, |c| async move {
+                                    c.hdel::<(), _, _>(key, field::INDEXED_AT).await
+                                })
+                                .await;
+                        }
+                    }
+                    filed
+                });
+            }
         }
-        filed
+        bounded(calls).await
     }
 
     /// Takes the session out of the deadline index (it ended).
     pub(super) async fn unfile_deadline(&self, session: &str) -> Result<(), StoreError> {
-        let key = &self.keys.deadlines(shard_of(session));
+        first_error(self.unfile_deadlines(&[session]).await)
+    }
+
+    /// [`unfile_deadline`](Self::unfile_deadline) for many sessions: a ZREM
+    /// per shard (and per [`INDEX_CHUNK`] entries). The outcome of each call.
+    pub(super) async fn unfile_deadlines(&self, sessions: &[&str]) -> Vec<Result<(), StoreError>> {
+        let by_shard = by_shard(sessions, |sid| shard_of(sid));
+        let mut calls = Vec::new();
+        for (shard, sessions) in &by_shard {
+            for chunk in sessions.chunks(INDEX_CHUNK) {
+                calls.push(async move {
+                    let key = &self.keys.deadlines(*shard);
+                    let members: Vec<String> = chunk.iter().map(|s| s.to_string()).collect();
+                    self.zrem_many(key, &members).await
+                });
+            }
+        }
+        bounded(calls).await
+    }
+
+    /// ZREM of `members` from the sorted set `key`.
+    async fn zrem_many(&self, key: &str, members: &[String]) -> Result<(), StoreError> {
         self.route
-            .on_key(key, |c| async move { c.zrem(key, session).await })
+            .on_key(key, |c| async move {
+                c.zrem::<(), _, _>(key, members.to_vec()).await
+            })
             .await
     }
 
-    /// ZADD of one member, as every index here files one entry at a time.
+    /// ZADD of one member.
     pub(super) async fn zadd_one(
         &self,
         key: String,
@@ -229,4 +435,13 @@ impl RedisStore {
             })
             .await
     }
+}
+
+/// `items` by the index shard `shard` puts each in.
+fn by_shard<T: Copy>(items: &[T], shard: impl Fn(&T) -> u32) -> BTreeMap<u32, Vec<T>> {
+    let mut out: BTreeMap<u32, Vec<T>> = BTreeMap::new();
+    for item in items {
+        out.entry(shard(item)).or_default().push(*item);
+    }
+    out
 }

@@ -34,22 +34,31 @@ impl PutKind {
     }
 }
 
-/// `room_put.lua`: a room learns that a session joined it or changed.
-pub(super) struct PutMember<'a> {
+/// One member of a [`PutMembers`] call: a session's projection into the room.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct MemberUpdate<'a> {
     pub session: &'a str,
     pub user_id: &'a str,
     /// The session's version the projection carries.
     pub version: u64,
     pub kind: PutKind,
     pub put: &'a RoomPut,
+}
+
+/// `room_put.lua`: a room learns that sessions joined it or changed (one
+/// on the live paths, many when the sweeper marks sessions stale).
+pub(super) struct PutMembers<'a> {
+    pub room: &'a str,
+    pub members: &'a [MemberUpdate<'a>],
     pub pubsub: PubSub,
 }
 
 /// What `room_put.lua` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct MemberPut {
-    /// The room's seq after the call (0: nothing applied, or nothing visible changed).
-    pub seq: u64,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct MembersPut {
+    /// Per member, in call order, the room's seq after its event (0:
+    /// nothing applied, or nothing visible changed).
+    pub seqs: Vec<u64>,
     /// The room's entry in the rooms-by-deadline index must come down to this.
     pub list_at: Option<i64>,
     /// The room's expiry index was empty before: set that entry outright
@@ -57,14 +66,14 @@ pub(super) struct MemberPut {
     pub fresh: bool,
 }
 
-impl Decode for MemberPut {
+impl Decode for MembersPut {
     fn decode(v: Value) -> Result<Self, StoreError> {
         let reply: Vec<i64> = v
             .convert()
             .map_err(|e| StoreError::Internal(format!("room_put.lua: {e}")))?;
         match reply[..] {
-            [seq, list, fresh] => Ok(MemberPut {
-                seq: seq.max(0) as u64,
+            [list, fresh, ref seqs @ ..] => Ok(MembersPut {
+                seqs: seqs.iter().map(|s| (*s).max(0) as u64).collect(),
                 list_at: (list > 0).then_some(list),
                 fresh: fresh == 1,
             }),
@@ -75,61 +84,76 @@ impl Decode for MemberPut {
     }
 }
 
-impl ScriptCall for PutMember<'_> {
-    type Reply = MemberPut;
+impl ScriptCall for PutMembers<'_> {
+    type Reply = MembersPut;
     fn script(s: &Scripts) -> &Lua {
         &s.room_put
     }
     fn keys(&self, keys: &Keys) -> Vec<String> {
-        keys.room(&self.put.room).all()
+        keys.room(self.room).all()
     }
     fn args(self, keys: &Keys) -> Vec<String> {
-        let channel = keys.events_channel(&self.put.room);
-        vec![
-            self.session.to_owned(),
-            self.user_id.to_owned(),
-            self.version.to_string(),
-            self.kind.as_str().to_owned(),
-            self.put.event.clone(),
-            channel,
-            if self.put.visible { "1" } else { "0" }.to_owned(),
-            self.put.member.clone(),
-            self.put.check_at.to_string(),
-            self.pubsub.publish_command().to_owned(),
-        ]
+        let mut args = Vec::with_capacity(2 + 8 * self.members.len());
+        args.push(keys.events_channel(self.room));
+        args.push(self.pubsub.publish_command().to_owned());
+        for m in self.members {
+            args.extend([
+                m.session.to_owned(),
+                m.user_id.to_owned(),
+                m.version.to_string(),
+                m.kind.as_str().to_owned(),
+                m.put.event.clone(),
+                if m.put.visible { "1" } else { "0" }.to_owned(),
+                m.put.member.clone(),
+                m.put.check_at.to_string(),
+            ]);
+        }
+        args
     }
 }
 
-/// `room_del.lua`: a session left a room, or the sweeper removes a member
-/// its session no longer holds.
-pub(super) struct RemoveMember<'a> {
-    pub room: &'a str,
+/// One member of a [`RemoveMembers`] call.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct MemberRemoval<'a> {
     pub session: &'a str,
     /// Applied only over an older projection.
     pub version: u64,
     /// The `leave` or `expire` event, with a `%SEQ%` placeholder.
     pub event: &'a str,
+}
+
+/// `room_del.lua`: sessions left a room, or the sweeper removes members
+/// their sessions no longer hold, or culls sessions.
+pub(super) struct RemoveMembers<'a> {
+    pub room: &'a str,
+    pub members: &'a [MemberRemoval<'a>],
     pub pubsub: PubSub,
 }
 
-/// What `room_del.lua` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct MemberRemoved {
-    /// The room's seq after the removal; `None` when nothing was removed.
-    pub seq: Option<u64>,
-}
+/// What `room_del.lua` did: per member, in call order, the room's seq after
+/// its removal; `None` when nothing was removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct MembersRemoved(pub Vec<Option<u64>>);
 
-impl Decode for MemberRemoved {
+impl Decode for MembersRemoved {
     fn decode(v: Value) -> Result<Self, StoreError> {
-        let seq = integer("room_del.lua", v)?;
-        Ok(MemberRemoved {
-            seq: (seq > 0).then_some(seq as u64),
-        })
+        let reply: Vec<i64> = if v.is_null() {
+            Vec::new()
+        } else {
+            v.convert()
+                .map_err(|e| StoreError::Internal(format!("room_del.lua: {e}")))?
+        };
+        Ok(MembersRemoved(
+            reply
+                .into_iter()
+                .map(|s| (s > 0).then_some(s as u64))
+                .collect(),
+        ))
     }
 }
 
-impl ScriptCall for RemoveMember<'_> {
-    type Reply = MemberRemoved;
+impl ScriptCall for RemoveMembers<'_> {
+    type Reply = MembersRemoved;
     fn script(s: &Scripts) -> &Lua {
         &s.room_del
     }
@@ -137,13 +161,17 @@ impl ScriptCall for RemoveMember<'_> {
         keys.room(self.room).all()
     }
     fn args(self, keys: &Keys) -> Vec<String> {
-        vec![
-            self.session.to_owned(),
-            self.version.to_string(),
-            self.event.to_owned(),
-            keys.events_channel(self.room),
-            self.pubsub.publish_command().to_owned(),
-        ]
+        let mut args = Vec::with_capacity(2 + 3 * self.members.len());
+        args.push(keys.events_channel(self.room));
+        args.push(self.pubsub.publish_command().to_owned());
+        for m in self.members {
+            args.extend([
+                m.session.to_owned(),
+                m.version.to_string(),
+                m.event.to_owned(),
+            ]);
+        }
+        args
     }
 }
 
@@ -376,24 +404,31 @@ mod tests {
 
     #[test]
     fn room_put_replies_are_read_by_position() {
-        let r = MemberPut::decode(Value::Array(vec![4.into(), 0.into(), 0.into()])).unwrap();
+        let r = MembersPut::decode(Value::Array(vec![0.into(), 0.into(), 4.into()])).unwrap();
         assert_eq!(
             r,
-            MemberPut {
-                seq: 4,
+            MembersPut {
+                seqs: vec![4],
                 list_at: None,
                 fresh: false
             }
         );
-        let r = MemberPut::decode(Value::Array(vec![0.into(), 99.into(), 1.into()])).unwrap();
+        let r = MembersPut::decode(Value::Array(vec![99.into(), 1.into(), 0.into(), 7.into()]))
+            .unwrap();
         assert_eq!(
             r,
-            MemberPut {
-                seq: 0,
+            MembersPut {
+                seqs: vec![0, 7],
                 list_at: Some(99),
                 fresh: true
             }
         );
-        assert!(MemberPut::decode(Value::Array(vec![1.into()])).is_err());
+        assert!(MembersPut::decode(Value::Array(vec![1.into()])).is_err());
+    }
+
+    #[test]
+    fn room_del_replies_are_a_seq_or_nothing_per_member() {
+        let r = MembersRemoved::decode(Value::Array(vec![5.into(), 0.into()])).unwrap();
+        assert_eq!(r, MembersRemoved(vec![Some(5), None]));
     }
 }

@@ -129,6 +129,44 @@ impl Route {
         }
     }
 
+    /// Splits `items` into groups that one script call may take together
+    /// (a script's keys must share a slot on a cluster): on one server,
+    /// chunks of at most `max` in their order; on a cluster, the items
+    /// whose keys (`key_of`) share a slot, in chunks of at most `max`.
+    pub fn batches<T>(
+        &self,
+        items: Vec<T>,
+        key_of: impl Fn(&T) -> &str,
+        max: usize,
+    ) -> Vec<Vec<T>> {
+        let max = max.max(1);
+        let mut groups: Vec<Vec<T>> = Vec::new();
+        match self {
+            Route::Single(_) => {
+                for item in items {
+                    match groups.last_mut() {
+                        Some(g) if g.len() < max => g.push(item),
+                        _ => groups.push(vec![item]),
+                    }
+                }
+            }
+            Route::Cluster(_) => {
+                let mut by_slot: HashMap<u16, usize> = HashMap::new();
+                for item in items {
+                    let slot = fred::util::redis_keyslot(key_of(&item).as_bytes());
+                    match by_slot.get(&slot) {
+                        Some(&g) if groups[g].len() < max => groups[g].push(item),
+                        _ => {
+                            by_slot.insert(slot, groups.len());
+                            groups.push(vec![item]);
+                        }
+                    }
+                }
+            }
+        }
+        groups
+    }
+
     /// A connection for a command that names no key (`INFO`).
     pub fn any(&self) -> Client {
         match self {

@@ -335,10 +335,15 @@ session_call!(Disconnect, disconnect, Fenced<Disconnected>, |call| [call
     .epoch
     .to_string()]);
 
-/// `expire.lua`: the sweeper's step for one session (found due in the
-/// deadline index, or as a member of `room` in the room's expiry index).
+/// `expire.lua`: the sweeper's step for sessions found due in the deadline
+/// index (many at once, on one slot on Redis Cluster), or for one found as
+/// a member of `room` in the room's expiry index.
 pub(super) struct Expire<'a> {
-    pub on: On<'a>,
+    pub sessions: &'a [&'a str],
+    pub now: Millis,
+    /// [`timings_json`].
+    pub timings: &'a str,
+    /// Only with one session.
     pub room: Option<&'a str>,
     /// The sweeper's lease term.
     pub term: u64,
@@ -381,16 +386,33 @@ pub(super) enum Expiry {
     },
 }
 
-impl Decode for Expiry {
+/// What `expire.lua` found: an [`Expiry`] per session, in call order.
+#[derive(Debug, Deserialize)]
+pub(super) struct Expiries(#[serde(deserialize_with = "list")] pub Vec<Expiry>);
+
+impl Decode for Expiries {
     fn decode(v: Value) -> Result<Self, StoreError> {
         json("expire.lua", v)
     }
 }
 
-session_call!(Expire, expire, Expiry, |call| [
-    call.room.unwrap_or_default().to_owned(),
-    call.term.to_string(),
-]);
+impl ScriptCall for Expire<'_> {
+    type Reply = Expiries;
+    fn script(s: &Scripts) -> &Lua {
+        &s.expire
+    }
+    fn keys(&self, keys: &Keys) -> Vec<String> {
+        self.sessions.iter().map(|sid| keys.session(sid)).collect()
+    }
+    fn args(self, _: &Keys) -> Vec<String> {
+        vec![
+            self.now.to_string(),
+            self.timings.to_owned(),
+            self.room.unwrap_or_default().to_owned(),
+            self.term.to_string(),
+        ]
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -415,22 +437,18 @@ mod tests {
     }
 
     #[test]
-    fn expiry_outcomes_are_variants() {
-        assert!(matches!(
-            decode::<Expiry>(r#"{"outcome":"gone"}"#),
-            Expiry::Gone
-        ));
-        assert!(matches!(
-            decode::<Expiry>(r#"{"outcome":"fenced"}"#),
-            Expiry::Fenced
-        ));
-        let e = decode::<Expiry>(
-            r#"{"outcome":"expired","v":3,"uid":"u","dels":[{"room":"r","ev":"{}"}]}"#,
+    fn expiry_outcomes_are_variants_in_call_order() {
+        let Expiries(all) = decode::<Expiries>(
+            r#"[{"outcome":"gone"},{"outcome":"fenced"},
+                {"outcome":"expired","v":3,"uid":"u","dels":[{"room":"r","ev":"{}"}]},
+                {"outcome":"alive","changed":false,"v":3,"uid":"u","next":5,"puts":{},"inroom":true,"x":9}]"#,
         );
-        assert!(matches!(e, Expiry::Expired { version: 3, ref dels, .. } if dels.len() == 1));
-        let a = decode::<Expiry>(
-            r#"{"outcome":"alive","changed":false,"v":3,"uid":"u","next":5,"puts":{},"inroom":true,"x":9}"#,
-        );
+        let [g, f, e, a] = &all[..] else {
+            panic!("four outcomes: {all:?}")
+        };
+        assert!(matches!(g, Expiry::Gone));
+        assert!(matches!(f, Expiry::Fenced));
+        assert!(matches!(e, Expiry::Expired { version: 3, dels, .. } if dels.len() == 1));
         assert!(matches!(
             a,
             Expiry::Alive {

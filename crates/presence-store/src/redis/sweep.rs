@@ -19,17 +19,24 @@ use futures::StreamExt;
 use presence_core::Millis;
 use serde_json::json;
 
+use super::index_scripts::UserSession;
 use super::keys::SHARDS;
-use super::room_scripts::{Due, DueMembers, MemberEntry, PutKind, RemoveMember, SettleRoom};
-use super::session_scripts::{Expire, Expiry};
+use super::room_scripts::{
+    Due, DueMembers, MemberEntry, MemberRemoval, MemberUpdate, MembersRemoved, PutKind,
+    RemoveMembers, SettleRoom,
+};
+use super::session_scripts::{Expire, Expiries, Expiry};
 use super::RedisStore;
 use crate::api::SweepReport;
 use crate::error::StoreError;
 
 /// Sessions looked at per shard and sweep.
 const SWEEP_BATCH: i64 = 512;
-/// Sessions of one shard checked at once by a sweep.
-const SWEEP_CONCURRENCY: usize = 32;
+/// Sessions per `expire.lua` call: a few hundred microseconds of Redis
+/// time per call, and a dead node's sessions cost a call per batch.
+const CULL_BATCH: usize = 32;
+/// `expire.lua` calls of one sweep in flight at once.
+const SWEEP_CONCURRENCY: usize = 8;
 /// Rooms looked at per shard and sweep, and members per room.
 const ROOM_BATCH: i64 = 128;
 
@@ -105,27 +112,8 @@ impl RedisStore {
                 },
             )
             .await;
-        let due = answered(due, &mut report)?;
-        // Sessions are independent: check a batch of them at once, so that a
-        // crashed node's many sessions all go close to their deadline rather
-        // than one round trip after another. A fenced reply means a sweeper
-        // with a newer term has been here: this one is no longer the leader
-        // and stops (its calls still in flight are fenced as well).
-        let mut pending = futures::stream::FuturesUnordered::new();
-        let mut next = due.iter().flatten();
-        loop {
-            while pending.len() < SWEEP_CONCURRENCY && report.fenced == 0 {
-                let Some(sid) = next.next() else { break };
-                pending.push(self.expire_alone(sid, now, term));
-            }
-            let Some(r) = pending.next().await else { break };
-            let Some(r) = reachable(r, &mut report)? else {
-                continue;
-            };
-            report.expired += r.expired;
-            report.status_changes += r.status_changes;
-            report.fenced += r.fenced;
-        }
+        let due: Vec<String> = answered(due, &mut report)?.into_iter().flatten().collect();
+        self.cull(&due, now, term, &mut report).await?;
         if report.fenced > 0 {
             return Ok(report);
         }
@@ -163,81 +151,181 @@ impl RedisStore {
         Ok(report)
     }
 
-    /// Re-derives one session found due (in the deadline index, or as a
-    /// member of `room` in its expiry index) and applies what follows:
-    /// status changes, removal, the next entry in the deadline index.
-    /// Says whether the session still holds `room`, and until when the
-    /// room need not check again.
+    /// Re-derives the sessions found due in the deadline index and applies
+    /// what follows, in bulk: `expire.lua` takes a batch of sessions per
+    /// call (grouped by slot on a cluster), several batches at once; then
+    /// the status changes and removals go to the rooms a call per room, the
+    /// removed sessions out of their users a call per group of users, and
+    /// the deadline index is told a call per shard. A dead node's sessions
+    /// thus cost a few calls per hundred, not several each.
+    ///
+    /// A fenced batch (a sweeper with a newer term has been at one of its
+    /// sessions) means this node is no longer the leader: no batch starts
+    /// after it, and what the batches before it changed is still carried
+    /// into the rooms, the users and the index.
+    async fn cull(
+        &self,
+        due: &[String],
+        now: Millis,
+        term: u64,
+        report: &mut SweepReport,
+    ) -> Result<(), StoreError> {
+        let keyed = due
+            .iter()
+            .map(|sid| (self.keys.session(sid), sid.as_str()))
+            .collect();
+        let batches = self.route.batches(keyed, |(key, _)| key, CULL_BATCH);
+        let mut pending = futures::stream::FuturesUnordered::new();
+        let mut next = batches.into_iter();
+        let mut found: Vec<(&str, Expiry)> = Vec::new();
+        loop {
+            while pending.len() < SWEEP_CONCURRENCY && report.fenced == 0 {
+                let Some(batch) = next.next() else { break };
+                pending.push(async move {
+                    let sessions: Vec<&str> = batch.iter().map(|(_, sid)| *sid).collect();
+                    let r = self
+                        .run(Expire {
+                            sessions: &sessions,
+                            now,
+                            timings: &self.timings,
+                            room: None,
+                            term,
+                        })
+                        .await;
+                    r.map(|Expiries(e)| sessions.into_iter().zip(e).collect::<Vec<_>>())
+                });
+            }
+            let Some(r) = pending.next().await else { break };
+            let Some(outcomes) = reachable(r, report)? else {
+                continue;
+            };
+            for (sid, e) in outcomes {
+                if matches!(e, Expiry::Fenced) {
+                    report.fenced += 1;
+                } else {
+                    found.push((sid, e));
+                }
+            }
+        }
+        self.apply_expiries(&found, report).await
+    }
+
+    /// Carries what `expire.lua` found for many sessions into the rooms, the
+    /// users and the deadline index (see [`cull`](Self::cull)). Rooms go
+    /// first and the index last, as for a single session.
+    async fn apply_expiries(
+        &self,
+        found: &[(&str, Expiry)],
+        report: &mut SweepReport,
+    ) -> Result<(), StoreError> {
+        let (mut puts, mut dels, mut users) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut file, mut unfile) = (Vec::new(), Vec::new());
+        for (sid, e) in found {
+            let sid = *sid;
+            match e {
+                Expiry::Fenced => {}
+                Expiry::Gone => unfile.push(sid),
+                Expiry::Expired {
+                    version,
+                    user_id,
+                    dels: rooms,
+                } => {
+                    dels.extend(rooms.iter().map(|d| {
+                        (
+                            d.room.as_str(),
+                            MemberRemoval {
+                                session: sid,
+                                version: *version,
+                                event: &d.event,
+                            },
+                        )
+                    }));
+                    users.push(UserSession {
+                        user_id,
+                        session: sid,
+                        version: *version,
+                    });
+                    unfile.push(sid);
+                    report.expired += 1;
+                }
+                Expiry::Alive {
+                    changed,
+                    version,
+                    user_id,
+                    next,
+                    puts: rooms,
+                    ..
+                } => {
+                    if *changed {
+                        puts.extend(rooms.iter().map(|put| MemberUpdate {
+                            session: sid,
+                            user_id,
+                            version: *version,
+                            kind: PutKind::Status,
+                            put,
+                        }));
+                        report.status_changes += 1;
+                    }
+                    file.push((sid, *next));
+                }
+            }
+        }
+        let mut outcomes = self.put_many(&puts).await;
+        outcomes.extend(self.remove_many(&dels).await);
+        outcomes.extend(self.remove_from_users(&users).await);
+        outcomes.extend(self.file_deadlines(&file).await);
+        outcomes.extend(self.unfile_deadlines(&unfile).await);
+        for r in outcomes {
+            reachable(r, report)?;
+        }
+        Ok(())
+    }
+
+    /// Re-derives one session found as a member of `room` in the room's
+    /// expiry index and applies what follows (see [`cull`](Self::cull) for
+    /// the sessions of the deadline index). Says whether the session still
+    /// holds `room`, and until when the room need not check again.
     async fn expire_one(
         &self,
         sid: &str,
-        room: Option<&str>,
+        room: &str,
         now: Millis,
         term: u64,
         report: &mut SweepReport,
     ) -> Result<Held, StoreError> {
-        let expiry = self
+        let Expiries(mut found) = self
             .run(Expire {
-                on: self.on(sid, now),
-                room,
+                sessions: &[sid],
+                now,
+                timings: &self.timings,
+                room: Some(room),
                 term,
             })
             .await?;
-        match expiry {
+        let Some(expiry) = found.pop() else {
+            return Err(StoreError::Internal("expire.lua: no outcome".into()));
+        };
+        let held = match &expiry {
             Expiry::Fenced => {
                 report.fenced += 1;
-                Ok(Held::Fenced)
-            }
-            Expiry::Gone => {
-                self.unfile_deadline(sid).await?;
-                Ok(Held::No)
-            }
-            Expiry::Expired {
-                version,
-                user_id,
-                dels,
-            } => {
-                self.remove_from_rooms(sid, version, &dels).await?;
-                self.remove_from_user(&user_id, sid, version).await?;
-                self.unfile_deadline(sid).await?;
-                report.expired += 1;
-                Ok(Held::No)
+                return Ok(Held::Fenced);
             }
             Expiry::Alive {
-                changed,
-                version,
-                user_id,
-                next,
-                puts,
-                in_room,
+                in_room: true,
                 check_at,
-            } => {
-                if changed {
-                    self.put_rooms(sid, &user_id, version, PutKind::Status, &puts)
-                        .await?;
-                    report.status_changes += 1;
-                }
-                self.file_deadline(sid, Some(next)).await?;
-                Ok(if in_room {
-                    Held::Until(check_at)
-                } else {
-                    Held::No
-                })
-            }
+                ..
+            } => Held::Until(*check_at),
+            _ => Held::No,
+        };
+        let mut applied = SweepReport::default();
+        self.apply_expiries(&[(sid, expiry)], &mut applied).await?;
+        if applied.skipped > 0 {
+            // Not all of it landed: the room checks this member again later.
+            return Err(StoreError::Unavailable("a projection did not land".into()));
         }
-    }
-
-    /// [`expire_one`](Self::expire_one) for a session found in the deadline
-    /// index, with a report of its own (sweeps run several at once).
-    async fn expire_alone(
-        &self,
-        sid: &str,
-        now: Millis,
-        term: u64,
-    ) -> Result<SweepReport, StoreError> {
-        let mut r = SweepReport::default();
-        self.expire_one(sid, None, now, term, &mut r).await?;
-        Ok(r)
+        report.expired += applied.expired;
+        report.status_changes += applied.status_changes;
+        Ok(held)
     }
 
     /// Checks the due members of one room (see room_due.lua) and moves the
@@ -259,7 +347,7 @@ impl RedisStore {
             })
             .await?;
         for (sid, entry) in &due {
-            match self.expire_one(sid, Some(room), now, term, report).await? {
+            match self.expire_one(sid, room, now, term, report).await? {
                 Held::Until(at) => self.refile_member(room, sid, at).await?,
                 Held::No => {
                     if self.drop_member(room, sid, entry, now).await? {
@@ -338,15 +426,18 @@ impl RedisStore {
         })
         .to_string()
         .replace("\"%SEQ%\"", "%SEQ%");
-        let removed = self
-            .run(RemoveMember {
+        let member = [MemberRemoval {
+            session: sid,
+            version: member.version + 1,
+            event: &event,
+        }];
+        let MembersRemoved(removed) = self
+            .run(RemoveMembers {
                 room,
-                session: sid,
-                version: member.version + 1,
-                event: &event,
+                members: &member,
                 pubsub: self.bus.mode(),
             })
             .await?;
-        Ok(removed.seq.is_some())
+        Ok(removed.first().is_some_and(Option::is_some))
     }
 }

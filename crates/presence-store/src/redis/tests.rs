@@ -279,6 +279,88 @@ mod standalone {
         assert_eq!(exists.trim(), "0");
     }
 
+    /// A dead node's sessions (here 121 of them, two of one user, in three
+    /// rooms) are marked stale and then removed a batch per call: a few
+    /// dozen script calls in all, where one session at a time took five
+    /// each. Every observer still gets one event per session and change,
+    /// in seq order, and nothing of the dead is left in any index, while a
+    /// session that heartbeats all along stays.
+    #[tokio::test]
+    async fn a_dead_nodes_sessions_are_culled_in_bulk() {
+        let (own, store, alive, clock) = own_store_clocked("alive").await;
+        let rooms: Vec<RoomId> = (0..3)
+            .map(|i| RoomId::new(&format!("bulk-{i}")).unwrap())
+            .collect();
+        let mut dead = Vec::new();
+        for i in 0..121 {
+            let uid = if i == 120 {
+                "user-0".to_owned()
+            } else {
+                format!("user-{i}")
+            };
+            let s = hello(&store, &uid).await;
+            store.join(&s, &rooms[i % 3], None).await.unwrap();
+            dead.push(s);
+        }
+        store.join(&alive, &rooms[0], None).await.unwrap();
+        for r in &rooms {
+            store.follow_room(r).await.unwrap();
+        }
+        let mut rx = store.events();
+        presence_testkit::redis_cli(own.port(), &["CONFIG", "RESETSTAT"]).unwrap();
+
+        let sum = live_through(&store, &clock, &[&alive], 100_000).await;
+        assert_eq!((sum.status_changes, sum.expired), (121, 121));
+
+        let c = calls(own.port());
+        let fcalls = c.iter().find(|(n, _)| n == "fcall").map_or(0, |(_, n)| *n);
+        // Per phase 4 expire batches, 6 room calls (41 + 40 + 40 members in
+        // calls of up to 32) and a user call; the rooms' own checks; 20
+        // heartbeats of `alive`. One session at a time took 5 × 121 = 605.
+        assert!(fcalls <= 20 + 40, "{fcalls} script calls: {c:?}");
+
+        // One stale and one expire event per dead session, each room's seqs
+        // one after another.
+        let mut seen: std::collections::HashMap<RoomId, Vec<u64>> = Default::default();
+        let mut kinds: std::collections::HashMap<presence_core::EventKind, usize> =
+            Default::default();
+        while kinds.values().sum::<usize>() < 242 {
+            let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("every event of the cull")
+                .unwrap();
+            if ev.session_id == alive.session_id {
+                continue;
+            }
+            *kinds.entry(ev.kind).or_default() += 1;
+            seen.entry(ev.room_id.clone()).or_default().push(ev.seq);
+        }
+        assert_eq!(kinds.get(&presence_core::EventKind::Status), Some(&121));
+        assert_eq!(kinds.get(&presence_core::EventKind::Expire), Some(&121));
+        for (room, seqs) in &seen {
+            assert!(
+                seqs.windows(2).all(|w| w[1] == w[0] + 1),
+                "{room}: {seqs:?}"
+            );
+        }
+
+        // Only `alive` is left: in its room, its user online, its entry in
+        // the deadline index.
+        let view = store.room_view(&rooms[0]).await.unwrap();
+        let members: Vec<_> = view.sessions.keys().cloned().collect();
+        assert_eq!(members, vec![alive.session_id.clone()]);
+        for r in &rooms[1..] {
+            assert_eq!(store.room_stats(r).await.unwrap().sessions, 0);
+        }
+        assert_eq!(online_users(&store).await, vec!["alive".to_owned()]);
+        assert_eq!(zcard_all(own.port(), |k| store.keys.deadlines(k)), 1);
+        for uid in ["user-0", "user-7", "user-119"] {
+            let n =
+                presence_testkit::redis_cli(own.port(), &["HLEN", &store.keys.user(uid)]).unwrap();
+            assert_eq!(n.trim(), "0", "{uid}");
+        }
+    }
+
     /// A room written before the order index existed (or with an index cut
     /// short) is paged all the same: the index is built from the members once.
     #[tokio::test]
@@ -312,14 +394,7 @@ mod standalone {
         assert_eq!(sum.orphans, 1);
         assert_eq!(store.room_stats(&room).await.unwrap().sessions, 0);
         // Alice herself is alive and online.
-        let online = store
-            .whos_online(Page {
-                limit: 10,
-                after: None,
-            })
-            .await
-            .unwrap();
-        assert_eq!(online.entries.users.len(), 1);
+        assert_eq!(online_users(&store).await, vec!["alice".to_owned()]);
     }
 
     #[tokio::test]
@@ -337,6 +412,18 @@ mod standalone {
         for r in &rooms {
             assert_eq!(store.room_stats(r).await.unwrap().sessions, 1);
         }
+    }
+
+    /// Who's online (the first ten users).
+    async fn online_users(store: &RedisStore) -> Vec<String> {
+        let online = store
+            .whos_online(Page {
+                limit: 10,
+                after: None,
+            })
+            .await
+            .unwrap();
+        online.entries.users.keys().map(|u| u.to_string()).collect()
     }
 
     async fn hello(store: &RedisStore, uid: &str) -> SessionRef {
