@@ -7,6 +7,7 @@
 #   scripts/bench.sh ceiling|throughput|latency|roomsize|curve|memory|storm
 #   scripts/bench.sh largerooms     # rooms of 10, 1,000, 10,000; 50,000 on three nodes
 #   scripts/bench.sh hotpath        # Redis CPU per heartbeat: functions or EVALSHA, standalone or cluster
+#   scripts/bench.sh joins          # join ack latency, 1,000 clients connecting 100 at a time
 #
 # Each figure gets a redis-server and a release presence-node of its own, on
 # free loopback ports, started here and stopped at the end. JSON results go to
@@ -253,6 +254,22 @@ storm() {
   bench storm-10k connect -n 10000 --connect-concurrency 10000 -d 2
 }
 
+# Join acks: 1,000 clients connecting 100 at a time (connect + hello + join,
+# rooms of 10, the default 250 ms window), one node on Redis, three rounds;
+# JOINS_BEFORE=<another presence-node> runs that build too, in the same run.
+joins() {
+  local variants=("after|$BIN/presence-node") v label bin round
+  [ -n "${JOINS_BEFORE:-}" ] && variants=("before|$JOINS_BEFORE" "${variants[@]}")
+  for v in "${variants[@]}"; do
+    IFS='|' read -r label bin <<<"$v"
+    for round in 1 2 3; do
+      NODE_BIN=$bin start_stack
+      bench "joins-$label-$round" connect -n 1000 --connect-concurrency 100 -d 2
+    done
+  done
+  stop_stack
+}
+
 # Large rooms: the same 10,000 sessions heartbeating at 1 Hz in rooms of
 # 10 (the default, full view), 1,000 and 10,000 (members in count view, 50
 # of them watching 20 others each); then each change's bytes (state updates
@@ -368,6 +385,7 @@ case "${1:-all}" in
   memory) memory ;;
   storm) storm ;;
   hotpath) hotpath ;;
+  joins) joins ;;
   curve) curve ;;
   all) ceiling; throughput; latency; roomsize; curve; memory; storm ;;
   *) echo "usage: $0 [smoke|all|ceiling|throughput|latency|roomsize|curve|memory|storm]" >&2; exit 2 ;;

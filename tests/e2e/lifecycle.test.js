@@ -73,7 +73,12 @@ test("a background tab is away and does not flap with throttled heartbeats", asy
     await waitFor(obs, "presence:diff", (d) => d.users.kim?.status === "away");
     await sleep(5000);
     const statuses = diffs(obs, "r-bg").map((d) => d.users.kim?.status).filter(Boolean);
-    assert.deepEqual(statuses, ["active", "away"], "away, never stale");
+    // Kim may appear already away (the join and the first background beat
+    // in one window) or active then away; never stale, and no flapping.
+    assert.ok(
+      JSON.stringify(statuses) === '["away"]' || JSON.stringify(statuses) === '["active","away"]',
+      `away, never stale: ${JSON.stringify(statuses)}`,
+    );
   } finally {
     stop();
     stopObs();

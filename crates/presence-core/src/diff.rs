@@ -33,6 +33,10 @@ pub trait Patchable: Sized {
     /// The whole entry, as a patch (for entries that are new).
     fn full(new: &Self) -> Self::Patch;
 
+    /// The whole entry as a patch that replaces whatever entry it is applied
+    /// to: [`Patchable::full`], with an absent optional field sent as `null`.
+    fn whole(new: &Self) -> Self::Patch;
+
     /// Applies `patch` to `old` (or builds the entry when there is none).
     fn apply(old: Option<Self>, patch: Self::Patch) -> Result<Self, ApplyError>;
 }
@@ -103,6 +107,14 @@ macro_rules! patchable {
                     $($f: Some(new.$f.clone()),)*
                     $($t: Some(new.$t),)*
                     $($o: new.$o.clone().map(Some),)*
+                }
+            }
+
+            fn whole(new: &Self) -> $patch {
+                $patch {
+                    $($f: Some(new.$f.clone()),)*
+                    $($t: Some(new.$t),)*
+                    $($o: Some(new.$o.clone()),)*
                 }
             }
 

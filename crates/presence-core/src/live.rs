@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::diff::{diff_entries, Patchable, RoomDiff};
+use crate::diff::{diff_entries, Patchable, RoomDiff, SessionPatch, UserPatch};
 use crate::event::PresenceEvent;
 use crate::ids::{RoomId, SessionId, UserId};
 use crate::page::{PageCursor, RoomCounts};
@@ -46,8 +46,29 @@ pub struct LiveRoom {
     sessions_before: BTreeMap<SessionId, Option<SessionPresence>>,
     /// The whole view as last flushed, when the room was read again since.
     all_before: Option<Entries>,
+    /// Every user and session whose entry may have changed since the last
+    /// flush, even if it is back as it was (for [`LiveRoom::catch_up`]).
+    touched: Touched,
     /// The view's users and sessions by status, kept with every change.
     counts: RoomCounts,
+}
+
+/// The keys changed since the last flush.
+#[derive(Debug, Clone, Default)]
+struct Touched {
+    users: BTreeSet<UserId>,
+    /// With the session's user.
+    sessions: BTreeMap<SessionId, UserId>,
+}
+
+impl Touched {
+    /// Every entry of `e`.
+    fn all_of(&mut self, e: &Entries) {
+        self.users.extend(e.users.keys().cloned());
+        for (sid, s) in &e.sessions {
+            self.sessions.insert(sid.clone(), s.user_id.clone());
+        }
+    }
 }
 
 /// What a flush sends: the diff, and the user of each session in it (a
@@ -72,10 +93,20 @@ impl LiveRoom {
             users_before: BTreeMap::new(),
             sessions_before: BTreeMap::new(),
             all_before: None,
+            touched: Touched::default(),
             counts: RoomCounts::default(),
         };
         room.fill(members);
+        room.touched = Touched::default();
         room
+    }
+
+    /// Whether anything changed since the last flush (the view is not the
+    /// one its followers hold).
+    pub fn changed_since_flush(&self) -> bool {
+        self.all_before.is_some()
+            || !self.touched.users.is_empty()
+            || !self.touched.sessions.is_empty()
     }
 
     /// The room's version the view is at.
@@ -188,6 +219,9 @@ impl LiveRoom {
         if self.all_before.is_none() {
             self.all_before = Some(self.flushed());
         }
+        // Whatever was there before the read and is there after it.
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.all_of(&self.entries);
         self.users_before.clear();
         self.sessions_before.clear();
         self.seq = seq;
@@ -196,6 +230,8 @@ impl LiveRoom {
         self.entries = Entries::default();
         self.counts = RoomCounts::default();
         self.fill(members);
+        touched.all_of(&self.entries);
+        self.touched = touched;
     }
 
     /// The diff from the view as last flushed to the view now; what it
@@ -241,7 +277,48 @@ impl LiveRoom {
         };
         self.users_before.clear();
         self.sessions_before.clear();
+        self.touched = Touched::default();
         owners.retain(|sid, _| sessions.contains_key(sid));
+        self.flush_of(users, sessions, owners)
+    }
+
+    /// What a client that took its view from this room since the last
+    /// flush (not the view as flushed: the view as it was then) needs to hold
+    /// the view now: every entry changed since the last flush, whole
+    /// ([`Patchable::whole`]) or `null`. Unlike [`LiveRoom::take_flush`]'s
+    /// minimal diff it does not depend on what the client holds of those
+    /// entries, so it is exact for any view taken in between: a change made
+    /// and undone after the last flush, which the minimal diff leaves out,
+    /// is set back here. Call it before `take_flush`; it changes nothing.
+    pub fn catch_up(&self) -> Flush {
+        let mut owners = BTreeMap::new();
+        let mut sessions = BTreeMap::new();
+        for (sid, uid) in &self.touched.sessions {
+            let now = self.entries.sessions.get(sid);
+            owners.insert(sid.clone(), uid.clone());
+            sessions.insert(sid.clone(), now.map(SessionPresence::whole));
+        }
+        let users = self
+            .touched
+            .users
+            .iter()
+            .map(|uid| {
+                (
+                    uid.clone(),
+                    self.entries.users.get(uid).map(UserPresence::whole),
+                )
+            })
+            .collect();
+        self.flush_of(users, sessions, owners)
+    }
+
+    /// A flush of this room at its version.
+    fn flush_of(
+        &self,
+        users: BTreeMap<UserId, Option<UserPatch>>,
+        sessions: BTreeMap<SessionId, Option<SessionPatch>>,
+        owners: BTreeMap<SessionId, UserId>,
+    ) -> Flush {
         Flush {
             diff: RoomDiff {
                 room_id: self.room_id.clone(),
@@ -280,7 +357,7 @@ impl LiveRoom {
 
     fn put(&mut self, m: Member) {
         let (sid, uid) = (m.session_id.clone(), m.user_id.clone());
-        self.note_session(&sid);
+        self.note_session(&sid, &uid);
         self.note_user(&uid);
         if let Some(old) = self.members.get(&sid) {
             // A session never changes user; if a store said so, move it.
@@ -302,7 +379,7 @@ impl LiveRoom {
         let Some(old) = self.members.remove(sid) else {
             return;
         };
-        self.note_session(sid);
+        self.note_session(sid, &old.user_id);
         if let Some(was) = self.entries.sessions.remove(sid) {
             self.counts.sessions.sub(was.status);
         }
@@ -346,13 +423,15 @@ impl LiveRoom {
     }
 
     fn note_user(&mut self, uid: &UserId) {
+        self.touched.users.insert(uid.clone());
         if self.all_before.is_none() && !self.users_before.contains_key(uid) {
             let was = self.entries.users.get(uid).cloned();
             self.users_before.insert(uid.clone(), was);
         }
     }
 
-    fn note_session(&mut self, sid: &SessionId) {
+    fn note_session(&mut self, sid: &SessionId, uid: &UserId) {
+        self.touched.sessions.insert(sid.clone(), uid.clone());
         if self.all_before.is_none() && !self.sessions_before.contains_key(sid) {
             let was = self.entries.sessions.get(sid).cloned();
             self.sessions_before.insert(sid.clone(), was);
@@ -462,12 +541,13 @@ mod tests {
     }
 
     /// One step: put session `s` (of user `s % 4`), remove it, read the
-    /// room again, or flush.
+    /// room again, a client joins (takes the view as it is now), or flush.
     #[derive(Debug, Clone)]
     enum Step {
         Put(u8, SessionStatus, Millis, Option<u8>),
         Remove(u8),
         Reset,
+        Join,
         Flush,
     }
 
@@ -477,6 +557,7 @@ mod tests {
                 .prop_map(|(s, st, t, state)| Step::Put(s, st, t, state)),
             2 => (0..12u8).prop_map(Step::Remove),
             1 => Just(Step::Reset),
+            1 => Just(Step::Join),
             2 => Just(Step::Flush),
         ]
     }
@@ -484,7 +565,9 @@ mod tests {
     proptest! {
         /// Applying events keeps the view equal to one built from the
         /// members, and a client that applies every diff to the first
-        /// snapshot holds that view at each flush (timestamps aside).
+        /// snapshot holds that view at each flush (timestamps aside); so
+        /// does a client that took the view between two flushes and applies
+        /// the catch-up at the next, then every diff.
         #[test]
         fn events_and_diffs_keep_every_view_exact(steps in proptest::collection::vec(step(), 1..60)) {
             let room = RoomId::new("r").unwrap();
@@ -492,6 +575,9 @@ mod tests {
             let mut seq = 0;
             let mut live = LiveRoom::new(room.clone(), 0, []);
             let mut client = live.view(0);
+            // Clients that joined since the last flush, and those that caught up.
+            let mut joined: Vec<RoomView> = Vec::new();
+            let mut caught_up: Vec<RoomView> = Vec::new();
             for st in steps {
                 match st {
                     Step::Put(s, status, t, state) => {
@@ -508,8 +594,22 @@ mod tests {
                         prop_assert_eq!(live.apply(&event(seq, &sid, &m.user_id, None)), Applied::Applied);
                     }
                     Step::Reset => live.reset(seq, truth.values().cloned()),
+                    Step::Join => joined.push(live.view(0)),
                     Step::Flush => {
+                        let catch_up = live.catch_up();
+                        for sid in catch_up.diff.sessions.keys() {
+                            let n: u8 = sid.as_str()[1..].parse().unwrap();
+                            let owner = catch_up.owners.get(sid).map(|u| u.as_str().to_owned());
+                            prop_assert_eq!(owner, Some(format!("u{}", n % 4)));
+                        }
                         let flush = live.take_flush();
+                        for c in &mut caught_up {
+                            crate::diff::apply(c, flush.diff.clone()).unwrap();
+                        }
+                        for mut c in joined.drain(..) {
+                            crate::diff::apply(&mut c, catch_up.diff.clone()).unwrap();
+                            caught_up.push(c);
+                        }
                         for sid in flush.diff.sessions.keys() {
                             let n: u8 = sid.as_str()[1..].parse().unwrap();
                             let owner = flush.owners.get(sid).map(|u| u.as_str().to_owned());
@@ -521,6 +621,11 @@ mod tests {
                         let left = crate::diff::diff(&client, &built);
                         prop_assert!(left.is_empty(), "the client is off by {:?}", left);
                         prop_assert_eq!(client.seq, seq);
+                        for c in &caught_up {
+                            let left = crate::diff::diff(c, &built);
+                            prop_assert!(left.is_empty(), "a late joiner is off by {:?}", left);
+                            prop_assert_eq!(c.seq, seq);
+                        }
                     }
                 }
                 let built = RoomView::build(room.clone(), seq, 0, truth.values().cloned());

@@ -145,6 +145,15 @@ impl Followers {
         }
     }
 
+    /// Takes `sid` out of the followers and out of its view's Socket.IO
+    /// room, leaving it in the room's own (its signals go on): a follower
+    /// that starts a new view between two flushes, until the next.
+    pub fn detach(&mut self, sid: &Sid) {
+        if let Some(f) = self.take(sid) {
+            f.socket.leave(self.channel_of(&f.view).to_owned());
+        }
+    }
+
     /// Forgets sockets that closed without a leave reaching the hub.
     pub fn retain_connected(&mut self) {
         let gone: Vec<Sid> = self

@@ -67,11 +67,26 @@ impl Pending {
     }
 }
 
+/// A socket answered from the view between two flushes: it holds the view
+/// as it was then, not as last flushed, so the next flush's diff is not
+/// exact for it. It gets that flush's catch-up instead
+/// ([`LiveRoom::catch_up`]), and the counts if they moved since its
+/// answer; only then does it join the room's followers (and their
+/// broadcasts).
+struct Fresh {
+    socket: SocketRef,
+    view: View,
+    /// The counts it was sent.
+    counts: RoomCounts,
+}
+
 struct Hub {
     inner: Arc<Inner>,
     room: RoomId,
     /// The sockets that got the room's opening, and their views.
     followers: Followers,
+    /// Answered since the last flush, joining the followers at the next.
+    fresh: Vec<Fresh>,
     pending: Vec<Pending>,
     /// The room's view; `None` until the first read.
     live: Option<LiveRoom>,
@@ -119,6 +134,7 @@ pub(super) async fn run(inner: Arc<Inner>, room: RoomId, mut rx: mpsc::Unbounded
     let mut hub = Hub {
         inner: inner.clone(),
         followers: Followers::new(&room),
+        fresh: Vec::new(),
         room: room.clone(),
         pending: Vec::new(),
         live: None,
@@ -149,7 +165,19 @@ pub(super) async fn run(inner: Arc<Inner>, room: RoomId, mut rx: mpsc::Unbounded
         };
         tokio::select! {
             msg = rx.recv() => match msg {
-                Some(msg) => hub.handle(msg).await,
+                Some(msg) => {
+                    hub.handle(msg).await;
+                    // What came with it too, so that the joiners of one burst
+                    // are answered together (they share their snapshot).
+                    while let Ok(msg) = rx.try_recv() {
+                        hub.handle(msg).await;
+                    }
+                    // A joiner whose join the view shows is answered now, not
+                    // at the end of the window.
+                    if hub.answerable() {
+                        hub.serve(false, false).await;
+                    }
+                }
                 None => return,
             },
             _ = tokio::time::sleep_until(wake_at.unwrap_or_else(Instant::now)), if wake_at.is_some() => {
@@ -157,7 +185,11 @@ pub(super) async fn run(inner: Arc<Inner>, room: RoomId, mut rx: mpsc::Unbounded
                 next_flush = Instant::now() + inner.debounce;
             }
         }
-        if hub.followers.is_empty() && hub.pending.is_empty() && inner.retire(&room, &rx) {
+        if hub.followers.is_empty()
+            && hub.fresh.is_empty()
+            && hub.pending.is_empty()
+            && inner.retire(&room, &rx)
+        {
             if let Err(e) = inner.store.unfollow_room(&room).await {
                 tracing::debug!(room_id = %room, error = %e, "cannot unfollow room events");
             }
@@ -201,8 +233,66 @@ impl Hub {
                     self.flush().await;
                 }
                 self.followers.remove(&socket.id);
+                self.fresh.retain(|f| f.socket.id != socket.id);
                 super::leave_channels(&self.room, &socket);
             }
+        }
+    }
+
+    /// Whether the view can answer something waiting now: a joiner whose
+    /// join it shows, or a page or watch list whose socket waits for nothing
+    /// it asked before. (Not while the view must be read again.)
+    fn answerable(&self) -> bool {
+        let Some(live) = &self.live else {
+            return false;
+        };
+        if self.reread {
+            return false;
+        }
+        let seq = live.seq();
+        let mut blocked = HashSet::new();
+        for p in &self.pending {
+            match p {
+                // A resumed session's opening names no version (0): it goes at
+                // the next flush, by which the resume's own change (its
+                // status back from stale) has reached the view.
+                Pending::Join { seq: want, .. } if *want > seq || *want == 0 => {
+                    blocked.insert(p.sid());
+                }
+                _ if blocked.contains(&p.sid()) => {}
+                _ => return true,
+            }
+        }
+        false
+    }
+
+    /// Whether `sid` got the room's opening (a follower, or fresh).
+    fn follows(&self, sid: &Sid) -> bool {
+        self.followers.contains(sid) || self.fresh.iter().any(|f| &f.socket.id == sid)
+    }
+
+    /// Starts `socket` on `view`: a follower at once when the view is as
+    /// last flushed, else fresh until the next flush (a follower that starts
+    /// a new view then, a watch list, too). A fresh socket that changes its
+    /// view stays fresh.
+    fn enter(&mut self, socket: SocketRef, view: View) {
+        let Some(live) = &self.live else {
+            return;
+        };
+        if let Some(f) = self.fresh.iter_mut().find(|f| f.socket.id == socket.id) {
+            f.view = view;
+            f.counts = live.counts();
+        } else if live.changed_since_flush() {
+            // Signals reach it from now on; diffs and counts from the flush.
+            self.followers.detach(&socket.id);
+            socket.join(self.followers.channels().all.clone());
+            self.fresh.push(Fresh {
+                socket,
+                view,
+                counts: live.counts(),
+            });
+        } else {
+            self.followers.put(socket, view);
         }
     }
 
@@ -287,6 +377,10 @@ impl Hub {
         if read && !self.read().await {
             return;
         }
+        let catch_up = match (&self.live, self.fresh.is_empty()) {
+            (Some(live), false) => Some(live.catch_up()),
+            _ => None,
+        };
         let Some(flush) = self.live.as_mut().map(LiveRoom::take_flush) else {
             return;
         };
@@ -303,6 +397,20 @@ impl Hub {
             crate::metrics::diff_sent();
             out.diff(&self.followers, &flush).await;
         }
+        if let Some(catch_up) = catch_up {
+            for f in std::mem::take(&mut self.fresh) {
+                if !f.socket.connected() {
+                    continue;
+                }
+                out.catch_up(&f, &catch_up);
+                self.followers.put(f.socket, f.view);
+            }
+            if live.sessions() > self.inner.limits.full_view_max_members
+                && self.followers.full() > 0
+            {
+                out.to_count(&mut self.followers).await;
+            }
+        }
         self.dirty = false;
         let counts = live.counts();
         self.counts_due = self.followers.counting() > 0 && self.sent_counts != Some(counts);
@@ -313,14 +421,16 @@ impl Hub {
             let gap = COUNTS_GAP_PER_SESSION * live.sessions() as u32;
             self.counts_next = Instant::now() + self.inner.debounce.max(gap);
         }
-        self.serve(read).await;
+        self.serve(read, true).await;
     }
 
     /// Answers what waits: joiners whose join the view shows (the others
     /// wait for its event; a read came after every join queued, and a room
     /// that emptied may start its versions again, so it serves them all),
     /// then pages and watch lists, each after what its socket asked before.
-    async fn serve(&mut self, read: bool) {
+    /// Between flushes (`at_flush` false) a resumed session's opening waits
+    /// for the next flush (see `answerable`).
+    async fn serve(&mut self, read: bool, at_flush: bool) {
         let Some(seq) = self.live.as_ref().map(LiveRoom::seq) else {
             return;
         };
@@ -328,7 +438,9 @@ impl Hub {
         let mut ready = Vec::new();
         for p in std::mem::take(&mut self.pending) {
             let wait = match &p {
-                Pending::Join { seq: want, .. } => !read && *want > seq,
+                Pending::Join { seq: want, .. } => {
+                    (!read && *want > seq) || (!at_flush && *want == 0)
+                }
                 _ => blocked.contains(&p.sid()),
             };
             if wait {
@@ -345,6 +457,8 @@ impl Hub {
             return;
         };
         let mut shared = Shared::default();
+        // Who got an opening or a new view, in order (`out` borrows the view).
+        let mut entered: Vec<(SocketRef, View)> = Vec::new();
         for p in ready {
             match p {
                 Pending::Join {
@@ -358,25 +472,31 @@ impl Hub {
                     }
                     if let Some(view) = out.open(&socket, reply, follow, &mut shared) {
                         crate::metrics::snapshot_sent();
-                        self.followers.put(socket, view);
+                        entered.push((socket, view));
                     }
                 }
                 Pending::Page(socket, ack, after, limit) => {
-                    if !self.followers.contains(&socket.id) {
+                    if !self.follows(&socket.id) && !entered.iter().any(|(s, _)| s.id == socket.id)
+                    {
                         let _ = ack.send(&not_joined(&self.room));
                         continue;
                     }
                     out.page(ack, after, limit);
                 }
                 Pending::Watch(socket, ack, users) => {
-                    if !self.followers.contains(&socket.id) {
+                    if !self.follows(&socket.id) && !entered.iter().any(|(s, _)| s.id == socket.id)
+                    {
                         let _ = ack.send(&not_joined(&self.room));
                         continue;
                     }
                     out.watch(&socket, ack, &users);
-                    self.followers.put(socket, View::Watch(users));
+                    entered.retain(|(s, _)| s.id != socket.id);
+                    entered.push((socket, View::Watch(users)));
                 }
             }
+        }
+        for (socket, view) in entered {
+            self.enter(socket, view);
         }
     }
 }
@@ -641,6 +761,57 @@ impl<'a> Out<'a> {
             for (i, p) in parts.iter().enumerate() {
                 let _ = socket.emit("presence:diff", &diff_part(self.room, d.seq, p, i, n));
             }
+        }
+    }
+
+    /// What a fresh socket needs at the flush that makes it a follower:
+    /// the catch-up (the whole of its view's entries changed since the last
+    /// flush), and the counts if they are not those it was sent.
+    fn catch_up(&self, f: &Fresh, catch_up: &Flush) {
+        let d = &catch_up.diff;
+        let parts = match &f.view {
+            View::Full if !(d.users.is_empty() && d.sessions.is_empty()) => {
+                split(&d.users, &d.sessions, self.budget(), self.budget())
+            }
+            View::Watch(watched) => {
+                let users: BTreeMap<_, _> = d
+                    .users
+                    .iter()
+                    .filter(|(u, _)| watched.contains(*u))
+                    .collect();
+                let sessions: BTreeMap<_, _> = d
+                    .sessions
+                    .iter()
+                    .filter(|(sid, _)| {
+                        catch_up
+                            .owners
+                            .get(*sid)
+                            .is_some_and(|u| watched.contains(u))
+                    })
+                    .collect();
+                if users.is_empty() && sessions.is_empty() {
+                    Vec::new()
+                } else {
+                    split(users, sessions, self.budget(), self.budget())
+                }
+            }
+            View::Full | View::Count => Vec::new(),
+        };
+        let n = parts.len();
+        for (i, p) in parts.iter().enumerate() {
+            let _ = f
+                .socket
+                .emit("presence:diff", &diff_part(self.room, d.seq, p, i, n));
+        }
+        if f.view != View::Full && f.counts != self.live.counts() {
+            let _ = f.socket.emit(
+                "presence:counts",
+                &CountsMsg {
+                    room_id: self.room,
+                    seq: self.live.seq(),
+                    counts: self.live.counts(),
+                },
+            );
         }
     }
 
