@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use presence_core::live::{Applied, Flush, LiveRoom};
 use presence_core::page::PageBuilder;
-use presence_core::{Millis, PageCursor, RoomCounts, RoomId, UserId};
+use presence_core::{Millis, PageCursor, RoomCounts, RoomId, SessionId, UserId};
 use serde_json::value::RawValue;
 use socketioxide::extract::{AckSender, SocketRef};
 use socketioxide::socket::Sid;
@@ -58,6 +58,19 @@ enum Pending {
 }
 
 impl Pending {
+    /// Whether it waits, the view being at `seq` (just read: `read`; right
+    /// after a flush: `at_flush`) and `blocked` the sockets with something
+    /// waiting before it. A joiner waits for its join; a resumed session's
+    /// opening names no version (0) and goes at a flush, by which the
+    /// resume's own change (its status back from stale) has reached the
+    /// view; a page or watch list waits behind what its socket asked first.
+    fn waits(&self, seq: u64, read: bool, at_flush: bool, blocked: &HashSet<Sid>) -> bool {
+        match self {
+            Pending::Join { seq: want, .. } => (!read && *want > seq) || (!at_flush && *want == 0),
+            _ => blocked.contains(&self.sid()),
+        }
+    }
+
     fn sid(&self) -> Sid {
         match self {
             Pending::Join { socket, .. }
@@ -86,7 +99,7 @@ struct Hub {
     /// The sockets that got the room's opening, and their views.
     followers: Followers,
     /// Answered since the last flush, joining the followers at the next.
-    fresh: Vec<Fresh>,
+    fresh: HashMap<Sid, Fresh>,
     pending: Vec<Pending>,
     /// The room's view; `None` until the first read.
     live: Option<LiveRoom>,
@@ -134,7 +147,7 @@ pub(super) async fn run(inner: Arc<Inner>, room: RoomId, mut rx: mpsc::Unbounded
     let mut hub = Hub {
         inner: inner.clone(),
         followers: Followers::new(&room),
-        fresh: Vec::new(),
+        fresh: HashMap::new(),
         room: room.clone(),
         pending: Vec::new(),
         live: None,
@@ -233,7 +246,7 @@ impl Hub {
                     self.flush().await;
                 }
                 self.followers.remove(&socket.id);
-                self.fresh.retain(|f| f.socket.id != socket.id);
+                self.fresh.remove(&socket.id);
                 super::leave_channels(&self.room, &socket);
             }
         }
@@ -252,15 +265,10 @@ impl Hub {
         let seq = live.seq();
         let mut blocked = HashSet::new();
         for p in &self.pending {
-            match p {
-                // A resumed session's opening names no version (0): it goes at
-                // the next flush, by which the resume's own change (its
-                // status back from stale) has reached the view.
-                Pending::Join { seq: want, .. } if *want > seq || *want == 0 => {
-                    blocked.insert(p.sid());
-                }
-                _ if blocked.contains(&p.sid()) => {}
-                _ => return true,
+            if p.waits(seq, false, false, &blocked) {
+                blocked.insert(p.sid());
+            } else {
+                return true;
             }
         }
         false
@@ -268,7 +276,7 @@ impl Hub {
 
     /// Whether `sid` got the room's opening (a follower, or fresh).
     fn follows(&self, sid: &Sid) -> bool {
-        self.followers.contains(sid) || self.fresh.iter().any(|f| &f.socket.id == sid)
+        self.followers.contains(sid) || self.fresh.contains_key(sid)
     }
 
     /// Starts `socket` on `view`: a follower at once when the view is as
@@ -279,18 +287,21 @@ impl Hub {
         let Some(live) = &self.live else {
             return;
         };
-        if let Some(f) = self.fresh.iter_mut().find(|f| f.socket.id == socket.id) {
+        if let Some(f) = self.fresh.get_mut(&socket.id) {
             f.view = view;
             f.counts = live.counts();
         } else if live.changed_since_flush() {
             // Signals reach it from now on; diffs and counts from the flush.
             self.followers.detach(&socket.id);
             socket.join(self.followers.channels().all.clone());
-            self.fresh.push(Fresh {
-                socket,
-                view,
-                counts: live.counts(),
-            });
+            self.fresh.insert(
+                socket.id,
+                Fresh {
+                    socket,
+                    view,
+                    counts: live.counts(),
+                },
+            );
         } else {
             self.followers.put(socket, view);
         }
@@ -398,11 +409,17 @@ impl Hub {
             out.diff(&self.followers, &flush).await;
         }
         if let Some(catch_up) = catch_up {
-            for f in std::mem::take(&mut self.fresh) {
+            // A watcher's part of the catch-up is found by its users, not
+            // by going through everything touched once per watcher.
+            let mut by_owner: HashMap<&UserId, Vec<&SessionId>> = HashMap::new();
+            for (sid, uid) in &catch_up.owners {
+                by_owner.entry(uid).or_default().push(sid);
+            }
+            for f in std::mem::take(&mut self.fresh).into_values() {
                 if !f.socket.connected() {
                     continue;
                 }
-                out.catch_up(&f, &catch_up);
+                out.catch_up(&f, &catch_up, &by_owner);
                 self.followers.put(f.socket, f.view);
             }
             if live.sessions() > self.inner.limits.full_view_max_members
@@ -429,7 +446,7 @@ impl Hub {
     /// that emptied may start its versions again, so it serves them all),
     /// then pages and watch lists, each after what its socket asked before.
     /// Between flushes (`at_flush` false) a resumed session's opening waits
-    /// for the next flush (see `answerable`).
+    /// for the next flush (see [`Pending::waits`]).
     async fn serve(&mut self, read: bool, at_flush: bool) {
         let Some(seq) = self.live.as_ref().map(LiveRoom::seq) else {
             return;
@@ -437,13 +454,7 @@ impl Hub {
         let mut blocked: HashSet<Sid> = HashSet::new();
         let mut ready = Vec::new();
         for p in std::mem::take(&mut self.pending) {
-            let wait = match &p {
-                Pending::Join { seq: want, .. } => {
-                    (!read && *want > seq) || (!at_flush && *want == 0)
-                }
-                _ => blocked.contains(&p.sid()),
-            };
-            if wait {
+            if p.waits(seq, read, at_flush, &blocked) {
                 blocked.insert(p.sid());
                 self.pending.push(p);
             } else {
@@ -457,8 +468,8 @@ impl Hub {
             return;
         };
         let mut shared = Shared::default();
-        // Who got an opening or a new view, in order (`out` borrows the view).
-        let mut entered: Vec<(SocketRef, View)> = Vec::new();
+        // Who got an opening or a new view (`out` borrows the view).
+        let mut entered: HashMap<Sid, (SocketRef, View)> = HashMap::new();
         for p in ready {
             match p {
                 Pending::Join {
@@ -472,30 +483,27 @@ impl Hub {
                     }
                     if let Some(view) = out.open(&socket, reply, follow, &mut shared) {
                         crate::metrics::snapshot_sent();
-                        entered.push((socket, view));
+                        entered.insert(socket.id, (socket, view));
                     }
                 }
                 Pending::Page(socket, ack, after, limit) => {
-                    if !self.follows(&socket.id) && !entered.iter().any(|(s, _)| s.id == socket.id)
-                    {
+                    if !self.follows(&socket.id) && !entered.contains_key(&socket.id) {
                         let _ = ack.send(&not_joined(&self.room));
                         continue;
                     }
                     out.page(ack, after, limit);
                 }
                 Pending::Watch(socket, ack, users) => {
-                    if !self.follows(&socket.id) && !entered.iter().any(|(s, _)| s.id == socket.id)
-                    {
+                    if !self.follows(&socket.id) && !entered.contains_key(&socket.id) {
                         let _ = ack.send(&not_joined(&self.room));
                         continue;
                     }
                     out.watch(&socket, ack, &users);
-                    entered.retain(|(s, _)| s.id != socket.id);
-                    entered.push((socket, View::Watch(users)));
+                    entered.insert(socket.id, (socket, View::Watch(users)));
                 }
             }
         }
-        for (socket, view) in entered {
+        for (socket, view) in entered.into_values() {
             self.enter(socket, view);
         }
     }
@@ -767,27 +775,21 @@ impl<'a> Out<'a> {
     /// What a fresh socket needs at the flush that makes it a follower:
     /// the catch-up (the whole of its view's entries changed since the last
     /// flush), and the counts if they are not those it was sent.
-    fn catch_up(&self, f: &Fresh, catch_up: &Flush) {
+    fn catch_up(&self, f: &Fresh, catch_up: &Flush, by_owner: &HashMap<&UserId, Vec<&SessionId>>) {
         let d = &catch_up.diff;
         let parts = match &f.view {
             View::Full if !(d.users.is_empty() && d.sessions.is_empty()) => {
                 split(&d.users, &d.sessions, self.budget(), self.budget())
             }
             View::Watch(watched) => {
-                let users: BTreeMap<_, _> = d
-                    .users
+                let users: BTreeMap<_, _> = watched
                     .iter()
-                    .filter(|(u, _)| watched.contains(*u))
+                    .filter_map(|u| d.users.get_key_value(u))
                     .collect();
-                let sessions: BTreeMap<_, _> = d
-                    .sessions
+                let sessions: BTreeMap<_, _> = watched
                     .iter()
-                    .filter(|(sid, _)| {
-                        catch_up
-                            .owners
-                            .get(*sid)
-                            .is_some_and(|u| watched.contains(u))
-                    })
+                    .flat_map(|u| by_owner.get(u).into_iter().flatten())
+                    .filter_map(|sid| d.sessions.get_key_value(*sid))
                     .collect();
                 if users.is_empty() && sessions.is_empty() {
                     Vec::new()

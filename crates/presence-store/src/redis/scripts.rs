@@ -217,8 +217,9 @@ impl Scripts {
         if functions {
             for master in &masters {
                 if let Err(e) = master.function_load::<Value, _>(true, &self.library).await {
-                    if is_connection_error(&e) {
-                        return Err(unavailable(e));
+                    // Unreachable says nothing about what the server supports.
+                    if let err @ StoreError::Unavailable(_) = unavailable(e.clone()) {
+                        return Err(err);
                     }
                     refused = Some(e);
                     break;
@@ -292,16 +293,6 @@ async fn fcall_with_reload(
         }
         other => other,
     }
-}
-
-/// True for an error that says nothing about what the server supports (it
-/// could not be asked).
-fn is_connection_error(e: &fred::error::Error) -> bool {
-    use fred::error::ErrorKind as K;
-    matches!(
-        e.kind(),
-        K::IO | K::Timeout | K::Canceled | K::Cluster | K::Sentinel | K::Tls | K::Backpressure
-    )
 }
 
 /// The first of a call's keys: every key of a call shares one slot, so it
