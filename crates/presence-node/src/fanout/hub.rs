@@ -35,6 +35,11 @@ const JOIN_EVENT_WAIT_BIG: Duration = Duration::from_secs(2);
 
 /// The largest room a late joiner may have read for it.
 const CHEAP_READ: usize = 100;
+/// How long a joiner's socket may stay "not connected yet" (see
+/// `Pending::waits`) before it is taken for closed. That state lasts from
+/// socketioxide sending `CONNECT` to its next statement, so only a thread
+/// descheduled in between makes it visible at all.
+const CONNECTING_WAIT: Duration = Duration::from_secs(1);
 
 /// The gap between two counts messages of a room grows by this much per
 /// session in it (beyond the debounce window): a room's node sends at most
@@ -64,8 +69,20 @@ impl Pending {
     /// opening names no version (0) and goes at a flush, by which the
     /// resume's own change (its status back from stale) has reached the
     /// view; a page or watch list waits behind what its socket asked first.
+    ///
+    /// A joiner whose socket Socket.IO does not call connected yet waits
+    /// too, for up to [`CONNECTING_WAIT`] (after that it is taken for
+    /// closed, and dropped): socketioxide marks a socket connected only
+    /// after sending the client its `CONNECT`, and under load the client's
+    /// first events can be handled on another thread before that, while
+    /// the socket refuses every `emit` (its snapshot's parts, its diffs).
     fn waits(&self, seq: u64, read: bool, at_flush: bool, blocked: &HashSet<Sid>) -> bool {
         match self {
+            Pending::Join { socket, since, .. }
+                if !socket.connected() && since.elapsed() < CONNECTING_WAIT =>
+            {
+                true
+            }
             Pending::Join { seq: want, .. } => (!read && *want > seq) || (!at_flush && *want == 0),
             _ => blocked.contains(&self.sid()),
         }
