@@ -17,10 +17,11 @@
 -- Term fencing: a session keeps the highest term that swept it (`ft`); a
 -- sweeper with a lower term (a leader paused past its lease, whose
 -- successor has been here) changes nothing: { outcome = 'fenced' }, and it
--- changes nothing more in this call either (every later session of the
--- batch is answered 'fenced' untouched): it is no longer the leader.
+-- changes nothing more in this call either (the reply ends there; the later
+-- sessions of the batch are left untouched): it is no longer the leader.
 --
--- Reply: a JSON array, an outcome per key in KEYS order, by `outcome`:
+-- Reply: a JSON array, an outcome per key in KEYS order (up to the first
+-- 'fenced'), by `outcome`:
 --   { outcome = 'gone' }     no session (or only its tombstone): nothing left to watch
 --   { outcome = 'fenced' }   a sweeper with a higher term has been here
 --   { outcome = 'expired', v, uid, dels: [{room, ev}] }   buried now
@@ -62,9 +63,6 @@ local out = {}
 for i, key in ipairs(KEYS) do
   local r = expire_one(key)
   out[i] = r
-  if r == fenced then
-    for j = i + 1, #KEYS do out[j] = fenced end
-    break
-  end
+  if r == fenced then break end
 end
 return cjson.encode(out)

@@ -386,7 +386,8 @@ pub(super) enum Expiry {
     },
 }
 
-/// What `expire.lua` found: an [`Expiry`] per session, in call order.
+/// What `expire.lua` found: an [`Expiry`] per session, in call order, up to
+/// the first `Fenced` (the sessions after it are left untouched).
 #[derive(Debug, Deserialize)]
 pub(super) struct Expiries(#[serde(deserialize_with = "list")] pub Vec<Expiry>);
 

@@ -160,9 +160,10 @@ impl RedisStore {
     /// thus cost a few calls per hundred, not several each.
     ///
     /// A fenced batch (a sweeper with a newer term has been at one of its
-    /// sessions) means this node is no longer the leader: no batch starts
-    /// after it, and what the batches before it changed is still carried
-    /// into the rooms, the users and the index.
+    /// sessions; `expire.lua` stops there and answers for the sessions up
+    /// to it only) means this node is no longer the leader: no batch starts
+    /// after it, and what it and the batches before it changed is still
+    /// carried into the rooms, the users and the index.
     async fn cull(
         &self,
         due: &[String],

@@ -361,6 +361,54 @@ mod standalone {
         }
     }
 
+    /// A batch of `expire.lua` that meets a session a newer term has swept
+    /// stops there: the sessions before it in the batch are swept, the one
+    /// fenced and those after it are left exactly as they were, and the
+    /// sweep ends; the newer term then sweeps them all.
+    #[tokio::test]
+    async fn a_batch_stops_at_the_first_session_a_newer_term_swept() {
+        let (own, store, first, clock) = own_store_clocked("u-0").await;
+        let mut all = vec![first];
+        for i in 1..6 {
+            all.push(hello(&store, &format!("u-{i}")).await);
+        }
+        // The order the sweep takes them in: by deadline-index shard, then
+        // (all due at the same instant) by session id.
+        let mut order: Vec<String> = all.iter().map(|s| s.session_id.to_string()).collect();
+        order.sort_by_key(|sid| (super::super::keys::shard_of(sid), sid.clone()));
+        // A sweeper with term 7 has been at the third (and only there).
+        let field = |sid: &str, f: &str| {
+            presence_testkit::redis_cli(own.port(), &["HGET", &store.keys.session(sid), f])
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        presence_testkit::redis_cli(
+            own.port(),
+            &["HSET", &store.keys.session(&order[2]), "ft", "7"],
+        )
+        .unwrap();
+        clock.advance(Timings::default().heartbeat_timeout_ms);
+
+        let old = store.sweep(6).await.unwrap();
+        assert_eq!((old.fenced, old.status_changes), (1, 2), "{old:?}");
+        for sid in &order[..2] {
+            assert_eq!(
+                (field(sid, "st").as_str(), field(sid, "ft").as_str()),
+                ("stale", "6")
+            );
+        }
+        for sid in &order[2..] {
+            assert_eq!(field(sid, "st"), "active", "{sid} untouched");
+        }
+        assert_eq!(field(&order[2], "ft"), "7");
+        assert!(order[3..].iter().all(|sid| field(sid, "ft").is_empty()));
+
+        let new = store.sweep(7).await.unwrap();
+        assert_eq!((new.fenced, new.status_changes), (0, 4), "{new:?}");
+        assert!(order.iter().all(|sid| field(sid, "st") == "stale"));
+    }
+
     /// A room written before the order index existed (or with an index cut
     /// short) is paged all the same: the index is built from the members once.
     #[tokio::test]
