@@ -290,38 +290,41 @@ impl RedisStore {
         let mut calls = Vec::new();
         for (shard, users) in &by_shard {
             for users in users.chunks(INDEX_CHUNK) {
-                calls.push(async move {
-                    let key = &self.keys.online(*shard);
-                    let users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
-                    self.zrem_many(key, &users).await?;
-                    // A hello of the same user may have raced the removal: put it back.
-                    let mut checks = Vec::with_capacity(users.len());
-                    for user_id in &users {
-                        checks.push(async move {
-                            let user = &self.keys.user(user_id);
-                            let n: u64 = self
-                                .route
-                                .on_key(user, |c| async move { c.hlen(user).await })
-                                .await?;
-                            Ok::<_, StoreError>((user_id, n))
-                        });
-                    }
-                    let counts: Vec<_> = futures::stream::iter(checks)
-                        .buffer_unordered(RECHECK_CONCURRENCY)
-                        .collect()
-                        .await;
-                    for r in counts {
-                        let (user_id, n) = r?;
-                        if n > 0 {
-                            self.zadd_one(key.clone(), None, None, 0, user_id).await?;
-                        }
-                    }
-                    Ok(())
-                });
+                calls.push(self.unlist_users(*shard, users));
             }
         }
         outcomes.extend(bounded(calls).await);
         outcomes
+    }
+
+    /// Takes `users` (who have no session left) out of who's online shard
+    /// `shard`, and puts back any whose hello raced the removal.
+    async fn unlist_users(&self, shard: u32, users: &[&str]) -> Result<(), StoreError> {
+        let key = &self.keys.online(shard);
+        let users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+        self.zrem_many(key, &users).await?;
+        let mut checks = Vec::with_capacity(users.len());
+        for user_id in &users {
+            checks.push(async move {
+                let user = &self.keys.user(user_id);
+                let n: u64 = self
+                    .route
+                    .on_key(user, |c| async move { c.hlen(user).await })
+                    .await?;
+                Ok::<_, StoreError>((user_id, n))
+            });
+        }
+        let counts: Vec<_> = futures::stream::iter(checks)
+            .buffer_unordered(RECHECK_CONCURRENCY)
+            .collect()
+            .await;
+        for r in counts {
+            let (user_id, n) = r?;
+            if n > 0 {
+                self.zadd_one(key.clone(), None, None, 0, user_id).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Files the session in the deadline index at `at`, when its script asked.
@@ -367,13 +370,7 @@ impl RedisStore {
                         .await;
                     if filed.is_err() {
                         for (sid, _) in chunk {
-                            let key = &self.keys.session(sid);
-                            let _ = self
-                                .route
-                                .on_key(key, |c| async move {
-                                    c.hdel::<(), _, _>(key, field::INDEXED_AT).await
-                                })
-                                .await;
+                            self.forget_deadline(sid).await;
                         }
                     }
                     filed
@@ -381,6 +378,19 @@ impl RedisStore {
             }
         }
         bounded(calls).await
+    }
+
+    /// Takes back the session's note that it is filed in the deadline index
+    /// (`ix`), after the index could not be told: its next write asks
+    /// again. Best effort: the shard's master may be failing over too.
+    async fn forget_deadline(&self, session: &str) {
+        let key = &self.keys.session(session);
+        let _ = self
+            .route
+            .on_key(key, |c| async move {
+                c.hdel::<(), _, _>(key, field::INDEXED_AT).await
+            })
+            .await;
     }
 
     /// Takes the session out of the deadline index (it ended).
