@@ -432,11 +432,12 @@ impl Hub {
             for (sid, uid) in &catch_up.owners {
                 by_owner.entry(uid).or_default().push(sid);
             }
+            let mut full = None;
             for f in std::mem::take(&mut self.fresh).into_values() {
                 if !f.socket.connected() {
                     continue;
                 }
-                out.catch_up(&f, &catch_up, &by_owner);
+                out.catch_up(&f, &catch_up, &by_owner, &mut full);
                 self.followers.put(f.socket, f.view);
             }
             if live.sessions() > self.inner.limits.full_view_max_members
@@ -792,12 +793,22 @@ impl<'a> Out<'a> {
     /// What a fresh socket needs at the flush that makes it a follower:
     /// the catch-up (the whole of its view's entries changed since the last
     /// flush), and the counts if they are not those it was sent.
-    fn catch_up(&self, f: &Fresh, catch_up: &Flush, by_owner: &HashMap<&UserId, Vec<&SessionId>>) {
+    ///
+    /// A full view's catch-up is the same for every fresh socket of the
+    /// flush: it is split and serialized once, into `full`, and each gets
+    /// those messages.
+    fn catch_up(
+        &self,
+        f: &Fresh,
+        catch_up: &Flush,
+        by_owner: &HashMap<&UserId, Vec<&SessionId>>,
+        full: &mut Option<Vec<Box<RawValue>>>,
+    ) {
         let d = &catch_up.diff;
-        let parts = match &f.view {
-            View::Full if !(d.users.is_empty() && d.sessions.is_empty()) => {
-                split(&d.users, &d.sessions, self.budget(), self.budget())
-            }
+        let own;
+        let msgs: &[Box<RawValue>] = match &f.view {
+            View::Full if d.users.is_empty() && d.sessions.is_empty() => &[],
+            View::Full => full.get_or_insert_with(|| self.diff_msgs(d.seq, &d.users, &d.sessions)),
             View::Watch(watched) => {
                 let users: BTreeMap<_, _> = watched
                     .iter()
@@ -809,18 +820,16 @@ impl<'a> Out<'a> {
                     .filter_map(|sid| d.sessions.get_key_value(*sid))
                     .collect();
                 if users.is_empty() && sessions.is_empty() {
-                    Vec::new()
+                    &[]
                 } else {
-                    split(users, sessions, self.budget(), self.budget())
+                    own = self.diff_msgs(d.seq, users, sessions);
+                    &own
                 }
             }
-            View::Full | View::Count => Vec::new(),
+            View::Count => &[],
         };
-        let n = parts.len();
-        for (i, p) in parts.iter().enumerate() {
-            let _ = f
-                .socket
-                .emit("presence:diff", &diff_part(self.room, d.seq, p, i, n));
+        for m in msgs {
+            let _ = f.socket.emit("presence:diff", m);
         }
         if f.view != View::Full && f.counts != self.live.counts() {
             let _ = f.socket.emit(
@@ -832,6 +841,29 @@ impl<'a> Out<'a> {
                 },
             );
         }
+    }
+
+    /// A diff of `users` and `sessions` at `seq` as the `presence:diff`
+    /// messages that carry it (parts under the message limit), serialized.
+    fn diff_msgs<K1, V1, K2, V2>(
+        &self,
+        seq: u64,
+        users: impl IntoIterator<Item = (K1, V1)>,
+        sessions: impl IntoIterator<Item = (K2, V2)>,
+    ) -> Vec<Box<RawValue>>
+    where
+        K1: std::fmt::Display,
+        V1: serde::Serialize,
+        K2: std::fmt::Display,
+        V2: serde::Serialize,
+    {
+        let parts = split(users, sessions, self.budget(), self.budget());
+        let n = parts.len();
+        parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| raw(&diff_part(self.room, seq, p, i, n)))
+            .collect()
     }
 
     /// The counts to count and watch followers.
