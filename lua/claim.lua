@@ -55,7 +55,7 @@ if f ~= nil and f.dead ~= '1' then
   if activity == 'active' then f.la = math.max(now, num(f.la, 0)) end
   local st, changed = rederive(f, now, T)
   redis.call('HSET', key, 'epoch', f.epoch, 'v', f.v, 'n', f.n, 'h', f.h or '', 'm', f.m or '',
-    'lastHeartbeatAt', f.lastHeartbeatAt, 'a', f.a, 'la', f.la, 'st', st)
+    'lastHeartbeatAt', f.lastHeartbeatAt, 'a', f.a, 'la', f.la, 'st', st, 'g', f.epoch .. ':' .. st)
   keep(key, f, now, T)
   reply.resumed = true
   reply.changed = changed
@@ -74,7 +74,8 @@ else
   redis.call('DEL', key)
   local st = rederive(f, now, T)
   redis.call('HSET', key, 'sid', sid, 'userId', uid, 'h', handle, 'm', meta, 'n', node, 'a', activity,
-    'epoch', f.epoch, 'v', f.v, 'lastHeartbeatAt', now, 'la', now, 'c', now, 'st', st)
+    'epoch', f.epoch, 'v', f.v, 'lastHeartbeatAt', now, 'la', now, 'c', now, 'st', st,
+    'g', f.epoch .. ':' .. st)
   keep(key, f, now, T)
   reply.resumed = false
   reply.changed = false

@@ -16,7 +16,7 @@ if err then return err end
 f.d = now
 local st, changed = rederive(f, now, T)
 if changed then f.v = tonumber(f.v) + 1 end
-redis.call('HSET', key, 'd', now, 'st', st, 'v', f.v)
+redis.call('HSET', key, 'd', now, 'st', st, 'v', f.v, 'g', guard(f))
 keep(key, f, now, T)
 local ix = index_update(key, f, now, T)
 local puts = {}

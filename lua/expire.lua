@@ -48,7 +48,7 @@ local function expire_one(key)
   local st, changed = rederive(f, now, T)
   if changed then f.v = tonumber(f.v) + 1 end
   local nd = next_deadline(f, now, T)
-  redis.call('HSET', key, 'st', st, 'v', f.v, 'ix', nd)
+  redis.call('HSET', key, 'st', st, 'v', f.v, 'ix', nd, 'g', guard(f))
   keep(key, f, now, T)
   local puts = {}
   if changed then puts = status_puts(f, true, now, T) end

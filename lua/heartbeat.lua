@@ -4,8 +4,12 @@
 -- KEYS[1]  session hash
 -- ARGV[1]  now   ARGV[2] timings JSON   ARGV[3] epoch   ARGV[4] activity ('' = not reported)
 --
--- Reply: '{"ok":true}' when nothing observers see changed (the common case),
--- else { ok, changed, v, uid, ix, puts: [{room, ev, m, visible}] }; or an error.
+-- Reply: { ok, st, a, hb, la } when nothing observers see changed (the
+-- common case; ix too when the deadline index must be told), else { ok,
+-- changed, v, uid, ix, puts: [{room, ev, m, visible}], st, a, hb, la }; or an
+-- error. st, a, hb and la are the recorded status and the facts it derives
+-- from, which the node needs to vouch for the session's next quiet beats;
+-- ku the last heartbeat time that needs no new TTL (keep_until).
 -- Only a heartbeat that reports 'active' counts as activity; one that reports
 -- nothing proves liveness only.
 --
@@ -21,7 +25,7 @@ local now = tonumber(now_text)
 local T = timings(ARGV[2])
 local epoch, activity = ARGV[3], ARGV[4]
 
-local f = load_fields(key, { 'dead', 'epoch', 'd', 'lastHeartbeatAt', 'a', 'la', 'st', 'ix', 'ttl' })
+local f = load_fields(key, { 'dead', 'epoch', 'd', 'lastHeartbeatAt', 'a', 'la', 'st', 'ix', 'ttl', 'g' })
 local err = fence(f, epoch)
 if err then return err end
 
@@ -48,17 +52,28 @@ if changed then
   w[#w + 1] = 'st'
   w[#w + 1] = st
 end
+-- (A hash written before `g` existed gets it here.)
+if changed or f.g == nil then
+  w[#w + 1] = 'g'
+  w[#w + 1] = guard(f)
+end
 if #w > 2 then redis.call(unpack(w)) end
 local v
 if changed then v = redis.call('HINCRBY', key, 'v', 1) end
 keep(key, f, now, T)
 local ix = index_update(key, f, now, T)
+-- What the node needs to vouch for the session's next quiet beats (the
+-- status recorded, the facts it derives from): see beats.lua.
+local pulse = '"st":"' .. st .. '","a":"' .. (f.a or 'active') .. '","hb":' ..
+  jint(f.lastHeartbeatAt) .. ',"la":' .. jint(f.la) .. ',"ku":' .. jint(keep_until(f, T))
 if not changed then
-  if ix == nil then return '{"ok":true}' end
+  if ix == nil then return '{"ok":true,' .. pulse .. '}' end
   -- Only the deadline came earlier: the caller files it; no room hears of it.
-  return cjson.encode({ ok = true, changed = false, ix = ix })
+  return '{"ok":true,"ix":' .. jint(ix) .. ',' .. pulse .. '}'
 end
 local all = load_session(key)
 return cjson.encode({
   ok = true, changed = true, v = v, uid = all.userId, ix = ix, puts = status_puts(all, true, now, T),
+  st = st, a = f.a or 'active', hb = tonumber(f.lastHeartbeatAt), la = num(f.la, 0),
+  ku = keep_until(f, T),
 })

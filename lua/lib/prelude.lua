@@ -196,16 +196,20 @@ local function rederive(f, now, T)
   return st, changed
 end
 
+-- How much further than it must the TTL is set, so that heartbeats (each
+-- moves the deadline by one interval) set it again only once in a while.
+local TTL_SLACK = 300000
+
 -- Keeps the session key at least KEEP past its removal deadline. The TTL is
--- set with another KEEP of slack and the instant it runs to is kept in the
--- field `ttl`, so a heartbeat (which moves the deadline by one interval)
--- sets it only once that slack is used up, not on every beat. A key may
--- outlive its deadline by up to 2 × KEEP; the sweeper, not the TTL, ends a
--- session on time. Called after the hash is written.
+-- set with TTL_SLACK more and the instant it runs to is kept in the field
+-- `ttl`, so a heartbeat sets it only once that slack is used up, not on
+-- every beat. A key may outlive its deadline by up to KEEP + TTL_SLACK; the
+-- sweeper, not the TTL, ends a session on time. Called after the hash is
+-- written.
 local function keep(key, f, now, T)
   local need = removal_deadline(f, T) + KEEP
   if num(f.ttl, 0) >= need then return end
-  local untl = need + KEEP
+  local untl = need + TTL_SLACK
   redis.call('PEXPIRE', key, math.max(1, untl - now))
   redis.call('HSET', key, 'ttl', untl)
   f.ttl = untl
@@ -222,6 +226,21 @@ local function index_update(key, f, now, T)
     return nd
   end
   return nil
+end
+
+-- The last heartbeat time that needs no new TTL (see keep): a connected
+-- session's node may write later times by themselves (beats.lua) only up to
+-- it.
+local function keep_until(f, T)
+  return num(f.ttl, 0) - hb_timeout(f, T) - T.grace - KEEP
+end
+
+-- What beats.lua checks before it writes a session's heartbeat times: its
+-- epoch and recorded status, kept in the field `g` by every script that
+-- changes either (a tombstone has none). One field, because reading one is
+-- what makes a written beat cheap.
+local function guard(f)
+  return f.epoch .. ':' .. f.st
 end
 
 -- Leaves a tombstone: the epoch and version survive the session for T.tomb

@@ -16,6 +16,7 @@
 //! - [`diff`]: the minimal change between two views, and how to apply it.
 //! - [`event`]: the v1 presence event published on every transition.
 //! - [`live`]: a room's view kept current from its events, and its diffs.
+//! - [`vouch`]: when a node may answer a heartbeat of its own session alone.
 
 pub mod config;
 pub mod diff;
@@ -28,16 +29,18 @@ pub mod state;
 pub mod time;
 pub mod user;
 pub mod view;
+pub mod vouch;
 
 pub use config::{Limits, Timings};
 pub use diff::{RoomDiff, SessionPatch, UserPatch};
 pub use event::{EventKind, EventMember, PresenceEvent};
 pub use ids::{IdError, NodeId, RoomId, SessionId, UserId};
 pub use page::{Page, PageCursor, RoomCounts, StatusCounts};
-pub use session::{Activity, Liveness, SessionFacts, SessionStatus};
+pub use session::{Activity, Liveness, Pulse, SessionFacts, SessionStatus};
 pub use time::{Clock, ManualClock, Millis, SystemClock};
 pub use user::{Confidence, UserStatus, UserSummary};
 pub use view::{RoomView, SessionPresence, UserPresence};
+pub use vouch::{Due, Vouch};
 
 /// A small JSON object (session `meta`, per-room `state`).
 pub type JsonMap = serde_json::Map<String, serde_json::Value>;

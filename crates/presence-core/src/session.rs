@@ -3,7 +3,7 @@
 //! A session's status is never set: it is a function of its facts and the
 //! current time. Stores record the last derived status only to know when it
 //! changed (that is when observers must hear about it), and re-derive at the
-//! [`next_deadline`](SessionFacts::next_deadline) this module computes.
+//! [`next_deadline`](Pulse::next_deadline) this module computes.
 
 use serde::{Deserialize, Serialize};
 
@@ -121,6 +121,62 @@ pub struct SessionFacts {
 }
 
 impl SessionFacts {
+    /// The facts the status is derived from.
+    pub fn pulse(&self) -> Pulse {
+        Pulse {
+            activity: self.activity,
+            last_heartbeat_at: self.last_heartbeat_at,
+            last_active_at: self.last_active_at,
+            disconnected_at: self.disconnected_at,
+        }
+    }
+
+    /// See [`Pulse::heartbeat_timeout`].
+    pub fn heartbeat_timeout(&self, t: &Timings) -> Millis {
+        self.pulse().heartbeat_timeout(t)
+    }
+
+    /// See [`Pulse::removal_deadline`].
+    pub fn removal_deadline(&self, t: &Timings) -> Millis {
+        self.pulse().removal_deadline(t)
+    }
+
+    /// See [`Pulse::liveness`].
+    pub fn liveness(&self, now: Millis, t: &Timings) -> Liveness {
+        self.pulse().liveness(now, t)
+    }
+
+    /// See [`Pulse::next_deadline`].
+    pub fn next_deadline(&self, now: Millis, t: &Timings) -> Millis {
+        self.pulse().next_deadline(now, t)
+    }
+
+    /// See [`Pulse::record_heartbeat`].
+    pub fn record_heartbeat(&mut self, now: Millis, activity: Option<Activity>) {
+        let mut p = self.pulse();
+        p.record_heartbeat(now, activity);
+        self.activity = p.activity;
+        self.last_heartbeat_at = p.last_heartbeat_at;
+        self.last_active_at = p.last_active_at;
+    }
+}
+
+/// The part of a session's facts that its status is derived from: what its
+/// client last reported and when. The one place of the lifecycle rules in
+/// Rust (`lua/lib/prelude.lua` holds them for Redis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pulse {
+    /// The activity last reported by the client.
+    pub activity: Activity,
+    /// Last heartbeat (or hello/resume) accepted.
+    pub last_heartbeat_at: Millis,
+    /// Last time the client reported `active`.
+    pub last_active_at: Millis,
+    /// When its transport closed without a leave; `None` while connected.
+    pub disconnected_at: Option<Millis>,
+}
+
+impl Pulse {
     /// The silence after which this session is stale: background sessions get
     /// the longer `backgroundTimeoutMs` so that throttled timers do not flap.
     pub fn heartbeat_timeout(&self, t: &Timings) -> Millis {

@@ -284,6 +284,7 @@ async fn open_store(
         command_timeout: Duration::from_millis(config.redis_timeout_ms),
         ca_file: config.redis_ca_file.clone(),
         functions: config.redis_functions,
+        vouch_flush_ms: config.redis_vouch_flush_ms,
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {

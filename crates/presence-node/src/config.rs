@@ -64,6 +64,15 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_REDIS_FUNCTIONS", default_value_t = true, action = clap::ArgAction::Set)]
     pub redis_functions: bool,
 
+    /// How often a node writes the times of the heartbeats it answered
+    /// itself (ms). A heartbeat that changes nothing observers see is
+    /// answered by the session's node without a Redis round trip, and its
+    /// time reaches Redis in bulk, one call per master; shortened to a
+    /// quarter of the slack between the heartbeat interval and timeout.
+    /// 0: every heartbeat runs its script in Redis.
+    #[arg(long, env = "PRESENCE_REDIS_VOUCH_FLUSH_MS", default_value_t = 1_000)]
+    pub redis_vouch_flush_ms: Millis,
+
     /// How often clients should heartbeat.
     #[arg(long, env = "PRESENCE_HEARTBEAT_INTERVAL_MS", default_value_t = 10_000)]
     pub heartbeat_interval_ms: Millis,

@@ -357,6 +357,11 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// Signals relayed by other nodes to the rooms this node follows.
     fn signals(&self) -> broadcast::Receiver<Signal>;
 
+    /// This node heard that a newer connection elsewhere took over one of
+    /// its sessions: a store that answers heartbeats without a round trip
+    /// stops doing so for the older epochs (the Redis store's vouches).
+    fn superseded_elsewhere(&self, _takeover: &Takeover) {}
+
     /// Tells node `node` that one of its connections lost its session to a
     /// newer one (on Redis: over the node's channel).
     async fn notify_takeover(&self, node: &NodeId, takeover: &Takeover) -> Result<(), StoreError>;

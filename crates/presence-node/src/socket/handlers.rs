@@ -573,6 +573,7 @@ pub(super) async fn disconnect(cx: &Arc<SocketContext>, conn: &Arc<Conn>, socket
 /// session's rooms (no more diffs or signals), and tell its client. Its
 /// writes answer `stale_epoch` from now on.
 pub fn superseded(cx: &Arc<SocketContext>, t: &Takeover) {
+    cx.store.superseded_elsewhere(t);
     let Some((conn, socket)) = cx.bindings.take(&t.session_id, t.epoch) else {
         return;
     };

@@ -29,6 +29,10 @@ pub struct RedisOptions {
     /// Run the scripts as a function library (`FCALL`) where Redis allows it;
     /// `false` keeps `EVALSHA` (see [`scripts`](super::scripts)).
     pub functions: bool,
+    /// How often the times of the heartbeats a node answers itself are
+    /// written (ms; shortened to fit the timings); 0: every heartbeat runs
+    /// `heartbeat.lua` (see [`vouches`](super::vouches)).
+    pub vouch_flush_ms: presence_core::Millis,
 }
 
 impl RedisOptions {
@@ -42,6 +46,7 @@ impl RedisOptions {
             command_timeout: Duration::from_secs(2),
             ca_file: None,
             functions: true,
+            vouch_flush_ms: 1_000,
         }
     }
 }

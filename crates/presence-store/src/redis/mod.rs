@@ -20,7 +20,9 @@
 //! - `project`: carrying a session script's outcome into rooms, the user
 //!   index and the sharded indexes;
 //! - `reads`: a user's live sessions (who's online, bulk status);
-//! - `sweep`: the reaper's sweep and its repairs.
+//! - `sweep`: the reaper's sweep and its repairs;
+//! - `vouches`: the heartbeats this node answers itself (it vouches for its
+//!   own sessions) and their times written in bulk.
 
 pub mod conn;
 mod index_scripts;
@@ -35,6 +37,7 @@ mod session_scripts;
 mod sweep;
 #[cfg(test)]
 mod tests;
+mod vouches;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -51,6 +54,7 @@ use presence_core::{
 use tokio::sync::{broadcast, watch};
 
 pub use conn::{normalize_url, PubSub, RedisOptions};
+pub use vouches::Vouching;
 
 use self::index_scripts::{ReadNodes, RegisterNode, ReleaseLease, TakeLease};
 use self::keys::{field, Keys, SHARDS};
@@ -61,6 +65,7 @@ use self::scripts::{Fenced, Refusal, ScriptCall, Scripts};
 use self::session_scripts::{
     timings_json, Claim, Disconnect, Heartbeat, Join, Leave, On, SetState,
 };
+use self::vouches::{Flush, Vouches};
 use crate::api::{
     first_epoch, new_session_id, Claimed, Health, Hello, Joined, Lease, NodeInfo, Online, Page,
     PresenceStore, RoomMembers, RoomPage, RoomStats, SessionRef, Signal, Superseded, SweepReport,
@@ -75,7 +80,7 @@ const STATE_RETRIES: usize = 8;
 /// The Redis-backed [`PresenceStore`].
 pub struct RedisStore {
     route: Route,
-    scripts: Scripts,
+    scripts: Arc<Scripts>,
     keys: Keys,
     clock: Arc<dyn Clock>,
     /// The timings as every session script takes them.
@@ -83,6 +88,9 @@ pub struct RedisStore {
     limits: Limits,
     /// Pub/Sub: the rooms this node follows.
     bus: Arc<EventBus>,
+    /// The sessions this node vouches for, and how their beats are written.
+    vouches: Arc<Vouches>,
+    flush: Flush,
 }
 
 impl RedisStore {
@@ -97,17 +105,37 @@ impl RedisStore {
         let listener = Listener::connect(&opts, &route).await?;
         let mode = PubSub::of_server(&route.any()).await?;
         let bus = EventBus::start(listener, route.clone(), &opts.prefix, mode);
-        let scripts = Scripts::new();
+        let scripts = Arc::new(Scripts::new());
         scripts.load(&route, opts.functions).await?;
+        let keys = Keys::new(&opts.prefix);
+        let vouching = Vouching::new(opts.vouch_flush_ms, &timings);
+        let vouches = Arc::new(Vouches::new(vouching, timings));
+        let flush = Flush {
+            route: route.clone(),
+            scripts: scripts.clone(),
+            keys: keys.clone(),
+        };
+        if let Some(every) = vouching.every {
+            flush
+                .clone()
+                .spawn(Arc::downgrade(&vouches), clock.clone(), every);
+        }
         Ok(Self {
             route,
             scripts,
-            keys: Keys::new(&opts.prefix),
+            keys,
             clock,
             timings: timings_json(&timings),
             limits,
             bus,
+            vouches,
+            flush,
         })
+    }
+
+    /// Writes the times of the heartbeats this node answered itself.
+    pub(crate) async fn flush_beats(&self, now: Millis) -> Result<(), StoreError> {
+        self.flush.run(&self.vouches, now).await
     }
 
     fn now(&self) -> Millis {
@@ -174,6 +202,8 @@ impl PresenceStore for RedisStore {
             first_epoch: first_epoch(now),
         };
         let c = self.run_fenced(call, None).await?;
+        // Whatever this node vouched for the session before is over.
+        self.vouches.claimed(sid.as_str(), c.epoch, now);
         if let Some(old) = &c.buried {
             self.remove_from_rooms(sid.as_str(), old.version, &old.dels)
                 .await?;
@@ -272,17 +302,32 @@ impl PresenceStore for RedisStore {
         activity: Option<Activity>,
     ) -> Result<(), StoreError> {
         let sid = s.session_id.as_str();
+        let now = self.now();
+        if self.vouches.beat(sid, s.epoch, now, activity) {
+            return Ok(());
+        }
         let call = Heartbeat {
-            on: self.on(sid, self.now()),
+            on: self.on(sid, now),
             epoch: s.epoch,
             activity,
         };
-        let b = self.run_fenced(call, None).await?;
+        let b = match self.run_fenced(call, None).await {
+            Ok(b) => b,
+            Err(e) => {
+                if !matches!(e, StoreError::Unavailable(_)) {
+                    self.vouches.ended(sid, s.epoch, now);
+                }
+                return Err(e);
+            }
+        };
         if b.changed {
             self.put_rooms(sid, &b.user_id, b.version, PutKind::Status, &b.puts)
                 .await?;
         }
-        self.file_deadline(sid, b.deadline).await
+        self.file_deadline(sid, b.deadline).await?;
+        self.vouches
+            .held(sid, s.epoch, b.status, b.pulse(), b.keep_until, now);
+        Ok(())
     }
 
     async fn update_state(
@@ -347,6 +392,7 @@ impl PresenceStore for RedisStore {
 
     async fn end(&self, s: &SessionRef) -> Result<Vec<RoomId>, StoreError> {
         let sid = s.session_id.as_str();
+        self.vouches.ended(sid, s.epoch, self.now());
         let call = Leave {
             on: self.on(sid, self.now()),
             epoch: s.epoch,
@@ -367,6 +413,7 @@ impl PresenceStore for RedisStore {
 
     async fn disconnect(&self, s: &SessionRef) -> Result<(), StoreError> {
         let sid = s.session_id.as_str();
+        self.vouches.ended(sid, s.epoch, self.now());
         let call = Disconnect {
             on: self.on(sid, self.now()),
             epoch: s.epoch,
@@ -380,7 +427,17 @@ impl PresenceStore for RedisStore {
     }
 
     async fn sweep(&self, term: u64) -> Result<SweepReport, StoreError> {
-        self.sweep_at(self.now(), term).await
+        let now = self.now();
+        // This node's own sessions are judged by their latest beats.
+        if let Err(e) = self.flush_beats(now).await {
+            tracing::debug!(error = %e, "heartbeat times not written before the sweep");
+        }
+        self.sweep_at(now, term).await
+    }
+
+    fn superseded_elsewhere(&self, t: &Takeover) {
+        self.vouches
+            .claimed(t.session_id.as_str(), t.current, self.now());
     }
 
     async fn room_members(&self, room: &RoomId) -> Result<RoomMembers, StoreError> {

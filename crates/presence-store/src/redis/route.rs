@@ -139,32 +139,41 @@ impl Route {
         key_of: impl Fn(&T) -> &str,
         max: usize,
     ) -> Vec<Vec<T>> {
-        let max = max.max(1);
-        let mut groups: Vec<Vec<T>> = Vec::new();
         match self {
-            Route::Single(_) => {
-                for item in items {
-                    match groups.last_mut() {
-                        Some(g) if g.len() < max => g.push(item),
-                        _ => groups.push(vec![item]),
-                    }
-                }
-            }
-            Route::Cluster(_) => {
-                let mut by_slot: HashMap<u16, usize> = HashMap::new();
-                for item in items {
-                    let slot = fred::util::redis_keyslot(key_of(&item).as_bytes());
-                    match by_slot.get(&slot) {
-                        Some(&g) if groups[g].len() < max => groups[g].push(item),
-                        _ => {
-                            by_slot.insert(slot, groups.len());
-                            groups.push(vec![item]);
-                        }
-                    }
-                }
+            Route::Single(_) => chunk_by(items, |_| 0, max),
+            Route::Cluster(_) => chunk_by(
+                items,
+                |item| fred::util::redis_keyslot(key_of(item).as_bytes()),
+                max,
+            ),
+        }
+    }
+
+    /// Like [`Route::batches`] for a script that may take keys of many
+    /// slots (registered with `allow-cross-slot-keys`): on a cluster, the
+    /// items whose keys one master serves by the slot map as last read (a
+    /// call that meets a key moved since fails whole; its caller gives up
+    /// on it).
+    pub fn by_master<T>(
+        &self,
+        items: Vec<T>,
+        key_of: impl Fn(&T) -> &str,
+        max: usize,
+    ) -> Vec<Vec<T>> {
+        match self {
+            Route::Single(_) => chunk_by(items, |_| 0, max),
+            Route::Cluster(c) => {
+                let topo = c.topology();
+                chunk_by(
+                    items,
+                    |item| {
+                        let slot = ClusterRouting::hash_key(key_of(item).as_bytes());
+                        topo.routing.get_server(slot).cloned()
+                    },
+                    max,
+                )
             }
         }
-        groups
     }
 
     /// A connection for a command that names no key (`INFO`).
@@ -214,6 +223,29 @@ impl Route {
 }
 
 /// True if `client` answers a ping in time.
+/// `items` in groups of one `group_of`, each cut into chunks of at most
+/// `max`, in the order the groups first appear.
+fn chunk_by<T, G: std::hash::Hash + Eq>(
+    items: Vec<T>,
+    group_of: impl Fn(&T) -> G,
+    max: usize,
+) -> Vec<Vec<T>> {
+    let max = max.max(1);
+    let mut groups: Vec<Vec<T>> = Vec::new();
+    let mut open: HashMap<G, usize> = HashMap::new();
+    for item in items {
+        let g = group_of(&item);
+        match open.get(&g) {
+            Some(&i) if groups[i].len() < max => groups[i].push(item),
+            _ => {
+                open.insert(g, groups.len());
+                groups.push(vec![item]);
+            }
+        }
+    }
+    groups
+}
+
 async fn ping(client: &Client) -> bool {
     if !client.is_connected() {
         return false;

@@ -47,6 +47,9 @@ struct Source {
     name: &'static str,
     text: &'static str,
     prelude: bool,
+    /// Takes keys of many slots (of one master) on a Cluster: the function
+    /// is registered with the flag `allow-cross-slot-keys`.
+    cross_slot: bool,
 }
 
 /// A session script: runs after `lua/lib/prelude.lua` (the lifecycle rules).
@@ -56,6 +59,7 @@ macro_rules! with_prelude {
             name: $name,
             text: include_str!(concat!("../../../../lua/", $name, ".lua")),
             prelude: true,
+            cross_slot: false,
         }
     };
 }
@@ -67,6 +71,15 @@ macro_rules! alone {
             name: $name,
             text: include_str!(concat!("../../../../lua/", $name, ".lua")),
             prelude: false,
+            cross_slot: false,
+        }
+    };
+    ($name:literal, cross_slot) => {
+        Source {
+            name: $name,
+            text: include_str!(concat!("../../../../lua/", $name, ".lua")),
+            prelude: false,
+            cross_slot: true,
         }
     };
 }
@@ -77,6 +90,7 @@ pub(super) struct Scripts {
     pub claim: Lua,
     pub join: Lua,
     pub heartbeat: Lua,
+    pub beats: Lua,
     pub state: Lua,
     pub leave: Lua,
     pub disconnect: Lua,
@@ -113,6 +127,7 @@ impl Scripts {
             with_prelude!("claim"),
             with_prelude!("join"),
             with_prelude!("heartbeat"),
+            alone!("beats", cross_slot),
             with_prelude!("state"),
             with_prelude!("leave"),
             with_prelude!("disconnect"),
@@ -135,8 +150,14 @@ impl Scripts {
         // (`KEYS`, `ARGV`), so that one text serves both forms.
         let mut body = String::from(PRELUDE);
         for s in &sources {
+            let flags = if s.cross_slot {
+                "{ 'allow-cross-slot-keys' }"
+            } else {
+                "{}"
+            };
             body.push_str(&format!(
-                "\nredis.register_function('%FN%_{}', function(KEYS, ARGV)\n{}\nend)\n",
+                "\nredis.register_function{{ function_name = '%FN%_{}', flags = {flags}, \
+                 callback = function(KEYS, ARGV)\n{}\nend }}\n",
                 s.name, s.text
             ));
         }
@@ -153,7 +174,7 @@ impl Scripts {
         // In the order of `sources` (rustfmt leaves a long slice pattern on one line).
         #[rustfmt::skip]
         let [
-            claim, join, heartbeat, state, leave, disconnect, expire,
+            claim, join, heartbeat, beats, state, leave, disconnect, expire,
             room_put, room_del, room_read, room_page, room_due, rooms_settle,
             user_put, user_del, node_put, nodes_read, lease, lease_release,
         ] = lua;
@@ -161,6 +182,7 @@ impl Scripts {
             claim,
             join,
             heartbeat,
+            beats,
             state,
             leave,
             disconnect,
@@ -182,11 +204,12 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Lua; 19] {
+    fn all(&self) -> [&Lua; 20] {
         [
             &self.claim,
             &self.join,
             &self.heartbeat,
+            &self.beats,
             &self.state,
             &self.leave,
             &self.disconnect,
@@ -257,17 +280,19 @@ impl Scripts {
         call: C,
     ) -> Result<C::Reply, StoreError> {
         let lua = C::script(self);
-        let input = (call.keys(keys), call.args(keys));
+        let keys_ = call.keys(keys);
+        let at = call.route_key(keys);
+        let input = (at, keys_, call.args(keys));
         let v: Value = if self.uses_functions() {
             let library = self.library.as_str();
             route
-                .on_key_with(input, first_key, |c, (k, args)| async move {
+                .on_key_with(input, routing_key, |c, (_, k, args)| async move {
                     fcall_with_reload(&c, library, &lua.function, k, args).await
                 })
                 .await?
         } else {
             route
-                .on_key_with(input, first_key, |c, (k, args)| async move {
+                .on_key_with(input, routing_key, |c, (_, k, args)| async move {
                     lua.script.evalsha_with_reload(&c, k, args).await
                 })
                 .await?
@@ -295,10 +320,13 @@ async fn fcall_with_reload(
     }
 }
 
-/// The first of a call's keys: every key of a call shares one slot, so it
-/// says where the call runs.
-fn first_key(input: &(Vec<String>, Vec<String>)) -> &str {
-    input.0.first().map(String::as_str).unwrap_or_default()
+/// The key that says where a call runs: the one it names for that, else
+/// the first of its keys (every key of a call shares one slot).
+fn routing_key(input: &(Option<String>, Vec<String>, Vec<String>)) -> &str {
+    match &input.0 {
+        Some(k) => k,
+        None => input.1.first().map(String::as_str).unwrap_or_default(),
+    }
 }
 
 /// One call of one script: which script, its keys, its `ARGV` (in the order
@@ -310,6 +338,11 @@ pub(super) trait ScriptCall {
     fn script(scripts: &Scripts) -> &Lua;
     /// `KEYS`.
     fn keys(&self, keys: &Keys) -> Vec<String>;
+    /// The key whose server runs the call, for a call that names its keys
+    /// in `ARGV` (default: the first of `KEYS`).
+    fn route_key(&self, _keys: &Keys) -> Option<String> {
+        None
+    }
     /// `ARGV` (channel names, too, are built from `keys`).
     fn args(self, keys: &Keys) -> Vec<String>;
 }

@@ -7,7 +7,7 @@
 //! (see [`room_scripts`](super::room_scripts)).
 
 use fred::types::Value;
-use presence_core::{Activity, Millis, Timings};
+use presence_core::{Activity, Due, Millis, Pulse, SessionStatus, Timings};
 use serde::{Deserialize, Serialize};
 
 use super::keys::Keys;
@@ -249,12 +249,96 @@ pub(super) struct Beat {
     pub deadline: Option<i64>,
     #[serde(default, deserialize_with = "list")]
     pub puts: Vec<RoomPut>,
+    /// The status recorded after the beat.
+    #[serde(rename = "st")]
+    pub status: SessionStatus,
+    /// The activity recorded (`a`).
+    #[serde(rename = "a")]
+    pub activity: Activity,
+    /// The heartbeat time recorded.
+    #[serde(rename = "hb")]
+    pub last_heartbeat_at: Millis,
+    /// The activity time recorded.
+    #[serde(rename = "la")]
+    pub last_active_at: Millis,
+    /// The last heartbeat time that needs no new TTL on the key.
+    #[serde(rename = "ku")]
+    pub keep_until: Millis,
+}
+
+impl Beat {
+    /// What the session's status derives from, as the store now holds it
+    /// (connected: a script that found it disconnected refused the beat).
+    pub fn pulse(&self) -> Pulse {
+        Pulse {
+            activity: self.activity,
+            last_heartbeat_at: self.last_heartbeat_at,
+            last_active_at: self.last_active_at,
+            disconnected_at: None,
+        }
+    }
 }
 
 session_call!(Heartbeat, heartbeat, Fenced<Beat>, |call| [
     call.epoch.to_string(),
     call.activity.map(Activity::as_str).unwrap_or("").to_owned(),
 ]);
+
+/// `beats.lua`: the times of quiet heartbeats this node answered itself, of
+/// many sessions (of one master on a Cluster).
+pub(super) struct Beats<'a> {
+    /// Each session's id and what to write.
+    pub sessions: &'a [(String, Due)],
+}
+
+/// What `beats.lua` did, per session in the order of the call: written (or
+/// the store held newer times), or refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct BeatsWritten(pub Vec<bool>);
+
+impl Decode for BeatsWritten {
+    fn decode(v: Value) -> Result<Self, StoreError> {
+        let text = v
+            .as_str()
+            .ok_or_else(|| StoreError::Internal("beats returned no text".into()))?;
+        text.chars()
+            .map(|c| match c {
+                '1' => Ok(true),
+                '0' => Ok(false),
+                _ => Err(StoreError::Internal(format!("bad reply of beats: {text}"))),
+            })
+            .collect::<Result<_, _>>()
+            .map(BeatsWritten)
+    }
+}
+
+impl ScriptCall for Beats<'_> {
+    type Reply = BeatsWritten;
+    fn script(s: &Scripts) -> &Lua {
+        &s.beats
+    }
+    fn keys(&self, _: &Keys) -> Vec<String> {
+        Vec::new()
+    }
+    fn route_key(&self, keys: &Keys) -> Option<String> {
+        self.sessions.first().map(|(sid, _)| keys.session(sid))
+    }
+    fn args(self, keys: &Keys) -> Vec<String> {
+        let mut args = Vec::with_capacity(4 * self.sessions.len());
+        for (sid, d) in self.sessions {
+            args.push(keys.session(sid));
+            // The guard as the scripts write it (`guard` in the prelude).
+            args.push(format!("{}:{}", d.epoch, d.status.as_str()));
+            args.push(d.pulse.last_heartbeat_at.to_string());
+            args.push(if d.active_moved {
+                d.pulse.last_active_at.to_string()
+            } else {
+                String::new()
+            });
+        }
+        args
+    }
+}
 
 /// `state.lua`: writes a state merged by the caller, if the session is
 /// still at the version the merge was based on (else `Retry`).
@@ -433,8 +517,33 @@ mod tests {
 
     #[test]
     fn the_quiet_heartbeat_reply_is_a_beat_with_nothing_to_project() {
-        let b = decode::<Fenced<Beat>>(r#"{"ok":true}"#).unwrap();
+        let b = decode::<Fenced<Beat>>(
+            r#"{"ok":true,"st":"idle","a":"idle","hb":1700000000123,"la":1700000000000,"ku":1700000300000}"#,
+        )
+        .unwrap();
         assert!(!b.changed && b.puts.is_empty() && b.deadline.is_none());
+        assert_eq!(b.status, SessionStatus::Idle);
+        assert_eq!(b.keep_until, 1_700_000_300_000);
+        assert_eq!(
+            b.pulse(),
+            Pulse {
+                activity: Activity::Idle,
+                last_heartbeat_at: 1_700_000_000_123,
+                last_active_at: 1_700_000_000_000,
+                disconnected_at: None,
+            }
+        );
+        // Without what the node vouches with, a reply is not a beat.
+        assert!(Fenced::<Beat>::decode(Value::from(r#"{"ok":true}"#)).is_err());
+    }
+
+    #[test]
+    fn the_beats_reply_is_one_flag_per_session() {
+        assert_eq!(
+            decode::<BeatsWritten>("1101"),
+            BeatsWritten(vec![true, true, false, true])
+        );
+        assert!(BeatsWritten::decode(Value::from("1x")).is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use presence_core::{Activity, Limits, RoomId, Timings, UserId};
+use presence_core::{Activity, Clock, Limits, RoomId, Timings, UserId};
 
 use super::keys::SHARDS;
 use super::{RedisOptions, RedisStore};
@@ -147,39 +147,40 @@ mod standalone {
                 .parse()
                 .unwrap()
         };
+        let t0 = crate::conformance::T0;
         assert_eq!(field("userId"), "alice");
         assert_eq!(field("epoch"), me.epoch.to_string());
-        assert_eq!(field("lastHeartbeatAt"), crate::conformance::T0.to_string());
+        assert_eq!(field("g"), format!("{}:active", me.epoch));
+        assert_eq!(field("lastHeartbeatAt"), t0.to_string());
         // The key outlives the removal deadline (heartbeat timeout + grace)
-        // by a minute, plus a minute of slack; `ttl` says until when.
+        // by a minute, plus five minutes of slack; `ttl` says until when.
         let t = Timings::default();
         let removal = t.heartbeat_timeout_ms + t.reconnect_grace_ms;
-        let set = |at: i64| at + removal + 120_000;
+        let set = |at: i64| at + removal + 60_000 + 300_000;
         let first = pttl();
         assert!(first > set(0) - 5_000 && first <= set(0), "{first}");
-        assert_eq!(field("ttl"), set(crate::conformance::T0).to_string());
-        // Beats within the slack leave the TTL alone (no PEXPIRE per beat)...
-        for beat in 1..=6 {
+        assert_eq!(field("ttl"), set(t0).to_string());
+        // Beats within the slack leave the TTL alone: the first goes to
+        // Redis, the node answers the others itself and writes their times
+        // (here at once after each)...
+        for beat in 1..=30 {
             clock.advance(10_000);
             store.heartbeat(&me, Some(Activity::Active)).await.unwrap();
-            assert_eq!(
-                field("lastHeartbeatAt"),
-                (crate::conformance::T0 + beat * 10_000).to_string()
-            );
-            assert_eq!(field("ttl"), set(crate::conformance::T0).to_string());
+            store.flush_beats(clock.now_ms()).await.unwrap();
+            assert_eq!(field("lastHeartbeatAt"), (t0 + beat * 10_000).to_string());
+            assert_eq!(field("ttl"), set(t0).to_string(), "beat {beat}");
         }
         // ...and the one that would leave less than a minute past the new
-        // deadline sets it again, a minute of slack ahead.
+        // deadline goes to Redis, which sets it again, the slack ahead.
         clock.advance(10_000);
         store.heartbeat(&me, Some(Activity::Active)).await.unwrap();
-        let now = crate::conformance::T0 + 70_000;
+        let now = t0 + 310_000;
+        assert_eq!(field("lastHeartbeatAt"), now.to_string());
         assert_eq!(field("ttl"), set(now).to_string());
         let pushed = pttl();
         assert!(pushed > set(0) - 5_000 && pushed <= set(0), "{pushed}");
     }
 
-    /// The tombstone's lifetime comes from Rust (`TOMBSTONE_MS`, the memory
-    /// store's too): an ended session's hash lives exactly that long.
     #[tokio::test]
     async fn a_tombstone_lives_as_long_as_the_memory_stores() {
         let (own, store, me) = own_store("tomb").await;
@@ -474,10 +475,15 @@ mod standalone {
         online.entries.users.keys().map(|u| u.to_string()).collect()
     }
 
-    async fn hello(store: &RedisStore, uid: &str) -> SessionRef {
+    pub(super) async fn hello(store: &RedisStore, uid: &str) -> SessionRef {
+        hello_as(store, uid, None).await
+    }
+
+    /// A hello of `uid` for `session` (`None`: a new one).
+    async fn hello_as(store: &RedisStore, uid: &str, session: Option<&SessionRef>) -> SessionRef {
         let c = store
             .hello(Hello {
-                session_id: None,
+                session_id: session.map(|s| s.session_id.clone()),
                 user_id: UserId::new(uid).unwrap(),
                 handle: None,
                 meta: None,
@@ -518,50 +524,121 @@ mod standalone {
         list.iter().map(|(c, n)| (c.to_string(), *n)).collect()
     }
 
-    /// 100 heartbeats a second apart of a session in a room, and the
-    /// commands they cost the server.
-    async fn heartbeat_calls(functions: bool) -> Vec<(String, u64)> {
-        let (own, store, me, clock) = own_store_with("hb", functions).await;
-        store
-            .join(&me, &RoomId::new("big").unwrap(), None)
-            .await
-            .unwrap();
-        presence_testkit::redis_cli(own.port(), &["CONFIG", "RESETSTAT"]).unwrap();
-        for _ in 0..100 {
-            clock.advance(1_000);
-            store.heartbeat(&me, Some(Activity::Active)).await.unwrap();
+    /// 50 sessions in a room heartbeat once (each through Redis, so that
+    /// their node vouches for them), then ten more times each, a second
+    /// apart, and the node writes their times once; the commands the ten
+    /// rounds and the write cost the server. Every session's recorded
+    /// heartbeat time is its last beat's.
+    async fn quiet_beat_calls(functions: bool) -> Vec<(String, u64)> {
+        let (own, store, first, clock) = own_store_with("hb", functions).await;
+        let room = RoomId::new("big").unwrap();
+        let mut all = vec![first];
+        for i in 1..50 {
+            all.push(hello(&store, &format!("u{i}")).await);
         }
-        calls(own.port())
+        for s in &all {
+            store.join(s, &room, None).await.unwrap();
+            store.heartbeat(s, Some(Activity::Active)).await.unwrap();
+        }
+        store.flush_beats(clock.now_ms()).await.unwrap();
+        presence_testkit::redis_cli(own.port(), &["CONFIG", "RESETSTAT"]).unwrap();
+        for _ in 0..10 {
+            clock.advance(1_000);
+            for s in &all {
+                store.heartbeat(s, Some(Activity::Active)).await.unwrap();
+            }
+        }
+        let quiet = calls(own.port());
+        assert_eq!(quiet, vec![], "the quiet beats cost Redis nothing");
+        store.flush_beats(clock.now_ms()).await.unwrap();
+        let flushed = calls(own.port());
+        let recorded = all
+            .iter()
+            .map(|s| {
+                let key = store.keys.session(s.session_id.as_str());
+                presence_testkit::redis_cli(own.port(), &["HGET", &key, "lastHeartbeatAt"])
+                    .unwrap()
+                    .trim()
+                    .to_owned()
+            })
+            .collect::<Vec<_>>();
+        let last = (crate::conformance::T0 + 10_000).to_string();
+        assert!(recorded.iter().all(|t| *t == last), "{recorded:?}");
+        flushed
     }
 
     #[tokio::test]
-    async fn a_heartbeat_is_one_function_call_one_read_and_one_write() {
-        // One FCALL each; inside it one read of the few fields that decide
-        // the status (not the whole hash: its rooms and states) and one
-        // write of those that moved, nothing per room. The TTL is set again
-        // once in the 100 seconds (when its minute of slack is used up).
+    async fn quiet_heartbeats_reach_redis_as_one_function_call_per_flush() {
+        // The 500 beats: nothing when they come; then one FCALL of
+        // beats.lua for the 50 sessions, in it one read of the guard and one
+        // write of the two times per session, nothing per room, no TTL.
         assert_eq!(
-            heartbeat_calls(true).await,
-            counts(&[
-                ("fcall", 100),
-                ("hmget", 100),
-                ("hset", 101),
-                ("pexpire", 1)
-            ])
+            quiet_beat_calls(true).await,
+            counts(&[("fcall", 1), ("hget", 50), ("hset", 50)])
         );
     }
 
     #[tokio::test]
-    async fn without_functions_a_heartbeat_is_one_evalsha() {
+    async fn without_functions_quiet_heartbeats_reach_redis_as_one_evalsha_per_flush() {
         assert_eq!(
-            heartbeat_calls(false).await,
-            counts(&[
-                ("evalsha", 100),
-                ("hmget", 100),
-                ("hset", 101),
-                ("pexpire", 1)
-            ])
+            quiet_beat_calls(false).await,
+            counts(&[("evalsha", 1), ("hget", 50), ("hset", 50)])
         );
+    }
+
+    #[tokio::test]
+    async fn a_node_vouches_for_no_beat_of_a_session_it_lost() {
+        // A beat answered by the node, then a takeover by another node
+        // (another store on the same Redis): the flush is refused and
+        // changes nothing, and the old connection's next beat goes to Redis
+        // and is refused there.
+        let (own, store, me, clock) = own_store_clocked("alice").await;
+        store.heartbeat(&me, Some(Activity::Active)).await.unwrap();
+        clock.advance(1_000);
+        store.heartbeat(&me, Some(Activity::Active)).await.unwrap();
+        let other = RedisStore::connect(
+            RedisOptions::new(&own.url()),
+            clock.clone(),
+            Timings::default(),
+            Limits::default(),
+        )
+        .await
+        .unwrap();
+        let taken = hello_as(&other, "alice", Some(&me)).await;
+        assert!(taken.epoch > me.epoch);
+        let key = store.keys.session(me.session_id.as_str());
+        let hb = || {
+            presence_testkit::redis_cli(own.port(), &["HGET", &key, "lastHeartbeatAt"])
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        let before = hb();
+        store.flush_beats(clock.now_ms()).await.unwrap();
+        assert_eq!(hb(), before, "a refused flush writes nothing");
+        clock.advance(1_000);
+        assert!(matches!(
+            store.heartbeat(&me, None).await,
+            Err(StoreError::StaleEpoch { current }) if current == taken.epoch
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_takeover_notice_ends_the_vouch_at_once() {
+        let (_own, store, me, clock) = own_store_clocked("alice").await;
+        store.heartbeat(&me, Some(Activity::Active)).await.unwrap();
+        store.superseded_elsewhere(&crate::api::Takeover {
+            session_id: me.session_id.clone(),
+            epoch: me.epoch,
+            current: me.epoch + 1,
+        });
+        clock.advance(1_000);
+        // Not answered by the node: Redis says who owns the session (here,
+        // still this connection: the notice was made up).
+        store.heartbeat(&me, None).await.unwrap();
+        assert!(!store
+            .vouches
+            .beat(me.session_id.as_str(), me.epoch, clock.now_ms(), None));
     }
 
     #[tokio::test]
@@ -681,6 +758,62 @@ mod cluster {
     }
 
     conformance_suite!(make);
+
+    /// The times of quiet beats of sessions of every slot reach each
+    /// master in calls of many slots (`allow-cross-slot-keys`), and the
+    /// node goes on vouching for them (no call failed).
+    #[tokio::test]
+    async fn quiet_beats_of_many_slots_are_written_per_master() {
+        let clock = Arc::new(presence_core::ManualClock::new(crate::conformance::T0));
+        let mut opts = RedisOptions::new(&cluster().url());
+        opts.prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let store = RedisStore::connect(opts, clock.clone(), Timings::default(), Limits::default())
+            .await
+            .unwrap();
+        let mut all = Vec::new();
+        for i in 0..200 {
+            all.push(super::standalone::hello(&store, &format!("u{i}")).await);
+        }
+        for s in &all {
+            store.heartbeat(s, Some(Activity::Active)).await.unwrap();
+        }
+        clock.advance(5_000);
+        for s in &all {
+            store.heartbeat(s, None).await.unwrap();
+        }
+        let due = store.vouches.take_due_for_test(clock.now_ms());
+        assert_eq!(due, all.len(), "every second beat was answered by the node");
+        let batches = store.route.by_master(
+            all.iter().map(|s| s.session_id.as_str()).collect(),
+            |s| s,
+            128,
+        );
+        assert!(
+            batches.len() <= 3 * 2,
+            "{} calls for 200 sessions on 3 masters",
+            batches.len()
+        );
+        store.flush_beats(clock.now_ms()).await.unwrap();
+        let key = store.keys.session(all[0].session_id.as_str());
+        let hb: Option<String> =
+            store
+                .route
+                .on_key(&key, |c| {
+                    let key = key.clone();
+                    async move {
+                        fred::interfaces::HashesInterface::hget(&c, key, "lastHeartbeatAt").await
+                    }
+                })
+                .await
+                .unwrap();
+        assert_eq!(hb, Some((crate::conformance::T0 + 5_000).to_string()));
+        clock.advance(5_000);
+        for s in &all {
+            assert!(store
+                .vouches
+                .beat(s.session_id.as_str(), s.epoch, clock.now_ms(), None));
+        }
+    }
 
     /// A cluster node that serves no slot yet is a clear error, not a hang
     /// or a panic.
