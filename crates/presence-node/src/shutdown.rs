@@ -110,5 +110,12 @@ impl Drain {
         {
             tracing::warn!("closing the connections took longer than 5 s");
         }
+        // The times of the last beats this node answered itself, so that its
+        // clients resume elsewhere from them.
+        match tokio::time::timeout(Duration::from_secs(1), self.store.flush_beats()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the last heartbeat times"),
+            Err(_) => tracing::warn!("cannot write the last heartbeat times: timed out"),
+        }
     }
 }

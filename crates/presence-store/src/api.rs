@@ -362,6 +362,13 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// stops doing so for the older epochs (the Redis store's vouches).
     fn superseded_elsewhere(&self, _takeover: &Takeover) {}
 
+    /// Writes now what a store answered without a round trip and keeps for
+    /// a later write (the Redis store: the times of heartbeats this node
+    /// answered itself); a draining node calls it last.
+    async fn flush_beats(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Tells node `node` that one of its connections lost its session to a
     /// newer one (on Redis: over the node's channel).
     async fn notify_takeover(&self, node: &NodeId, takeover: &Takeover) -> Result<(), StoreError>;

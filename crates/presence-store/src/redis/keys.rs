@@ -6,7 +6,7 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `P:s:{<sessionId>}` | hash | the session (fields in [`field`]): `userId`, `epoch`, `lastHeartbeatAt`, other facts in short fields, rooms (`r:<roomId>` = state, `su:<roomId>` = when it changed); `dead` on a tombstone; a TTL of 1 to 2 minutes past its removal deadline (`ttl` = the instant it runs to, so a heartbeat sets it again only about once a minute); a short-lived tombstone after it ends |
+//! | `P:s:{<sessionId>}` | hash | the session (fields in [`field`]): `userId`, `epoch`, `lastHeartbeatAt`, other facts in short fields, rooms (`r:<roomId>` = state, `su:<roomId>` = when it changed); `g` = `<epoch>:<status>`, the guard that `beats.lua` checks; `dead` on a tombstone; a TTL of 1 to 6 minutes past its removal deadline (`ttl` = the instant it runs to, so a heartbeat sets it again only about every five minutes); a short-lived tombstone after it ends |
 //! | `P:r:{<roomId>}:m` | hash | members: sessionId → `<version>\|<userId>\|<member JSON>` (status, handle, state, times: the room's view in one read) |
 //! | `P:r:{<roomId>}:u` | hash | userId → sessions in the room (O(1) user count) |
 //! | `P:r:{<roomId>}:seq` | string | the room's version |

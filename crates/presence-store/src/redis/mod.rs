@@ -134,7 +134,7 @@ impl RedisStore {
     }
 
     /// Writes the times of the heartbeats this node answered itself.
-    pub(crate) async fn flush_beats(&self, now: Millis) -> Result<(), StoreError> {
+    pub(crate) async fn flush_beats_at(&self, now: Millis) -> Result<(), StoreError> {
         self.flush.run(&self.vouches, now).await
     }
 
@@ -429,10 +429,14 @@ impl PresenceStore for RedisStore {
     async fn sweep(&self, term: u64) -> Result<SweepReport, StoreError> {
         let now = self.now();
         // This node's own sessions are judged by their latest beats.
-        if let Err(e) = self.flush_beats(now).await {
+        if let Err(e) = self.flush_beats_at(now).await {
             tracing::debug!(error = %e, "heartbeat times not written before the sweep");
         }
         self.sweep_at(now, term).await
+    }
+
+    async fn flush_beats(&self) -> Result<(), StoreError> {
+        self.flush_beats_at(self.now()).await
     }
 
     fn superseded_elsewhere(&self, t: &Takeover) {

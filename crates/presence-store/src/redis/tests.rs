@@ -166,7 +166,7 @@ mod standalone {
         for beat in 1..=30 {
             clock.advance(10_000);
             store.heartbeat(&me, Some(Activity::Active)).await.unwrap();
-            store.flush_beats(clock.now_ms()).await.unwrap();
+            store.flush_beats_at(clock.now_ms()).await.unwrap();
             assert_eq!(field("lastHeartbeatAt"), (t0 + beat * 10_000).to_string());
             assert_eq!(field("ttl"), set(t0).to_string(), "beat {beat}");
         }
@@ -540,7 +540,7 @@ mod standalone {
             store.join(s, &room, None).await.unwrap();
             store.heartbeat(s, Some(Activity::Active)).await.unwrap();
         }
-        store.flush_beats(clock.now_ms()).await.unwrap();
+        store.flush_beats_at(clock.now_ms()).await.unwrap();
         presence_testkit::redis_cli(own.port(), &["CONFIG", "RESETSTAT"]).unwrap();
         for _ in 0..10 {
             clock.advance(1_000);
@@ -550,7 +550,7 @@ mod standalone {
         }
         let quiet = calls(own.port());
         assert_eq!(quiet, vec![], "the quiet beats cost Redis nothing");
-        store.flush_beats(clock.now_ms()).await.unwrap();
+        store.flush_beats_at(clock.now_ms()).await.unwrap();
         let flushed = calls(own.port());
         let recorded = all
             .iter()
@@ -614,7 +614,7 @@ mod standalone {
                 .to_owned()
         };
         let before = hb();
-        store.flush_beats(clock.now_ms()).await.unwrap();
+        store.flush_beats_at(clock.now_ms()).await.unwrap();
         assert_eq!(hb(), before, "a refused flush writes nothing");
         clock.advance(1_000);
         assert!(matches!(
@@ -793,7 +793,7 @@ mod cluster {
             "{} calls for 200 sessions on 3 masters",
             batches.len()
         );
-        store.flush_beats(clock.now_ms()).await.unwrap();
+        store.flush_beats_at(clock.now_ms()).await.unwrap();
         let key = store.keys.session(all[0].session_id.as_str());
         let hb: Option<String> =
             store
