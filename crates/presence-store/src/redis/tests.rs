@@ -781,7 +781,7 @@ mod cluster {
         for s in &all {
             store.heartbeat(s, None).await.unwrap();
         }
-        let due = store.vouches.take_due_for_test(clock.now_ms());
+        let due = store.vouches.due_count();
         assert_eq!(due, all.len(), "every second beat was answered by the node");
         let batches = store.route.by_master(
             all.iter().map(|s| s.session_id.as_str()).collect(),

@@ -6,7 +6,8 @@
 //! anyone sees. Such a beat costs Redis nothing when it comes: the node
 //! answers it, and every [`Vouching::every`] the times of all the beats
 //! answered so are written by `beats.lua`, one call per master (on a Cluster,
-//! of many slots) for up to [`FLUSH_BATCH`] sessions.
+//! of many slots) for up to [`FLUSH_BATCH`] sessions. The table notes which
+//! sessions have beats to write, so a flush visits those only.
 //!
 //! What keeps it sound:
 //! - **Fencing.** A vouch is for one epoch. A claim on this node, a
@@ -28,7 +29,7 @@
 //!   the worst moment). A node that dies loses at most one flush period of
 //!   beats: its sessions go stale that much earlier, never later.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -82,11 +83,26 @@ impl Vouching {
     }
 }
 
+/// Shards of the table: beats on different cores rarely wait for one lock,
+/// and a flush or a purge holds each lock for a sixteenth of the table.
+const SHARDS: usize = 16;
+
+/// One shard: its sessions' vouches, and those with beats to write.
+#[derive(Default)]
+struct Shard {
+    table: HashMap<String, Vouch>,
+    /// Sessions with beats answered since the last flush took them: a flush
+    /// visits these, not the whole table.
+    dirty: HashSet<String>,
+}
+
 /// This node's vouches, by session id.
 pub(super) struct Vouches {
-    table: Mutex<HashMap<String, Vouch>>,
+    shards: Vec<Mutex<Shard>>,
     vouching: Vouching,
     timings: Timings,
+    /// When idle entries were last dropped (a whole-table pass, so rare).
+    purged_at: Mutex<Millis>,
     /// One flush at a time (the periodic one and a sweep's).
     flushing: tokio::sync::Mutex<()>,
 }
@@ -94,15 +110,17 @@ pub(super) struct Vouches {
 impl Vouches {
     pub fn new(vouching: Vouching, timings: Timings) -> Self {
         Self {
-            table: Mutex::new(HashMap::new()),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             vouching,
             timings,
+            purged_at: Mutex::new(0),
             flushing: tokio::sync::Mutex::new(()),
         }
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vouch>> {
-        self.table.lock().expect("vouch table lock")
+    fn shard(&self, sid: &str) -> std::sync::MutexGuard<'_, Shard> {
+        let i = super::keys::shard_of(sid) as usize % SHARDS;
+        self.shards[i].lock().expect("vouch shard lock")
     }
 
     /// A heartbeat: true if this node answers it alone (see the module doc).
@@ -110,9 +128,15 @@ impl Vouches {
         if self.vouching.every.is_none() {
             return false;
         }
-        self.table()
+        let mut shard = self.shard(sid);
+        let answered = shard
+            .table
             .get_mut(sid)
-            .is_some_and(|v| v.beat(epoch, now, activity, &self.timings, self.vouching.margin))
+            .is_some_and(|v| v.beat(epoch, now, activity, &self.timings, self.vouching.margin));
+        if answered && !shard.dirty.contains(sid) {
+            shard.dirty.insert(sid.to_owned());
+        }
+        answered
     }
 
     /// Redis answered a heartbeat of `sid` at `epoch`: vouch for its next
@@ -129,11 +153,11 @@ impl Vouches {
         if self.vouching.every.is_none() {
             return;
         }
-        let mut table = self.table();
-        if table.get(sid).is_some_and(|v| !v.yields_to(epoch)) {
+        let mut shard = self.shard(sid);
+        if shard.table.get(sid).is_some_and(|v| !v.yields_to(epoch)) {
             return;
         }
-        table.insert(
+        shard.table.insert(
             sid.to_owned(),
             Vouch::held(epoch, status, stored, keep_until, now, &self.timings),
         );
@@ -156,43 +180,70 @@ impl Vouches {
         if self.vouching.every.is_none() {
             return;
         }
-        let mut table = self.table();
-        match table.get(sid) {
+        let mut shard = self.shard(sid);
+        match shard.table.get(sid) {
             Some(v) if v.epoch() > epoch => {}
             _ => {
-                table.insert(sid.to_owned(), Vouch::floor(epoch, now));
+                shard.table.insert(sid.to_owned(), Vouch::floor(epoch, now));
             }
         }
     }
 
-    /// What a flush must write; entries nothing was heard of for longer than
-    /// any timeout are dropped (their session goes stale, or another node
-    /// has it).
+    /// What a flush must write: the sessions with beats answered since the
+    /// last flush. About once per heartbeat timeout, entries nothing was
+    /// heard of for longer than any timeout are dropped (their session goes
+    /// stale, or another node has it).
     fn take_due(&self, now: Millis) -> Vec<(String, Due)> {
         let quiet_for = self
             .timings
             .heartbeat_timeout_ms
             .max(self.timings.background_timeout_ms);
+        let purge = {
+            let mut at = self.purged_at.lock().expect("purge time lock");
+            let due = now.saturating_sub(*at) >= self.timings.heartbeat_timeout_ms;
+            if due {
+                *at = now;
+            }
+            due
+        };
         let before = now.saturating_sub(quiet_for);
-        let mut table = self.table();
-        table.retain(|_, v| !v.idle_since(before));
-        table
-            .iter()
-            .filter_map(|(sid, v)| Some((sid.clone(), v.due()?)))
-            .collect()
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock().expect("vouch shard lock");
+            if purge {
+                shard.table.retain(|_, v| !v.idle_since(before));
+            }
+            let Shard { table, dirty } = &mut *shard;
+            for sid in dirty.drain() {
+                if let Some(d) = table.get(&sid).and_then(Vouch::due) {
+                    out.push((sid, d));
+                }
+            }
+        }
+        out
     }
 
-    /// How many sessions a flush at `now` would write.
+    /// How many sessions the next flush would write (taking nothing).
     #[cfg(test)]
-    pub fn take_due_for_test(&self, now: Millis) -> usize {
-        self.take_due(now).len()
+    pub fn due_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = s.lock().expect("vouch shard lock");
+                s.dirty
+                    .iter()
+                    .filter(|sid| s.table.get(*sid).and_then(Vouch::due).is_some())
+                    .count()
+            })
+            .sum()
     }
 
-    /// What `beats.lua` answered for `batch`.
+    /// What `beats.lua` answered for `batch`. (Beats answered since the
+    /// flush took them made their sessions due again.)
     fn settle(&self, batch: &[(String, Due)], outcome: &[bool]) {
-        let mut table = self.table();
         for ((sid, due), ok) in batch.iter().zip(outcome) {
-            let Some(v) = table.get_mut(sid) else {
+            let mut shard = self.shard(sid);
+            let Some(v) = shard.table.get_mut(sid) else {
                 continue;
             };
             if *ok {
@@ -206,9 +257,9 @@ impl Vouches {
     /// A batch could not be written (Redis unreachable, a slot moved):
     /// vouch for none of its sessions.
     fn failed(&self, batch: &[(String, Due)]) {
-        let mut table = self.table();
         for (sid, due) in batch {
-            if let Some(v) = table.get_mut(sid) {
+            let mut shard = self.shard(sid);
+            if let Some(v) = shard.table.get_mut(sid) {
                 if v.epoch() == due.epoch {
                     v.drop_held();
                 }
@@ -288,5 +339,112 @@ impl Flush {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pulse(at: Millis) -> Pulse {
+        Pulse {
+            activity: Activity::Active,
+            last_heartbeat_at: at,
+            last_active_at: at,
+            disconnected_at: None,
+        }
+    }
+
+    fn vouches() -> Vouches {
+        let t = Timings::default();
+        Vouches::new(Vouching::new(1_000, &t), t)
+    }
+
+    #[test]
+    fn a_flush_takes_the_sessions_with_beats_since_the_last_one_only() {
+        let v = vouches();
+        for i in 0..100 {
+            v.held(
+                &format!("s{i}"),
+                1,
+                SessionStatus::Active,
+                pulse(0),
+                Millis::MAX,
+                0,
+            );
+        }
+        for i in 0..10 {
+            assert!(v.beat(&format!("s{i}"), 1, 1_000, None));
+            assert!(v.beat(&format!("s{i}"), 1, 1_500, None));
+        }
+        let due = v.take_due(2_000);
+        assert_eq!(due.len(), 10, "each session once");
+        assert!(due.iter().all(|(_, d)| d.pulse.last_heartbeat_at == 1_500));
+        assert_eq!(v.take_due(2_500).len(), 0);
+        // Written, then beaten again while the write was on its way: due again.
+        assert!(v.beat("s0", 1, 3_000, None));
+        let due = v.take_due(3_100);
+        assert!(v.beat("s0", 1, 3_200, None));
+        v.settle(&due, &[true]);
+        let again = v.take_due(3_300);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].1.pulse.last_heartbeat_at, 3_200);
+    }
+
+    #[test]
+    fn a_refused_or_failed_write_ends_the_vouch_and_a_floor_keeps_old_epochs_out() {
+        let v = vouches();
+        for sid in ["a", "b"] {
+            v.held(sid, 1, SessionStatus::Active, pulse(0), Millis::MAX, 0);
+            assert!(v.beat(sid, 1, 1_000, None));
+        }
+        let mut due = v.take_due(1_100);
+        due.sort_by(|x, y| x.0.cmp(&y.0));
+        v.settle(&due[..1], &[false]);
+        v.failed(&due[1..]);
+        assert!(!v.beat("a", 1, 1_200, None));
+        assert!(!v.beat("b", 1, 1_200, None));
+        // A takeover at epoch 2: a late answer of epoch 1 does not vouch again.
+        v.claimed("a", 2, 1_300);
+        v.held(
+            "a",
+            1,
+            SessionStatus::Active,
+            pulse(1_300),
+            Millis::MAX,
+            1_300,
+        );
+        assert!(!v.beat("a", 1, 1_400, None));
+        v.held(
+            "a",
+            2,
+            SessionStatus::Active,
+            pulse(1_300),
+            Millis::MAX,
+            1_300,
+        );
+        assert!(v.beat("a", 2, 1_400, None));
+        // An end at epoch 2 keeps epoch 2 out too.
+        v.ended("a", 2, 1_500);
+        v.held(
+            "a",
+            2,
+            SessionStatus::Active,
+            pulse(1_500),
+            Millis::MAX,
+            1_500,
+        );
+        assert!(!v.beat("a", 2, 1_600, None));
+    }
+
+    #[test]
+    fn entries_nothing_was_heard_of_are_dropped() {
+        let v = vouches();
+        v.held("old", 1, SessionStatus::Active, pulse(0), Millis::MAX, 0);
+        let t = Timings::default();
+        let later = t.background_timeout_ms + t.heartbeat_timeout_ms + 1;
+        v.take_due(1);
+        v.take_due(later);
+        assert!(v.shard("old").table.is_empty());
     }
 }
