@@ -177,6 +177,16 @@ pub struct Pulse {
 }
 
 impl Pulse {
+    /// A connected session whose client reported `active` at `at`.
+    pub fn active_at(at: Millis) -> Self {
+        Self {
+            activity: Activity::Active,
+            last_heartbeat_at: at,
+            last_active_at: at,
+            disconnected_at: None,
+        }
+    }
+
     /// The silence after which this session is stale: background sessions get
     /// the longer `backgroundTimeoutMs` so that throttled timers do not flap.
     pub fn heartbeat_timeout(&self, t: &Timings) -> Millis {

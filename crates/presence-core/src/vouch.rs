@@ -195,19 +195,17 @@ mod tests {
         Timings::default()
     }
 
-    fn pulse(at: Millis) -> Pulse {
-        Pulse {
-            activity: Activity::Active,
-            last_heartbeat_at: at,
-            last_active_at: at,
-            disconnected_at: None,
-        }
-    }
-
     const MARGIN: Millis = 2_000;
 
     fn fresh() -> Vouch {
-        Vouch::held(3, SessionStatus::Active, pulse(0), Millis::MAX, 0, &t())
+        Vouch::held(
+            3,
+            SessionStatus::Active,
+            Pulse::active_at(0),
+            Millis::MAX,
+            0,
+            &t(),
+        )
     }
 
     #[test]
@@ -268,7 +266,14 @@ mod tests {
 
     #[test]
     fn nothing_is_answered_once_the_key_needs_a_new_ttl() {
-        let mut v = Vouch::held(3, SessionStatus::Active, pulse(0), 12_000, 0, &t());
+        let mut v = Vouch::held(
+            3,
+            SessionStatus::Active,
+            Pulse::active_at(0),
+            12_000,
+            0,
+            &t(),
+        );
         assert!(v.beat(3, 9_000, None, &t(), MARGIN));
         let due = v.due().unwrap();
         v.written(&due, &t());

@@ -346,13 +346,10 @@ impl Flush {
 mod tests {
     use super::*;
 
-    fn pulse(at: Millis) -> Pulse {
-        Pulse {
-            activity: Activity::Active,
-            last_heartbeat_at: at,
-            last_active_at: at,
-            disconnected_at: None,
-        }
+    /// Redis answered a heartbeat of `sid` at `epoch` at `at` (active).
+    fn held(v: &Vouches, sid: &str, epoch: u64, at: Millis) {
+        let p = Pulse::active_at(at);
+        v.held(sid, epoch, SessionStatus::Active, p, Millis::MAX, at);
     }
 
     fn vouches() -> Vouches {
@@ -364,14 +361,7 @@ mod tests {
     fn a_flush_takes_the_sessions_with_beats_since_the_last_one_only() {
         let v = vouches();
         for i in 0..100 {
-            v.held(
-                &format!("s{i}"),
-                1,
-                SessionStatus::Active,
-                pulse(0),
-                Millis::MAX,
-                0,
-            );
+            held(&v, &format!("s{i}"), 1, 0);
         }
         for i in 0..10 {
             assert!(v.beat(&format!("s{i}"), 1, 1_000, None));
@@ -395,7 +385,7 @@ mod tests {
     fn a_refused_or_failed_write_ends_the_vouch_and_a_floor_keeps_old_epochs_out() {
         let v = vouches();
         for sid in ["a", "b"] {
-            v.held(sid, 1, SessionStatus::Active, pulse(0), Millis::MAX, 0);
+            held(&v, sid, 1, 0);
             assert!(v.beat(sid, 1, 1_000, None));
         }
         let mut due = v.take_due(1_100);
@@ -406,41 +396,20 @@ mod tests {
         assert!(!v.beat("b", 1, 1_200, None));
         // A takeover at epoch 2: a late answer of epoch 1 does not vouch again.
         v.claimed("a", 2, 1_300);
-        v.held(
-            "a",
-            1,
-            SessionStatus::Active,
-            pulse(1_300),
-            Millis::MAX,
-            1_300,
-        );
+        held(&v, "a", 1, 1_300);
         assert!(!v.beat("a", 1, 1_400, None));
-        v.held(
-            "a",
-            2,
-            SessionStatus::Active,
-            pulse(1_300),
-            Millis::MAX,
-            1_300,
-        );
+        held(&v, "a", 2, 1_300);
         assert!(v.beat("a", 2, 1_400, None));
         // An end at epoch 2 keeps epoch 2 out too.
         v.ended("a", 2, 1_500);
-        v.held(
-            "a",
-            2,
-            SessionStatus::Active,
-            pulse(1_500),
-            Millis::MAX,
-            1_500,
-        );
+        held(&v, "a", 2, 1_500);
         assert!(!v.beat("a", 2, 1_600, None));
     }
 
     #[test]
     fn entries_nothing_was_heard_of_are_dropped() {
         let v = vouches();
-        v.held("old", 1, SessionStatus::Active, pulse(0), Millis::MAX, 0);
+        held(&v, "old", 1, 0);
         let t = Timings::default();
         let later = t.background_timeout_ms + t.heartbeat_timeout_ms + 1;
         v.take_due(1);
