@@ -52,10 +52,13 @@ if changed then
   w[#w + 1] = 'st'
   w[#w + 1] = st
 end
--- (A hash written before `g` existed gets it here.)
-if changed or f.g == nil then
+-- The guard follows the status; a hash whose guard is missing or behind
+-- (written before `g` existed, or by an older build's scripts during a
+-- rolling upgrade) gets it right here.
+local g = guard(f)
+if g ~= f.g then
   w[#w + 1] = 'g'
-  w[#w + 1] = guard(f)
+  w[#w + 1] = g
 end
 if #w > 2 then redis.call(unpack(w)) end
 local v

@@ -141,11 +141,7 @@ impl Route {
     ) -> Vec<Vec<T>> {
         match self {
             Route::Single(_) => chunk_by(items, |_| 0, max),
-            Route::Cluster(_) => chunk_by(
-                items,
-                |item| fred::util::redis_keyslot(key_of(item).as_bytes()),
-                max,
-            ),
+            Route::Cluster(_) => chunk_by(items, |item| slot_of(key_of(item)), max),
         }
     }
 
@@ -166,10 +162,7 @@ impl Route {
                 let topo = c.topology();
                 chunk_by(
                     items,
-                    |item| {
-                        let slot = ClusterRouting::hash_key(key_of(item).as_bytes());
-                        topo.routing.get_server(slot).cloned()
-                    },
+                    |item| topo.routing.get_server(slot_of(key_of(item))).cloned(),
                     max,
                 )
             }
@@ -223,6 +216,11 @@ impl Route {
 }
 
 /// True if `client` answers a ping in time.
+/// The hash slot of `key` (its `{tag}`'s, when it has one).
+fn slot_of(key: &str) -> u16 {
+    ClusterRouting::hash_key(key.as_bytes())
+}
+
 /// `items` in groups of one `group_of`, each cut into chunks of at most
 /// `max`, in the order the groups first appear.
 fn chunk_by<T, G: std::hash::Hash + Eq>(
@@ -345,7 +343,7 @@ impl Cluster {
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, fred::error::Error>>,
     {
-        let slot = ClusterRouting::hash_key(key.as_bytes());
+        let slot = slot_of(key);
         let mut moved = false;
         loop {
             let client = self.client_for(slot)?;

@@ -280,9 +280,8 @@ impl Scripts {
         call: C,
     ) -> Result<C::Reply, StoreError> {
         let lua = C::script(self);
-        let keys_ = call.keys(keys);
         let at = call.route_key(keys);
-        let input = (at, keys_, call.args(keys));
+        let input = (at, call.keys(keys), call.args(keys));
         let v: Value = if self.uses_functions() {
             let library = self.library.as_str();
             route
