@@ -33,13 +33,14 @@ local term = tonumber(ARGV[4]) or 0
 local fenced = { outcome = 'fenced' }
 
 local function expire_one(key)
-  local f = load_session(key)
+  local f, rooms = load_session(key)
   if f == nil or f.dead == '1' then return { outcome = 'gone' } end
   if term < num(f.ft, 0) then return fenced end
-  if term > num(f.ft, 0) then redis.call('HSET', key, 'ft', term) end
 
+  -- A buried session keeps no term (its tombstone answers 'gone'); a live
+  -- one takes this term with the rest of what this call writes.
   if liveness(f, now, T) == 'expired' then
-    local dels = room_dels(f, 'expire', now)
+    local dels = room_dels(f, 'expire', now, rooms)
     f.v = tonumber(f.v) + 1
     bury(key, f, T)
     return { outcome = 'expired', v = f.v, uid = f.userId, dels = dels }
@@ -48,10 +49,10 @@ local function expire_one(key)
   local st, changed = rederive(f, now, T)
   if changed then f.v = tonumber(f.v) + 1 end
   local nd = next_deadline(f, now, T)
-  redis.call('HSET', key, 'st', st, 'v', f.v, 'ix', nd, 'g', guard(f))
+  redis.call('HSET', key, 'st', st, 'v', f.v, 'ix', nd, 'g', guard(f), 'ft', term)
   keep(key, f, now, T)
   local puts = {}
-  if changed then puts = status_puts(f, true, now, T) end
+  if changed then puts = status_puts(f, true, now, T, rooms) end
   local inroom = room ~= nil and room ~= '' and f['r:' .. room] ~= nil
   return {
     outcome = 'alive', changed = changed, v = tonumber(f.v), uid = f.userId, next = nd, puts = puts,

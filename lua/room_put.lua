@@ -11,7 +11,7 @@
 -- ARGV[1]  channel   ARGV[2] 'SPUBLISH' (sharded Pub/Sub, Redis 7+) or 'PUBLISH'
 -- then 8 per member, from ARGV[3]:
 --   sessionId, userId, version, kind (join|update|status),
---   event JSON with a %SEQ% placeholder,
+--   the event JSON left open for its seq (this closes it: `,"seq":<n>}`),
 --   '1' when observers see a change (else the member is updated quietly),
 --   the member as the room keeps it (JSON: h, st, hb, la, su, e, n, s?),
 --   when the room's expiry index should check the member's session
@@ -31,9 +31,14 @@
 -- the session) is ignored, and so is one older than the session's last leave.
 -- Only a join may add a member, so a late update cannot resurrect one.
 -- The room keeps each member's projection, so that its view is read in one
--- call (room_read.lua) without touching the sessions' slots. Each member's
--- event is published on its own, in order, as a single put would.
-local members, users, seqkey, gone, expiry = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+-- call (room_read.lua) without touching the sessions' slots.
+--
+-- The members are read with one command per key and written the same way,
+-- not a command per member: in a cull, calling Redis cost more than the
+-- work each call does. The outcome is as if the members were put one after
+-- the other in ARGV order; each member's event is published on its own, in
+-- seq order, as a single put would.
+local members, users, seqkey, gone, expiry, order = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local channel = ARGV[1]
 local publish = ARGV[2] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH'
 
@@ -43,33 +48,82 @@ local first = redis.call('ZRANGE', expiry, 0, 0, 'WITHSCORES')
 local earliest = first[2] and tonumber(first[2])
 local lowest = nil
 
-local function put(sid, uid, version, kind, ev, visible, member, check)
-  local cur = redis.call('HGET', members, sid)
-  if cur then
-    local v = tonumber(string.match(cur, '^(%d+)|'))
-    if v >= version then return 0 end
-  else
-    if kind ~= 'join' then return 0 end
-    local left = redis.call('HGET', gone, sid)
-    if left and tonumber(left) >= version then return 0 end
-    redis.call('HINCRBY', users, uid, 1)
-    redis.call('ZADD', KEYS[6], 0, uid .. ' ' .. sid)
-    redis.call('HDEL', gone, sid)
-    visible = true
-  end
-  redis.call('HSET', members, sid, version .. '|' .. uid .. '|' .. member)
-  redis.call('ZADD', expiry, check, sid)
-  if lowest == nil or check < lowest then lowest = check end
-  if not visible then return 0 end
-  local seq = redis.call('INCR', seqkey)
-  redis.call(publish, channel, (string.gsub(ev, '%%SEQ%%', seq)))
-  return seq
+local n = (#ARGV - 2) / 8
+if n < 1 then return { 0, 0 } end
+local sids = {}
+for k = 1, n do sids[k] = ARGV[8 * k - 5] end
+local read = redis.call('HMGET', members, unpack(sids))
+
+-- Each member's entry as this call leaves it (false: none); `written` lists
+-- the sessions whose entry and check time this call writes, once each.
+local entry, check_of, written = {}, {}, {}
+for k, sid in ipairs(sids) do
+  if entry[sid] == nil then entry[sid] = read[k] end
 end
 
+local visible_puts, joined, joined_order, ungone = {}, {}, {}, {}
 local reply = { 0, 0 }
-for i = 3, #ARGV, 8 do
-  reply[#reply + 1] = put(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4],
-    ARGV[i + 5] == '1', ARGV[i + 6], tonumber(ARGV[i + 7]))
+for k = 1, n do
+  local i = 8 * k - 5
+  local sid, uid, version, kind = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
+  local visible, check = ARGV[i + 5] == '1', tonumber(ARGV[i + 7])
+  local cur = entry[sid]
+  local apply = true
+  reply[k + 2] = 0
+  if cur then
+    if tonumber(string.match(cur, '^(%d+)|')) >= version then apply = false end
+  elseif kind ~= 'join' then
+    apply = false
+  else
+    local left = redis.call('HGET', gone, sid)
+    if left and tonumber(left) >= version then
+      apply = false
+    else
+      joined[#joined + 1] = uid
+      joined_order[#joined_order + 1] = uid .. ' ' .. sid
+      ungone[#ungone + 1] = sid
+      visible = true
+    end
+  end
+  if apply then
+    if check_of[sid] == nil then written[#written + 1] = sid end
+    entry[sid] = version .. '|' .. uid .. '|' .. ARGV[i + 6]
+    check_of[sid] = check
+    if lowest == nil or check < lowest then lowest = check end
+    if visible then visible_puts[#visible_puts + 1] = k end
+  end
+end
+
+if #written > 0 then
+  local fields, scores = {}, {}
+  for _, sid in ipairs(written) do
+    fields[#fields + 1] = sid
+    fields[#fields + 1] = entry[sid]
+    scores[#scores + 1] = check_of[sid]
+    scores[#scores + 1] = sid
+  end
+  redis.call('HSET', members, unpack(fields))
+  redis.call('ZADD', expiry, unpack(scores))
+end
+if #joined > 0 then
+  -- (A session joins at most once per call: after its join it is a member,
+  -- and a later join of it in the same call is an update.)
+  for _, uid in ipairs(joined) do redis.call('HINCRBY', users, uid, 1) end
+  local pairs_ = {}
+  for _, m in ipairs(joined_order) do
+    pairs_[#pairs_ + 1] = 0
+    pairs_[#pairs_ + 1] = m
+  end
+  redis.call('ZADD', order, unpack(pairs_))
+  redis.call('HDEL', gone, unpack(ungone))
+end
+if #visible_puts > 0 then
+  local last = redis.call('INCRBY', seqkey, #visible_puts)
+  for j, k in ipairs(visible_puts) do
+    local seq = last - #visible_puts + j
+    reply[k + 2] = seq
+    redis.call(publish, channel, ARGV[8 * k - 1] .. ',"seq":' .. seq .. '}')
+  end
 end
 if lowest ~= nil then
   if earliest == nil then

@@ -91,13 +91,16 @@ impl Report {
         let all = self.servers.iter().map(|s| ("server", s));
         for (what, s) in all.chain(self.client.iter().map(|c| ("presence-bench", c))) {
             out.push_str(&format!(
-                "{what} pid {}: RSS {} -> {} (peak {}){}{}{}\n",
+                "{what} pid {}: RSS {} -> {} (peak {}){}{}{}{}\n",
                 s.pid,
                 mib(s.rss_before_bytes),
                 mib(s.rss_after_bytes),
                 mib(s.rss_peak_bytes),
                 s.rss_per_session_bytes
                     .map(|b| format!(", {:.1} KiB per session", b as f64 / 1024.0))
+                    .unwrap_or_default(),
+                s.setup_cpu_seconds
+                    .map(|c| format!(", setup CPU {c:.2} s"))
                     .unwrap_or_default(),
                 s.cpu_percent
                     .map(|c| format!(", CPU {c:.0}% of a core"))

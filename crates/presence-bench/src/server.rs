@@ -12,6 +12,10 @@ pub struct Watched {
     page: u64,
     rss_before: u64,
     rss_peak: u64,
+    /// CPU ticks when watching began (the setup phase starts then).
+    cpu_at_start: Option<u64>,
+    /// CPU spent in the setup phase, in seconds, once it ended.
+    setup_cpu: Option<f64>,
     cpu_from: Option<(Instant, u64)>,
 }
 
@@ -26,13 +30,16 @@ impl Watched {
     pub fn new(pid: i32) -> Result<Watched, String> {
         let page = procfs::page_size();
         let ticks_per_s = procfs::ticks_per_second() as f64;
-        let (rss, _) = read(pid, page).ok_or_else(|| format!("cannot read /proc/{pid}/stat"))?;
+        let (rss, ticks) =
+            read(pid, page).ok_or_else(|| format!("cannot read /proc/{pid}/stat"))?;
         Ok(Watched {
             pid,
             ticks_per_s,
             page,
             rss_before: rss,
             rss_peak: rss,
+            cpu_at_start: Some(ticks),
+            setup_cpu: None,
             cpu_from: None,
         })
     }
@@ -44,10 +51,14 @@ impl Watched {
         }
     }
 
-    /// Marks the start of the measured phase: CPU is counted from here.
+    /// Marks the start of the measured phase: CPU is counted from here, and
+    /// what was spent before it is the setup's (a connect storm's cost).
     pub fn start_cpu(&mut self) {
         if let Some((_, ticks)) = read(self.pid, self.page) {
             self.cpu_from = Some((Instant::now(), ticks));
+            self.setup_cpu = self
+                .cpu_at_start
+                .map(|from| ticks.saturating_sub(from) as f64 / self.ticks_per_s);
         }
     }
 
@@ -72,6 +83,7 @@ impl Watched {
             rss_after_bytes: rss_after,
             rss_peak_bytes: self.rss_peak,
             rss_per_session_bytes: growth.checked_div(sessions),
+            setup_cpu_seconds: self.setup_cpu,
             cpu_seconds: cpu.map(|(s, _)| s),
             cpu_percent: cpu.map(|(_, p)| p),
             cpu_us_per_ack: None,
@@ -92,6 +104,8 @@ pub struct ServerSummary {
     pub rss_peak_bytes: u64,
     /// (after - before) / sessions reached.
     pub rss_per_session_bytes: Option<u64>,
+    /// CPU time (user + system) over the setup phase, in seconds.
+    pub setup_cpu_seconds: Option<f64>,
     /// CPU time (user + system) over the measured phase, in seconds.
     pub cpu_seconds: Option<f64>,
     /// CPU over the measured phase, in % of one core.

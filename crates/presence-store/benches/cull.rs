@@ -9,8 +9,10 @@
 //! nothing is left, printing the figures that docs/benchmarks.md quotes.
 //! Redis measures the calls itself: SLOWLOG keeps every call above 1 ms
 //! during the sweeps (recording every call would slow Redis down), and the
-//! longest is read back from it; INFO commandstats counts the script calls,
-//! and INFO cpu gives the CPU time Redis spent on each phase. The bench
+//! longest is read back from it (`CULL_SLOWLOG_US` sets the threshold: 0
+//! records every call, commands inside scripts too, and slows Redis down);
+//! INFO commandstats counts the script calls and each command's share of the
+//! time, and INFO cpu gives the CPU time Redis spent on each phase. The bench
 //! process and Redis share the machine's cores.
 
 use std::sync::Arc;
@@ -82,6 +84,7 @@ async fn main() {
         t.elapsed()
     );
 
+    let slow_us = std::env::var("CULL_SLOWLOG_US").unwrap_or_else(|_| "1000".into());
     let slow = |args: Vec<&'static str>| {
         let admin = admin.clone();
         async move {
@@ -97,7 +100,7 @@ async fn main() {
             vec![
                 "SET",
                 "slowlog-log-slower-than",
-                "1000",
+                &slow_us,
                 "slowlog-max-len",
                 "100000",
             ],
@@ -137,6 +140,7 @@ async fn main() {
         let cpu = redis_cpu(&admin).await - cpu;
         let (calls, longest, cmd, by) = longest_call(&admin).await;
         let scripts = script_calls(&admin).await;
+        let inner = command_costs(&admin, n).await;
         println!(
             "{phase}: {changed} status changes, {expired} removed, in {sweeps} sweeps, {took:.2?} \
              ({:.0} sessions/s); Redis CPU {cpu:.2} s ({:.1} µs a session); {scripts}; {calls} \
@@ -144,6 +148,7 @@ async fn main() {
             n as f64 / took.as_secs_f64(),
             cpu * 1e6 / n as f64
         );
+        println!("  {phase}, by command (calls and Redis µs per session): {inner}");
     }
     let left = store
         .whos_online(Page {
@@ -170,6 +175,7 @@ async fn longest_call(admin: &Client) -> (usize, i64, String, String) {
     let mut best = (0i64, String::new());
     let mut calls = 0;
     let mut by: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut time: std::collections::BTreeMap<String, i64> = Default::default();
     for e in v.into_array() {
         let f = e.into_array();
         let us = f.get(2).and_then(|d| d.as_i64()).unwrap_or(0);
@@ -193,6 +199,7 @@ async fn longest_call(admin: &Client) -> (usize, i64, String, String) {
         }
         calls += 1;
         *by.entry(cmd.clone()).or_default() += 1;
+        *time.entry(cmd.clone()).or_default() += us;
         if us > best.0 {
             best = (us, cmd);
         }
@@ -201,7 +208,7 @@ async fn longest_call(admin: &Client) -> (usize, i64, String, String) {
     by.sort_by_key(|e| std::cmp::Reverse(e.1));
     let by = by
         .iter()
-        .map(|(c, n)| format!("{c} {n}"))
+        .map(|(c, n)| format!("{c} {n} calls {} µs", time[c]))
         .collect::<Vec<_>>()
         .join(", ");
     (calls, best.0, best.1, by)
@@ -209,11 +216,9 @@ async fn longest_call(admin: &Client) -> (usize, i64, String, String) {
 
 /// The CPU time Redis has used so far (user + sys, `INFO cpu`), in seconds.
 async fn redis_cpu(admin: &Client) -> f64 {
-    let info: String = admin
-        .custom(CustomCommand::new_static("INFO", None, false), vec!["cpu"])
+    info(admin, "cpu")
         .await
-        .expect("info cpu");
-    info.lines()
+        .lines()
         .filter_map(|l| {
             let (k, v) = l.split_once(':')?;
             matches!(k, "used_cpu_user" | "used_cpu_sys").then(|| v.trim().parse::<f64>().ok())?
@@ -224,13 +229,7 @@ async fn redis_cpu(admin: &Client) -> f64 {
 /// The script calls since the last CONFIG RESETSTAT, from INFO commandstats:
 /// how many, and their mean duration.
 async fn script_calls(admin: &Client) -> String {
-    let info: String = admin
-        .custom(
-            CustomCommand::new_static("INFO", None, false),
-            vec!["commandstats"],
-        )
-        .await
-        .expect("info");
+    let info = info(admin, "commandstats").await;
     // FCALL where Redis runs the scripts as functions, else EVALSHA.
     let Some(line) = info
         .lines()
@@ -249,4 +248,45 @@ async fn script_calls(admin: &Client) -> String {
         field("calls="),
         field("usec_per_call=")
     )
+}
+
+/// Where the time went, from INFO commandstats: each command's calls and
+/// time per culled session, the costliest first (a script's own line counts
+/// the commands it made, which have their lines too).
+async fn command_costs(admin: &Client, sessions: usize) -> String {
+    let info = info(admin, "commandstats").await;
+    let mut rows: Vec<(String, f64, f64)> = info
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |k: &str| {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(k))
+                    .and_then(|v| v.parse::<f64>().ok())
+            };
+            let per = sessions as f64;
+            Some((
+                name.to_uppercase(),
+                field("calls=")? / per,
+                field("usec=")? / per,
+            ))
+        })
+        .filter(|(name, _, _)| !matches!(name.as_str(), "INFO" | "CONFIG" | "SLOWLOG"))
+        .collect();
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    rows.iter()
+        .map(|(name, calls, us)| format!("{name} {calls:.2}/{us:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One section of INFO.
+async fn info(admin: &Client, section: &'static str) -> String {
+    admin
+        .custom(
+            CustomCommand::new_static("INFO", None, false),
+            vec![section],
+        )
+        .await
+        .expect("info")
 }

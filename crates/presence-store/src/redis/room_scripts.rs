@@ -118,7 +118,8 @@ pub(super) struct MemberRemoval<'a> {
     pub session: &'a str,
     /// Applied only over an older projection.
     pub version: u64,
-    /// The `leave` or `expire` event, with a `%SEQ%` placeholder.
+    /// The `leave` or `expire` event, left open for its seq (see `event_json`
+    /// in the prelude).
     pub event: &'a str,
 }
 

@@ -97,7 +97,8 @@ macro_rules! session_call {
 pub(super) struct RoomPut {
     /// The room.
     pub room: String,
-    /// The event observers get, with a `%SEQ%` placeholder.
+    /// The event observers get, left open for its seq (see `event_json` in
+    /// the prelude).
     #[serde(rename = "ev")]
     pub event: String,
     /// The member as the room keeps it (JSON).
@@ -115,7 +116,8 @@ pub(super) struct RoomPut {
 pub(super) struct RoomDel {
     /// The room.
     pub room: String,
-    /// The `leave` or `expire` event, with a `%SEQ%` placeholder.
+    /// The `leave` or `expire` event, left open for its seq (see `event_json`
+    /// in the prelude).
     #[serde(rename = "ev")]
     pub event: String,
 }

@@ -421,12 +421,13 @@ impl RedisStore {
             .projection()
             .map(|p| (p.epoch, p.node_id))
             .unwrap_or_default();
-        let event = json!({
-            "v": 1, "type": "expire", "roomId": room, "seq": "%SEQ%", "userId": member.user_id,
+        // Left open for room_del.lua to close with the room's seq.
+        let mut event = json!({
+            "v": 1, "type": "expire", "roomId": room, "userId": member.user_id,
             "sessionId": sid, "nodeId": node_id, "epoch": epoch, "status": "offline", "ts": now,
         })
-        .to_string()
-        .replace("\"%SEQ%\"", "%SEQ%");
+        .to_string();
+        event.pop();
         let member = [MemberRemoval {
             session: sid,
             version: member.version + 1,

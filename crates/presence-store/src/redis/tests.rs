@@ -447,6 +447,135 @@ mod standalone {
     }
 
     #[tokio::test]
+    async fn a_room_batch_naming_a_session_twice_applies_it_in_order() {
+        use super::super::room_scripts::ReadRoom;
+        use super::super::room_scripts::{
+            MemberRemoval, MemberUpdate, MembersPut, MembersRemoved, PutKind, PutMembers,
+            RemoveMembers,
+        };
+        use super::super::session_scripts::RoomPut;
+
+        let (_own, store, alice) = own_store("alice").await;
+        let room = RoomId::new("twice").unwrap();
+        store.join(&alice, &room, None).await.unwrap();
+        let sid = alice.session_id.as_str();
+        store.follow_room(&room).await.unwrap();
+        let mut rx = store.events();
+        let event = |kind: &str, st: &str| {
+            format!(
+                r#"{{"v":1,"type":"{kind}","roomId":"twice","userId":"alice","sessionId":"{sid}","nodeId":"n","epoch":1,"status":"{st}","ts":1"#
+            )
+        };
+        let put = |st: &str| RoomPut {
+            room: room.as_str().into(),
+            event: event("status", st),
+            member: format!(r#"{{"h":"","st":"{st}","hb":0,"la":0,"su":0,"e":1,"n":"n"}}"#),
+            visible: true,
+            check_at: 1,
+        };
+        let (idle, away) = (put("idle"), put("away"));
+        // Two updates of one session, the second newer: both land, in order.
+        let update = |version, put| MemberUpdate {
+            session: sid,
+            user_id: "alice",
+            version,
+            kind: PutKind::Status,
+            put,
+        };
+        let MembersPut { seqs, .. } = store
+            .run(PutMembers {
+                room: room.as_str(),
+                members: &[update(100, &idle), update(101, &away)],
+                pubsub: store.bus.mode(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(seqs[1], seqs[0] + 1);
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("an event")
+                .unwrap()
+        };
+        let (first, second) = (next().await, next().await);
+        // Each event is closed with its own seq, in order.
+        assert_eq!((first.seq, second.seq), (seqs[0], seqs[1]));
+        assert_eq!(second.status, presence_core::UserStatus::Away);
+        // An older one after them in the same call changes nothing.
+        let MembersPut { seqs, .. } = store
+            .run(PutMembers {
+                room: room.as_str(),
+                members: &[update(102, &idle), update(101, &away)],
+                pubsub: store.bus.mode(),
+            })
+            .await
+            .unwrap();
+        assert!(seqs[0] > 0 && seqs[1] == 0, "{seqs:?}");
+        assert_eq!(next().await.seq, seqs[0]);
+        let entries = store
+            .run(ReadRoom {
+                room: room.as_str(),
+            })
+            .await
+            .unwrap();
+        assert!(
+            entries.members[0].1.starts_with("102|alice|"),
+            "{entries:?}"
+        );
+
+        // Removed twice in one call: once.
+        let ev = event("expire", "offline");
+        let removal = |version| MemberRemoval {
+            session: sid,
+            version,
+            event: &ev,
+        };
+        let MembersRemoved(removed) = store
+            .run(RemoveMembers {
+                room: room.as_str(),
+                members: &[removal(103), removal(104)],
+                pubsub: store.bus.mode(),
+            })
+            .await
+            .unwrap();
+        assert!(removed[0].is_some() && removed[1].is_none(), "{removed:?}");
+        assert_eq!(store.room_stats(&room).await.unwrap().sessions, 0);
+        // (Published before the room forgot its seq with its last member.)
+        let gone = next().await;
+        assert_eq!(
+            (gone.kind, Some(gone.seq)),
+            (presence_core::EventKind::Expire, removed[0])
+        );
+        // The room keeps the newest version it left at: a join projection
+        // older than that, still in flight, does not bring it back...
+        let join = |version| MemberUpdate {
+            kind: PutKind::Join,
+            ..update(version, &idle)
+        };
+        let late = store
+            .run(PutMembers {
+                room: room.as_str(),
+                members: &[join(104)],
+                pubsub: store.bus.mode(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(late.seqs, vec![0]);
+        assert_eq!(store.room_stats(&room).await.unwrap().sessions, 0);
+        // ...a newer join does, and counts its user once.
+        store
+            .run(PutMembers {
+                room: room.as_str(),
+                members: &[join(105), join(106)],
+                pubsub: store.bus.mode(),
+            })
+            .await
+            .unwrap();
+        let stats = store.room_stats(&room).await.unwrap();
+        assert_eq!((stats.sessions, stats.users), (1, 1));
+    }
+
+    #[tokio::test]
     async fn members_that_live_on_are_never_dropped() {
         let (_own, store, alice, clock) = own_store_clocked("alice").await;
         let rooms: Vec<RoomId> = (0..3)
