@@ -17,6 +17,8 @@
 //! - [`event`]: the v1 presence event published on every transition.
 //! - [`live`]: a room's view kept current from its events, and its diffs.
 //! - [`vouch`]: when a node may answer a heartbeat of its own session alone.
+//! - [`reach`]: whether a user can be reached now for what a caller needs
+//!   (readiness, capabilities), and on which session first.
 
 pub mod config;
 pub mod diff;
@@ -24,6 +26,7 @@ pub mod event;
 pub mod ids;
 pub mod live;
 pub mod page;
+pub mod reach;
 pub mod session;
 pub mod state;
 pub mod time;
@@ -36,6 +39,10 @@ pub use diff::{RoomDiff, SessionPatch, UserPatch};
 pub use event::{EventKind, EventMember, PresenceEvent};
 pub use ids::{IdError, NodeId, RoomId, SessionId, UserId};
 pub use page::{Page, PageCursor, RoomCounts, StatusCounts};
+pub use reach::{
+    derive_reach, Capabilities, CapabilityError, Reach, ReachReason, ReachSignal, Reachability,
+    Readiness,
+};
 pub use session::{Activity, Liveness, Pulse, SessionFacts, SessionStatus};
 pub use time::{Clock, ManualClock, Millis, SystemClock};
 pub use user::{Confidence, UserStatus, UserSummary};
