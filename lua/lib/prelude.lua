@@ -32,6 +32,15 @@ local function num(v, default)
   return tonumber(v)
 end
 
+-- Adds to `rooms` the room a session's field names, if it names one:
+-- fields 'r:<roomId>' hold the session's state in the room ('' for none).
+-- The prefix is tested by its bytes (114 = 'r', 58 = ':'): taking a
+-- substring of every field name cost a cull more than the test.
+local function add_room(rooms, field)
+  local a, b = string.byte(field, 1, 2)
+  if a == 114 and b == 58 then rooms[#rooms + 1] = string.sub(field, 3) end
+end
+
 -- Reads a session hash into a table (nil when absent), and its rooms as
 -- session_rooms below would list them (a second pass over the fields cost
 -- a cull as much as this one).
@@ -40,10 +49,8 @@ local function load_session(key)
   if #raw == 0 then return nil end
   local f, rooms = {}, {}
   for i = 1, #raw, 2 do
-    local k = raw[i]
-    f[k] = raw[i + 1]
-    local a, b = string.byte(k, 1, 2)
-    if a == 114 and b == 58 then rooms[#rooms + 1] = string.sub(k, 3) end
+    f[raw[i]] = raw[i + 1]
+    add_room(rooms, raw[i])
   end
   table.sort(rooms)
   return f, rooms
@@ -106,15 +113,10 @@ local function next_deadline(f, now, T)
   return best
 end
 
--- The rooms of a session (fields 'r:<roomId>' hold the room state, '' for none).
--- The prefix is tested by its bytes (114 = 'r', 58 = ':'): taking a
--- substring of every field name cost a cull more than the test.
+-- The rooms of a session, sorted.
 local function session_rooms(f)
   local rooms = {}
-  for k, _ in pairs(f) do
-    local a, b = string.byte(k, 1, 2)
-    if a == 114 and b == 58 then rooms[#rooms + 1] = string.sub(k, 3) end
-  end
+  for k, _ in pairs(f) do add_room(rooms, k) end
   table.sort(rooms)
   return rooms
 end

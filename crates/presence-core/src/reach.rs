@@ -24,7 +24,6 @@
 //! the sessions are listed in). A user with no session is `no`, `offline`.
 
 use std::collections::BTreeSet;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -185,24 +184,6 @@ pub enum ReachReason {
     MissingCapability,
     /// The user has no session.
     Offline,
-}
-
-impl fmt::Display for ReachReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = match self {
-            ReachReason::Ready => "ready",
-            ReachReason::Idle => "idle",
-            ReachReason::Background => "background",
-            ReachReason::Away => "away",
-            ReachReason::Busy => "busy",
-            ReachReason::Dnd => "dnd",
-            ReachReason::Stale => "stale",
-            ReachReason::Unavailable => "unavailable",
-            ReachReason::MissingCapability => "missing_capability",
-            ReachReason::Offline => "offline",
-        };
-        f.write_str(s)
-    }
 }
 
 /// One session as reachability sees it.
