@@ -6,6 +6,8 @@
 -- ARGV[4]  userId          ARGV[5] handle ('' = keep/none)
 -- ARGV[6]  meta JSON ('' = keep/none)               ARGV[7] activity
 -- ARGV[8]  nodeId          ARGV[9] first epoch of a new session (now in ms)
+-- ARGV[10] readiness ('' = keep/available)
+-- ARGV[11] capabilities: '=' then the names joined with ',' ('' = keep/none)
 --
 -- Reply (JSON): { ok, e, v, resumed, uid, st, changed, ix, puts: [{room, ev, m, visible, x}],
 --   buried?: { uid, v, dels: [{room, ev}] }, superseded?: { node, epoch } }, or { err = 'forbidden' }.
@@ -21,6 +23,8 @@ local now = tonumber(ARGV[1])
 local T = timings(ARGV[2])
 local sid, uid, handle, meta, activity, node = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local first_epoch = tonumber(ARGV[9])
+local readiness, caps = ARGV[10] or '', ARGV[11] or ''
+if caps ~= '' then caps = string.sub(caps, 2) else caps = nil end
 
 local f = load_session(key)
 local reply = { ok = true, puts = {} }
@@ -50,24 +54,30 @@ if f ~= nil and f.dead ~= '1' then
   redis.call('HDEL', key, 'd')
   if handle ~= '' then f.h = handle end
   if meta ~= '' then f.m = meta end
+  -- A new readiness or capabilities are a change observers see.
+  local redeclared = false
+  if readiness ~= '' and readiness ~= (f.rd or 'available') then f.rd = readiness; redeclared = true end
+  if caps ~= nil and caps ~= (f.cp or '') then f.cp = caps; redeclared = true end
   f.lastHeartbeatAt = math.max(now, num(f.lastHeartbeatAt, 0))
   f.a = activity
   if activity == 'active' then f.la = math.max(now, num(f.la, 0)) end
   local st, changed = rederive(f, now, T)
   redis.call('HSET', key, 'epoch', f.epoch, 'v', f.v, 'n', f.n, 'h', f.h or '', 'm', f.m or '',
     'lastHeartbeatAt', f.lastHeartbeatAt, 'a', f.a, 'la', f.la, 'st', st, 'g', f.epoch .. ':' .. st)
+  if redeclared then redis.call('HSET', key, 'rd', f.rd or '', 'cp', f.cp or '') end
   keep(key, f, now, T)
   reply.resumed = true
   reply.changed = changed
-  -- Every room hears of the new epoch; observers see a change only if the status changed.
-  reply.puts = status_puts(f, changed, now, T)
+  -- Every room hears of the new epoch; observers see a change only if the
+  -- status (or the readiness) changed.
+  reply.puts = status_puts(f, changed or redeclared, now, T)
 else
   local floor_e, floor_v = 0, 0
   if f ~= nil then
     floor_e, floor_v = tonumber(f.epoch), tonumber(f.v)
   end
   f = {
-    sid = sid, userId = uid, h = handle, m = meta, n = node, a = activity,
+    sid = sid, userId = uid, h = handle, m = meta, n = node, a = activity, rd = readiness, cp = caps or '',
     epoch = math.max(first_epoch, floor_e + 1), v = floor_v + 1,
     lastHeartbeatAt = now, la = now, c = now, st = 'active',
   }
@@ -76,6 +86,9 @@ else
   redis.call('HSET', key, 'sid', sid, 'userId', uid, 'h', handle, 'm', meta, 'n', node, 'a', activity,
     'epoch', f.epoch, 'v', f.v, 'lastHeartbeatAt', now, 'la', now, 'c', now, 'st', st,
     'g', f.epoch .. ':' .. st)
+  -- Only what was declared: most sessions never do, and keep no empty fields.
+  if f.rd ~= '' then redis.call('HSET', key, 'rd', f.rd) end
+  if f.cp ~= '' then redis.call('HSET', key, 'cp', f.cp) end
   keep(key, f, now, T)
   reply.resumed = false
   reply.changed = false

@@ -150,6 +150,12 @@ local function event_json(f, room, kind, status, now)
   if f.h ~= nil and f.h ~= '' then e = e .. ',"handle":' .. cjson.encode(f.h) end
   e = e .. ',"lastHeartbeatAt":' .. jint(f.lastHeartbeatAt) .. ',"lastActiveAt":' .. jint(f.la) ..
     ',"stateUpdatedAt":' .. jint(f['su:' .. room])
+  -- Readiness and capabilities (`rd`, `cp`: absent when the default): the
+  -- names are validated by the node ([a-z0-9_.:-]), so they need no escaping.
+  if f.rd ~= nil and f.rd ~= '' and f.rd ~= 'available' then e = e .. ',"readiness":"' .. f.rd .. '"' end
+  if f.cp ~= nil and f.cp ~= '' then
+    e = e .. ',"capabilities":["' .. (string.gsub(f.cp, ',', '","')) .. '"]'
+  end
   local state = f['r:' .. room]
   if state ~= nil and state ~= '' then e = e .. ',"state":' .. state end
   return e
@@ -165,6 +171,8 @@ local function member_json(f, room)
   local m = '{"h":' .. h .. ',"st":"' .. f.st .. '","hb":' ..
     jint(f.lastHeartbeatAt) .. ',"la":' .. jint(f.la) .. ',"su":' .. jint(f['su:' .. room]) ..
     ',"e":' .. jint(f.epoch) .. ',"n":"' .. (f.n or '') .. '"'
+  if f.rd ~= nil and f.rd ~= '' and f.rd ~= 'available' then m = m .. ',"rd":"' .. f.rd .. '"' end
+  if f.cp ~= nil and f.cp ~= '' then m = m .. ',"cp":"' .. f.cp .. '"' end
   local state = f['r:' .. room]
   if state ~= nil and state ~= '' then m = m .. ',"s":' .. state end
   return m .. '}'

@@ -185,3 +185,33 @@ test("a large room shows counts and a pageable member list, and the viewer's own
     await big.stop();
   }
 });
+
+test("each member's readiness shows; a call waits for readiness, then says ring now", async () => {
+  const adaCtx = await browser.newContext();
+  const bobCtx = await browser.newContext();
+  const ada = await open(adaCtx, "Ada", "demo6");
+  const bob = await open(bobCtx, "Bob", "demo6");
+  await until(async () => (await ada.$$eval("#users .user", (us) => us.length)) === 2, "two users on Ada's page");
+  await bob.selectOption("#my-readiness", "busy");
+  const bobCard = () => ada.evaluate(() => {
+    for (const u of document.querySelectorAll("#users .user")) {
+      if (u.querySelector("b").textContent.startsWith("Bob")) {
+        return { readiness: u.querySelector(".readiness").textContent, status: u.querySelector(".call-status")?.textContent };
+      }
+    }
+    return null;
+  });
+  await until(async () => (await bobCard())?.readiness === "readiness: busy", "Bob busy on Ada's page");
+  assert.match(await ada.textContent("#sessions"), /busy \(audio, video\)/);
+  await ada.click("#users .call");
+  await until(async () => (await bobCard())?.status.startsWith("waiting (unlikely: busy)"), "Ada waits");
+  await until(async () => (await bob.textContent("#inbox")).startsWith("Ada would like to call"), "Bob sees the intent");
+  await bob.selectOption("#my-readiness", "available");
+  // Bob's tab turned idle meanwhile (no input): ready once he uses it again.
+  await until(async () => {
+    await bob.mouse.move(20 + Math.random() * 50, 20);
+    return (await bobCard())?.status === "ready — ring now";
+  }, "ready — ring now");
+  await adaCtx.close();
+  await bobCtx.close();
+});

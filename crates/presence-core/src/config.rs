@@ -112,6 +112,17 @@ pub struct Limits {
     pub full_view_max_members: usize,
     /// How many users one watch list may name.
     pub max_watch_users: usize,
+    /// How many capabilities one session may declare.
+    pub max_capabilities: usize,
+    /// How many intents one user may have waiting (as the caller).
+    pub max_intents_per_user: usize,
+    /// How many intents may wait for one user (as the callee): what every
+    /// check of that user's intents reads.
+    pub max_intents_to_user: usize,
+    /// The longest an intent may wait (`ttlMs`).
+    pub max_intent_ttl_ms: Millis,
+    /// The largest intent `note`, in bytes.
+    pub max_note_bytes: usize,
 }
 
 impl Default for Limits {
@@ -124,6 +135,11 @@ impl Default for Limits {
             max_message_bytes: 65_536,
             full_view_max_members: 1_000,
             max_watch_users: 1_000,
+            max_capabilities: 16,
+            max_intents_per_user: 16,
+            max_intents_to_user: 64,
+            max_intent_ttl_ms: 600_000,
+            max_note_bytes: 256,
         }
     }
 }

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::ids::{RoomId, SessionId, UserId};
+use crate::reach::{Capabilities, Readiness};
 use crate::session::SessionStatus;
 use crate::time::Millis;
 use crate::user::{Confidence, UserStatus};
@@ -160,7 +161,12 @@ patchable!(
             status: SessionStatus = "status",
         ],
         timestamps: [last_heartbeat_at = "lastHeartbeatAt"],
-        optional: [handle: String, state: JsonMap],
+        optional: [
+            handle: String,
+            state: JsonMap,
+            readiness: Readiness,
+            capabilities: Capabilities,
+        ],
     }
 );
 
@@ -284,6 +290,8 @@ mod tests {
             status,
             last_heartbeat_at: hb,
             state: state.map(|v| json!({ "v": v }).as_object().unwrap().clone()),
+            readiness: None,
+            capabilities: None,
         }
     }
 

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, RoomId, SessionId, UserId};
+use crate::reach::Declared;
 use crate::session::SessionStatus;
 use crate::time::Millis;
 use crate::user::UserStatus;
@@ -92,6 +93,9 @@ pub struct EventMember {
     pub last_active_at: Millis,
     /// When its state in the room last changed.
     pub state_updated_at: Millis,
+    /// Its readiness and capabilities (left out when the default).
+    #[serde(default, flatten)]
+    pub declared: Declared,
 }
 
 impl PresenceEvent {
@@ -118,6 +122,7 @@ impl PresenceEvent {
             last_active_at: m.last_active_at,
             state: self.state.clone(),
             state_updated_at: m.state_updated_at,
+            declared: m.declared.clone(),
         })
     }
 

@@ -17,6 +17,7 @@
 //! - [`event`]: the v1 presence event published on every transition.
 //! - [`live`]: a room's view kept current from its events, and its diffs.
 //! - [`vouch`]: when a node may answer a heartbeat of its own session alone.
+//! - [`intent`]: a caller's wait for a user to become reachable now.
 //! - [`reach`]: whether a user can be reached now for what a caller needs
 //!   (readiness, capabilities), and on which session first.
 
@@ -24,6 +25,7 @@ pub mod config;
 pub mod diff;
 pub mod event;
 pub mod ids;
+pub mod intent;
 pub mod live;
 pub mod page;
 pub mod reach;
@@ -38,10 +40,11 @@ pub use config::{Limits, Timings};
 pub use diff::{RoomDiff, SessionPatch, UserPatch};
 pub use event::{EventKind, EventMember, PresenceEvent};
 pub use ids::{IdError, NodeId, RoomId, SessionId, UserId};
+pub use intent::{Intent, IntentNotice, IntentOutcome};
 pub use page::{Page, PageCursor, RoomCounts, StatusCounts};
 pub use reach::{
-    derive_reach, Capabilities, CapabilityError, Reach, ReachReason, ReachSignal, Reachability,
-    Readiness,
+    derive_reach, Capabilities, CapabilityError, Declared, Reach, ReachReason, ReachSignal,
+    Reachability, Readiness,
 };
 pub use session::{Activity, Liveness, Pulse, SessionFacts, SessionStatus};
 pub use time::{Clock, ManualClock, Millis, SystemClock};

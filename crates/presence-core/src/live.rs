@@ -495,6 +495,17 @@ mod tests {
             last_active_at: t / 2,
             state: state.map(|n| json!({ "n": n }).as_object().unwrap().clone()),
             state_updated_at: t,
+            // Some members declare a readiness and capabilities, and a status
+            // change may change them: events carry them like the handle.
+            declared: crate::Declared {
+                readiness: if (s as Millis + t) % 3 == 0 {
+                    crate::Readiness::Busy
+                } else {
+                    crate::Readiness::Available
+                },
+                capabilities: crate::Capabilities::parse((s % 2 == 1).then_some("audio"), 4)
+                    .unwrap(),
+            },
         }
     }
 
@@ -527,6 +538,7 @@ mod tests {
                 last_heartbeat_at: m.last_heartbeat_at,
                 last_active_at: m.last_active_at,
                 state_updated_at: m.state_updated_at,
+                declared: m.declared.clone(),
             }),
         }
     }

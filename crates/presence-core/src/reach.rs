@@ -58,6 +58,11 @@ impl Readiness {
         }
     }
 
+    /// Whether this is the default, `available` (left out on the wire).
+    pub fn is_available(&self) -> bool {
+        *self == Readiness::Available
+    }
+
     /// Parses the wire name.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
@@ -141,6 +146,40 @@ impl Capabilities {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+impl Capabilities {
+    /// The names joined with `,` (how a Redis session hash keeps them).
+    pub fn joined(&self) -> String {
+        self.iter().collect::<Vec<_>>().join(",")
+    }
+
+    /// The set a hash field holds (as [`Capabilities::joined`] wrote it):
+    /// names that are not valid are dropped, never an error, since the store
+    /// only ever wrote valid ones.
+    pub fn from_joined(s: &str) -> Self {
+        Capabilities(
+            s.split(',')
+                .filter(|n| Capabilities::parse([*n], 1).is_ok())
+                .map(str::to_owned)
+                .collect(),
+        )
+    }
+}
+
+/// What a session's client declares about taking a call: its readiness and
+/// its capabilities. A session fact like its handle: kept in the store,
+/// fenced by epoch, carried by events and room views (left out when it is
+/// the default: `available`, no capabilities).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Declared {
+    /// Whether it may be interrupted.
+    #[serde(default, skip_serializing_if = "Readiness::is_available")]
+    pub readiness: Readiness,
+    /// What it can do.
+    #[serde(default, skip_serializing_if = "Capabilities::is_empty")]
+    pub capabilities: Capabilities,
 }
 
 /// How reachable a user is for a need, best first.

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Timings;
 use crate::ids::{NodeId, SessionId, UserId};
+use crate::reach::Declared;
 use crate::time::Millis;
 use crate::JsonMap;
 
@@ -118,6 +119,8 @@ pub struct SessionFacts {
     pub disconnected_at: Option<Millis>,
     /// Small JSON object given at hello.
     pub meta: Option<JsonMap>,
+    /// Readiness and capabilities, as its client last declared them.
+    pub declared: Declared,
 }
 
 impl SessionFacts {
@@ -296,6 +299,7 @@ mod tests {
             connected_at: at,
             disconnected_at: None,
             meta: None,
+            declared: Default::default(),
         }
     }
 

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{RoomId, SessionId, UserId};
+use crate::reach::{Capabilities, Declared, Readiness};
 use crate::session::SessionStatus;
 use crate::time::Millis;
 use crate::user::{derive_user, Confidence, SessionSignal, UserStatus};
@@ -28,6 +29,12 @@ pub struct SessionPresence {
     /// Its state in this room (absent outside rooms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<JsonMap>,
+    /// Its declared readiness; absent means `available`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<Readiness>,
+    /// Its capabilities; absent means none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
 }
 
 /// One user as observers see them, derived from their sessions in scope.
@@ -73,6 +80,8 @@ pub struct Member {
     pub state: Option<JsonMap>,
     /// When that state last changed (join or patch).
     pub state_updated_at: Millis,
+    /// Readiness and capabilities.
+    pub declared: Declared,
 }
 
 /// Users and sessions, keyed for diffing.
@@ -214,6 +223,8 @@ impl From<Member> for SessionPresence {
             status: m.status,
             last_heartbeat_at: m.last_heartbeat_at,
             state: m.state,
+            readiness: (!m.declared.readiness.is_available()).then_some(m.declared.readiness),
+            capabilities: (!m.declared.capabilities.is_empty()).then_some(m.declared.capabilities),
         }
     }
 }
@@ -264,6 +275,7 @@ mod tests {
             last_active_at: 50,
             state: Some(json!({ "from": s }).as_object().unwrap().clone()),
             state_updated_at: state_at,
+            declared: Declared::default(),
         }
     }
 

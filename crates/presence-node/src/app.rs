@@ -101,6 +101,7 @@ impl App {
     /// What the Socket.IO handlers get.
     fn socket_context(&self) -> Result<SocketContext, StartError> {
         let per_sec = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        let bindings = Arc::new(crate::socket::Bindings::default());
         Ok(SocketContext {
             node: self.node.clone(),
             store: self.store.clone(),
@@ -111,13 +112,20 @@ impl App {
             events_per_sec: per_sec(self.config.rate_limit_per_sec),
             signals_per_sec: per_sec(self.config.signal_rate_per_sec),
             hello_timeout: Duration::from_millis(self.config.hello_timeout_ms),
-            bindings: Default::default(),
+            coordinator: Arc::new(crate::coordination::Coordinator {
+                store: self.store.clone(),
+                clock: self.node.clock.clone(),
+                bindings: bindings.clone(),
+            }),
+            bindings,
         })
     }
 
     /// What the HTTP handlers get.
-    fn api_state(&self) -> ApiState {
+    fn api_state(&self, cx: &SocketContext) -> ApiState {
         ApiState {
+            coordinator: cx.coordinator.clone(),
+            limits: cx.limits,
             store: self.store.clone(),
             node: self.node.clone(),
             fanout: self.fanout.clone(),
@@ -183,6 +191,9 @@ impl App {
                 }
             })
         };
+        // Every node's intent notices, for the sockets this one holds (after
+        // the node's channels are followed, above).
+        let intents = cx.coordinator.spawn_listener();
         let dispatcher = self.fanout.spawn_dispatcher();
         let lease = LeaseSlot::default();
         let reaper = tokio::spawn(
@@ -203,7 +214,7 @@ impl App {
         ));
 
         let origins: Arc<[String]> = self.config.allowed_origins.clone().into();
-        let mut router = crate::http::router(self.api_state())
+        let mut router = crate::http::router(self.api_state(&cx))
             .layer(self.layer)
             .layer(axum::middleware::from_fn_with_state(
                 origins,
@@ -249,6 +260,7 @@ impl App {
         dispatcher.abort();
         registry.abort();
         takeovers.abort();
+        intents.abort();
         // The drain has released the lease; this waits for it (bounded).
         let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
         match tokio::time::timeout(

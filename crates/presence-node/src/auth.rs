@@ -31,6 +31,10 @@ pub struct Grant {
     pub user_id: UserId,
     /// The rooms it may join.
     pub rooms: RoomPatterns,
+    /// The users whose reachability it may ask and whom it may send an
+    /// intent without sharing a room with them (`reach`: the same patterns,
+    /// of user ids).
+    pub reach: RoomPatterns,
     /// When the token expires (Unix ms).
     pub expires_at: Millis,
 }
@@ -49,7 +53,11 @@ impl RoomPatterns {
 
     /// Whether `room` matches one of the patterns.
     pub fn allows(&self, room: &RoomId) -> bool {
-        let room = room.as_str();
+        self.allows_id(room.as_str())
+    }
+
+    /// Whether the id `room` (a room's, or for `reach` a user's) matches.
+    pub fn allows_id(&self, room: &str) -> bool {
         self.0.iter().any(|p| match p.strip_suffix('*') {
             Some(prefix) => room.starts_with(prefix),
             None => p == room,
@@ -104,6 +112,8 @@ struct Claims {
     iat: Option<u64>,
     #[serde(default)]
     rooms: Option<Vec<String>>,
+    #[serde(default)]
+    reach: Option<Vec<String>>,
 }
 
 /// Verifies handshake tokens with the configured key.
@@ -217,7 +227,8 @@ impl Verifier {
                     "signed with another algorithm than this node accepts".into(),
                 ),
                 ErrorKind::Json(_) => AuthError::InvalidClaims(
-                    "sub must be a string, exp a number and rooms a list of strings".into(),
+                    "sub must be a string, exp a number, and rooms and reach lists of strings"
+                        .into(),
                 ),
                 _ => AuthError::Malformed(e.to_string()),
             },
@@ -242,6 +253,7 @@ impl Verifier {
         Ok(Grant {
             user_id,
             rooms: RoomPatterns::new(c.rooms.unwrap_or_default()),
+            reach: RoomPatterns::new(c.reach.unwrap_or_default()),
             expires_at: i64::try_from(exp)
                 .unwrap_or(i64::MAX / 1000)
                 .saturating_mul(1000),

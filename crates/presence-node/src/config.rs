@@ -133,6 +133,24 @@ pub struct Config {
     /// what a hub indexes and filters each flush for a watcher.
     #[arg(long, env = "PRESENCE_MAX_WATCH_USERS", default_value_t = 1_000)]
     pub max_watch_users: usize,
+    /// Capabilities one session may declare (`capabilities`): what every
+    /// view entry and reachability check carries per session.
+    #[arg(long, env = "PRESENCE_MAX_CAPABILITIES", default_value_t = 16)]
+    pub max_capabilities: usize,
+    /// Intents one user may have waiting as the caller: keeps one user from
+    /// flooding others with `presence:intent_received`.
+    #[arg(long, env = "PRESENCE_MAX_INTENTS_PER_USER", default_value_t = 16)]
+    pub max_intents_per_user: usize,
+    /// Intents that may wait for one user: what each check of that user's
+    /// intents reads (on hello, readiness, and a return to activity).
+    #[arg(long, env = "PRESENCE_MAX_INTENTS_TO_USER", default_value_t = 64)]
+    pub max_intents_to_user: usize,
+    /// The longest an intent may wait (`ttlMs`), in ms.
+    #[arg(long, env = "PRESENCE_MAX_INTENT_TTL_MS", default_value_t = 600_000)]
+    pub max_intent_ttl_ms: i64,
+    /// The largest intent `note`, in bytes.
+    #[arg(long, env = "PRESENCE_MAX_INTENT_NOTE_BYTES", default_value_t = 256)]
+    pub max_note_bytes: usize,
     /// Largest Socket.IO message; a larger one closes the connection.
     #[arg(long, env = "PRESENCE_MAX_PAYLOAD_BYTES", default_value_t = 65_536)]
     pub max_payload_bytes: u64,
@@ -216,6 +234,11 @@ impl Config {
             max_message_bytes: self.max_message_bytes,
             full_view_max_members: self.full_view_max_members,
             max_watch_users: self.max_watch_users,
+            max_capabilities: self.max_capabilities,
+            max_intents_per_user: self.max_intents_per_user,
+            max_intents_to_user: self.max_intents_to_user,
+            max_intent_ttl_ms: self.max_intent_ttl_ms,
+            max_note_bytes: self.max_note_bytes,
         }
     }
 

@@ -1,5 +1,5 @@
 //! The HTTP API: health, who's online, room presence and stats, bulk user
-//! status, cluster membership, and the demo page.
+//! status, reachability and intents, cluster membership, and the demo page.
 //!
 //! Every error is a JSON body `{ ok: false, error: { code, message } }` with
 //! a 4xx/5xx status, never a bare text response.
@@ -31,6 +31,10 @@ use crate::wire::{ErrorCode, WireError};
 /// What the HTTP handlers need, and nothing more. Cheap to clone.
 #[derive(Clone)]
 pub struct ApiState {
+    /// Reachability and intents.
+    pub coordinator: Arc<crate::coordination::Coordinator>,
+    /// Limits on what requests carry (`need`, intents).
+    pub limits: presence_core::Limits,
     /// The authoritative state.
     pub store: Arc<dyn PresenceStore>,
     /// This node.
@@ -138,6 +142,8 @@ pub fn router(api: ApiState) -> Router {
         .route("/api/rooms/{room_id}/presence", get(room_presence))
         .route("/api/rooms/{room_id}/stats", get(room_stats))
         .route("/api/users/status", post(users_status))
+        .route("/api/users/{user_id}/reachability", get(reachability))
+        .route("/api/intents", post(make_intent))
         .route("/api/cluster", get(cluster))
         .route_layer(middleware::from_fn_with_state(api.clone(), require_api_key));
     Router::new()
@@ -398,10 +404,8 @@ async fn room_stats(State(api): State<ApiState>, Path(raw): Path<String>) -> Api
     ))
 }
 
-async fn users_status(
-    State(api): State<ApiState>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+/// A request's JSON body, or a `400`/`413` naming `body`.
+fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, WireError> {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             WireError::too_large("body", MAX_BODY_BYTES + 1, MAX_BODY_BYTES)
@@ -409,8 +413,56 @@ async fn users_status(
             WireError::bad("body", e.body_text())
         }
     })?;
-    let v: Value = serde_json::from_slice(&body)
-        .map_err(|e| WireError::bad("body", format!("invalid JSON: {e}")))?;
+    serde_json::from_slice(&body).map_err(|e| WireError::bad("body", format!("invalid JSON: {e}")))
+}
+
+/// `GET /api/users/{userId}/reachability?need=audio,video`: the API key
+/// sees every user.
+async fn reachability(
+    State(api): State<ApiState>,
+    Path(user): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let user = UserId::new(&user).map_err(|e| WireError::bad("userId", e))?;
+    let need = crate::wire::need_param(q.get("need").map(String::as_str), &api.limits)?;
+    let (reach, _) = api.coordinator.reach(&user, &need).await?;
+    Ok(Json(json!({
+        "ok": true,
+        "userId": user,
+        "need": need,
+        "reachability": reach.reachability,
+        "confidence": reach.confidence,
+        "session": reach.session,
+        "reason": reach.reason,
+    })))
+}
+
+/// `POST /api/intents` `{ from, userId, need, ttlMs, note? }`: an intent made
+/// by a backend on behalf of `from`. The callee's sessions hear of it like
+/// any other; its outcome has no session to go to.
+async fn make_intent(
+    State(api): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let v = json_body(body)?;
+    let req = crate::wire::intent(&v, &api.limits)?;
+    let from = match v.get("from") {
+        Some(Value::String(s)) => UserId::new(s).map_err(|e| WireError::bad("from", e))?,
+        Some(_) => return Err(WireError::bad("from", "must be a user id").into()),
+        None => return Err(WireError::bad("from", "is required").into()),
+    };
+    let intent = api.coordinator.intent(from, None, req);
+    api.coordinator.make(intent.clone()).await?;
+    Ok(Json(
+        json!({ "ok": true, "intentId": intent.id, "expiresAt": intent.expires_at }),
+    ))
+}
+
+async fn users_status(
+    State(api): State<ApiState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let v = json_body(body)?;
     let ids = v
         .get("userIds")
         .and_then(Value::as_array)

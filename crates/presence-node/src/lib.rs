@@ -11,6 +11,7 @@
 //! - [`acks`]: what the node sends besides diffs (acks, relayed signals, notices), one type each.
 //! - [`socket`]: the `presence:*` Socket.IO handlers and the connection state.
 //! - [`fanout`]: per-room hubs that turn changes into snapshots and throttled diffs.
+//! - [`coordination`]: reachability answers and intents ("tell me when they are reachable now").
 //! - [`http`]: the HTTP API and the demo page.
 //! - [`node`]: this node's identity and counters, and its registration.
 //! - [`reaper`]: the leader lease and the sweeps of whoever holds it.
@@ -25,6 +26,7 @@ pub mod acks;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod coordination;
 pub mod error;
 pub mod fanout;
 pub mod http;

@@ -26,6 +26,12 @@ pub fn request(event: &'static str, result: &'static str) {
     metrics::counter!("presence_requests_total", "event" => event, "result" => result).increment(1);
 }
 
+/// An intent made, or resolved on this node (`reachable`, `expired`,
+/// `cancelled`).
+pub fn intent(what: &'static str) {
+    metrics::counter!("presence_intents_total", "outcome" => what).increment(1);
+}
+
 /// A connection the node closed, by reason (`hello_timeout`: no session in
 /// time; `bad_packet`: a packet it could not or would not parse, such as
 /// binary attachments).

@@ -7,8 +7,10 @@
 use std::collections::BTreeSet;
 
 use presence_core::page::{PageCursor, DEFAULT_PAGE, JOIN_PAGE, MAX_JOIN_PAGE, MAX_PAGE};
-use presence_core::{Activity, IdError, JsonMap, Limits, RoomId, SessionId, UserId};
-use presence_store::StoreError;
+use presence_core::{
+    Activity, Capabilities, IdError, JsonMap, Limits, Millis, Readiness, RoomId, SessionId, UserId,
+};
+use presence_store::{Declare, StoreError};
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
@@ -144,9 +146,9 @@ impl From<StoreError> for WireError {
             StoreError::StaleEpoch { .. } => ErrorCode::StaleEpoch,
             StoreError::NotJoined(_) => ErrorCode::NotJoined,
             StoreError::Forbidden(_) => ErrorCode::Forbidden,
-            StoreError::TooManyRooms { .. } | StoreError::TooManySessions { .. } => {
-                ErrorCode::LimitExceeded
-            }
+            StoreError::TooManyRooms { .. }
+            | StoreError::TooManySessions { .. }
+            | StoreError::TooManyIntents(_) => ErrorCode::LimitExceeded,
             StoreError::StateTooLarge { size, limit } => {
                 return WireError::too_large("state", *size, *limit)
             }
@@ -170,6 +172,30 @@ pub struct HelloReq {
     pub meta: Option<JsonMap>,
     /// Initial activity (an extension: defaults to `active`).
     pub activity: Activity,
+    /// Readiness and capabilities, when given.
+    pub declare: Declare,
+}
+
+/// A decoded `presence:reachability`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReachReq {
+    /// Whom the caller would reach.
+    pub user_id: UserId,
+    /// What the callee's session must be able to do.
+    pub need: Capabilities,
+}
+
+/// A decoded `presence:intent`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntentReq {
+    /// Whom the caller waits for.
+    pub user_id: UserId,
+    /// What the callee's session must be able to do.
+    pub need: Capabilities,
+    /// How long to wait.
+    pub ttl_ms: Millis,
+    /// A short text for the callee.
+    pub note: Option<String>,
 }
 
 /// A decoded `presence:join`.
@@ -391,6 +417,51 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// `readiness` and `capabilities`, each optional.
+    fn declare(&self, limits: &Limits) -> Result<Declare, WireError> {
+        let readiness = match self.get("readiness") {
+            None => None,
+            Some(Value::String(s)) => Some(Readiness::parse(s).ok_or_else(|| {
+                WireError::bad(
+                    "readiness",
+                    "must be \"available\", \"busy\", \"dnd\" or \"unavailable\"",
+                )
+            })?),
+            Some(_) => return Err(WireError::bad("readiness", "must be a string")),
+        };
+        let capabilities = match self.get("capabilities") {
+            None => None,
+            Some(v) => Some(Self::capabilities(v, "capabilities", limits)?),
+        };
+        Ok(Declare {
+            readiness,
+            capabilities,
+        })
+    }
+
+    /// A list of capability names: an array of strings, or for `need` one
+    /// string of names separated by commas.
+    fn capabilities(
+        v: &Value,
+        field: &'static str,
+        limits: &Limits,
+    ) -> Result<Capabilities, WireError> {
+        let names: Vec<&str> = match v {
+            Value::Array(a) => a
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Option<_>>()
+                .ok_or_else(|| WireError::bad(field, "must be an array of strings"))?,
+            Value::String(s) if field == "need" => s
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .collect(),
+            _ => return Err(WireError::bad(field, "must be an array of strings")),
+        };
+        Capabilities::parse(names, limits.max_capabilities).map_err(|e| WireError::bad(field, e))
+    }
+
     fn activity(&self) -> Result<Option<Activity>, WireError> {
         match self.get("activity") {
             None => Ok(None),
@@ -456,7 +527,97 @@ pub fn hello(v: &Value, limits: &Limits, subject: Option<&UserId>) -> Result<Hel
         session_id: o.id("sessionId", SessionId::new)?,
         meta: o.object("meta", limits.max_meta_bytes)?,
         activity: o.activity()?.unwrap_or_default(),
+        declare: o.declare(limits)?,
     })
+}
+
+/// Decodes `presence:readiness`: `readiness`, `capabilities` or both.
+pub fn readiness(v: &Value, limits: &Limits) -> Result<Declare, WireError> {
+    let d = Obj::of(v)?.declare(limits)?;
+    if d.readiness.is_none() && d.capabilities.is_none() {
+        return Err(WireError::bad(
+            "readiness",
+            "readiness or capabilities is required",
+        ));
+    }
+    Ok(d)
+}
+
+/// The `need` of a reachability question or an intent (none: any session).
+fn need(o: &Obj<'_>, limits: &Limits) -> Result<Capabilities, WireError> {
+    match o.get("need") {
+        None => Ok(Capabilities::default()),
+        Some(v) => Obj::capabilities(v, "need", limits),
+    }
+}
+
+/// Decodes `presence:reachability`.
+pub fn reachability(v: &Value, limits: &Limits) -> Result<ReachReq, WireError> {
+    let o = Obj::of(v)?;
+    Ok(ReachReq {
+        user_id: o.required_id("userId", UserId::new)?,
+        need: need(&o, limits)?,
+    })
+}
+
+/// The `need` query parameter of `GET /api/users/{userId}/reachability`
+/// (names separated by commas).
+pub fn need_param(s: Option<&str>, limits: &Limits) -> Result<Capabilities, WireError> {
+    match s {
+        None => Ok(Capabilities::default()),
+        Some(s) => Obj::capabilities(&Value::String(s.to_owned()), "need", limits),
+    }
+}
+
+/// Decodes `presence:intent` (and the body of `POST /api/intents`, whose
+/// callee is `to` or `userId`).
+pub fn intent(v: &Value, limits: &Limits) -> Result<IntentReq, WireError> {
+    let o = Obj::of(v)?;
+    let ttl_ms = match o.get("ttlMs") {
+        None => return Err(WireError::bad("ttlMs", "is required")),
+        Some(v) => v
+            .as_i64()
+            .filter(|t| (1..=limits.max_intent_ttl_ms).contains(t))
+            .ok_or_else(|| {
+                WireError::bad(
+                    "ttlMs",
+                    format!(
+                        "must be an integer from 1 to {} (PRESENCE_MAX_INTENT_TTL_MS)",
+                        limits.max_intent_ttl_ms
+                    ),
+                )
+            })?,
+    };
+    let note = match o.get("note") {
+        None => None,
+        Some(Value::String(s)) if s.len() > limits.max_note_bytes => {
+            return Err(WireError::too_large("note", s.len(), limits.max_note_bytes))
+        }
+        Some(Value::String(s)) if s.chars().any(|c| c.is_control() || hides_or_reorders(c)) => {
+            return Err(WireError::bad(
+                "note",
+                "must not contain control, zero-width or bidirectional control characters",
+            ))
+        }
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(WireError::bad("note", "must be a string")),
+    };
+    Ok(IntentReq {
+        user_id: o.required_id("userId", UserId::new)?,
+        need: need(&o, limits)?,
+        ttl_ms,
+        note,
+    })
+}
+
+/// Decodes `presence:intent_cancel`: the id of the caller's intent.
+pub fn intent_id(v: &Value) -> Result<String, WireError> {
+    match Obj::of(v)?.get("intentId") {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 64 => Ok(s.clone()),
+        Some(Value::String(_)) => Err(WireError::bad("intentId", "must be 1..=64 bytes")),
+        Some(_) => Err(WireError::bad("intentId", "must be a string")),
+        None => Err(WireError::bad("intentId", "is required")),
+    }
 }
 
 /// Decodes `presence:join`.

@@ -58,6 +58,7 @@ async fn main() {
             async move {
                 let s = store
                     .hello(Hello {
+                        declare: Default::default(),
                         session_id: None,
                         user_id: UserId::new(&format!("user-{i}")).expect("user id"),
                         handle: None,

@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use presence_core::page::{page_of, PageCursor};
 use presence_core::view::{build_view, Entries, Member};
 use presence_core::{
-    Activity, JsonMap, Millis, NodeId, PresenceEvent, RoomId, RoomView, SessionId, UserId,
+    Activity, Capabilities, Declared, Intent, IntentNotice, IntentOutcome, JsonMap, Millis, NodeId,
+    PresenceEvent, ReachSignal, Readiness, RoomId, RoomView, SessionId, SessionStatus, UserId,
     UserSummary,
 };
 use tokio::sync::{broadcast, watch};
@@ -24,6 +25,24 @@ pub const EVENT_BUFFER: usize = 16_384;
 /// them and a connection that had lost the session stays fenced.
 pub const TOMBSTONE_MS: Millis = 600_000;
 
+/// How long a resolved intent is kept past its TTL for its outcome to be
+/// delivered (its caller may be reconnecting, to another node).
+pub const INTENT_KEEP_MS: Millis = 60_000;
+
+/// The refusal of an intent whose caller has `limit` waiting.
+pub fn too_many_from(limit: usize) -> StoreError {
+    StoreError::TooManyIntents(format!(
+        "a user may have at most {limit} intents waiting (PRESENCE_MAX_INTENTS_PER_USER); cancel one first"
+    ))
+}
+
+/// The refusal of an intent for a callee that has `limit` waiting for them.
+pub fn too_many_to(limit: usize) -> StoreError {
+    StoreError::TooManyIntents(format!(
+        "at most {limit} intents may wait for one user (PRESENCE_MAX_INTENTS_TO_USER)"
+    ))
+}
+
 /// A claim of a session by a new connection (`presence:hello`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hello {
@@ -37,8 +56,66 @@ pub struct Hello {
     pub meta: Option<JsonMap>,
     /// What the client reports at hello.
     pub activity: Activity,
+    /// Readiness and capabilities, when the client declares them (a resumed
+    /// session keeps what it had for what is not given).
+    pub declare: Declare,
     /// The node whose connection claims it.
     pub node_id: NodeId,
+}
+
+/// What a connection declares about taking calls (`presence:hello`,
+/// `presence:readiness`); `None` keeps what the session has.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Declare {
+    /// Whether it may be interrupted.
+    pub readiness: Option<Readiness>,
+    /// What it can do (replaces the whole set).
+    pub capabilities: Option<Capabilities>,
+}
+
+impl Declare {
+    /// `declared` with this applied.
+    pub fn apply(&self, mut declared: Declared) -> Declared {
+        if let Some(r) = self.readiness {
+            declared.readiness = r;
+        }
+        if let Some(c) = &self.capabilities {
+            declared.capabilities = c.clone();
+        }
+        declared
+    }
+}
+
+/// One live session of a user, as reachability and its visibility rule read
+/// it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserSession {
+    /// The session.
+    pub session_id: SessionId,
+    /// Its recorded (derived) status.
+    pub status: SessionStatus,
+    /// The activity its client last reported.
+    pub activity: Activity,
+    /// Its readiness and capabilities.
+    pub declared: Declared,
+    /// Its last reported activity.
+    pub last_active_at: Millis,
+    /// The rooms it is in.
+    pub rooms: Vec<RoomId>,
+}
+
+impl UserSession {
+    /// The session as [`presence_core::derive_reach`] reads it.
+    pub fn signal(&self) -> ReachSignal<'_> {
+        ReachSignal {
+            session_id: &self.session_id,
+            status: self.status,
+            activity: self.activity,
+            readiness: self.declared.readiness,
+            capabilities: &self.declared.capabilities,
+            last_active_at: self.last_active_at,
+        }
+    }
 }
 
 /// The outcome of a claim.
@@ -329,6 +406,46 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// Succeeds when the store can serve requests, if perhaps not all of
     /// them ([`Health::degraded`]); fails when it can serve none.
     async fn ping(&self) -> Result<Health, StoreError>;
+
+    /// Sets what the session declares about taking calls; every room it is
+    /// in hears of a change (an `update` event). Returns whether anything
+    /// changed.
+    async fn declare(&self, s: &SessionRef, d: &Declare) -> Result<bool, StoreError>;
+
+    /// The live sessions of a user.
+    async fn user_sessions(&self, user: &UserId) -> Result<Vec<UserSession>, StoreError>;
+
+    /// Records a new pending intent. Refused with
+    /// [`StoreError::TooManyIntents`] when its caller already has
+    /// `max_intents_per_user` waiting, or `max_intents_to_user` wait for
+    /// its callee.
+    async fn put_intent(&self, intent: &Intent) -> Result<(), StoreError>;
+
+    /// The intents waiting for `user` (pending, not expired).
+    async fn intents_to(&self, user: &UserId) -> Result<Vec<Intent>, StoreError>;
+
+    /// The intents `user` made that are still kept: pending ones, and
+    /// resolved ones whose outcome has not been delivered yet.
+    async fn intents_from(&self, user: &UserId) -> Result<Vec<Intent>, StoreError>;
+
+    /// Resolves a pending intent, atomically, once: the resolved intent, or
+    /// `None` when it was resolved before, is gone, or may not resolve so
+    /// (see [`Intent::resolve`]).
+    async fn resolve_intent(
+        &self,
+        intent: &Intent,
+        outcome: IntentOutcome,
+    ) -> Result<Option<Intent>, StoreError>;
+
+    /// Removes an intent; true when this call removed it (whoever delivers
+    /// an outcome takes the intent first, so that it is delivered once).
+    async fn take_intent(&self, intent: &Intent) -> Result<bool, StoreError>;
+
+    /// Tells every node about an intent (it was made, or it resolved).
+    async fn publish_intent(&self, notice: &IntentNotice) -> Result<(), StoreError>;
+
+    /// Intent notices from every node, this one's included.
+    fn intent_notices(&self) -> broadcast::Receiver<IntentNotice>;
 
     /// Every event published from now on. A receiver that falls behind gets
     /// `Lagged` and must re-read the rooms it cares about.

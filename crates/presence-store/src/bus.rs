@@ -11,7 +11,10 @@
 //!
 //! A node's own bus also listens to the node's channel
 //! `<prefix>:node:{<nodeId>}`, on which other nodes tell it that one of its
-//! connections lost its session to a newer one ([`EventBus::follow_node`]).
+//! connections lost its session to a newer one ([`EventBus::follow_node`]),
+//! and the one channel of intent notices, `<prefix>:intents`, which every
+//! node hears (an intent is made or resolved at human pace; each node acts
+//! on the sessions it holds).
 //!
 //! An [`EventBus`] owns one subscriber connection and subscribes to exactly
 //! the rooms someone follows ([`EventBus::follow`] counts followers per room
@@ -30,7 +33,7 @@ use std::collections::HashMap;
 
 use fred::interfaces::PubsubInterface;
 use futures::Stream;
-use presence_core::{NodeId, PresenceEvent, RoomId};
+use presence_core::{IntentNotice, NodeId, PresenceEvent, RoomId};
 use tokio::sync::{broadcast, watch, Mutex};
 
 pub use crate::redis::conn::PubSub;
@@ -45,6 +48,9 @@ use crate::redis::listen::Listener;
 use crate::redis::route::Route;
 
 /// What a [`EventBus::stream`] yields.
+// Nearly every message is an event: boxing it would cost an allocation each
+// to save space only in the rare `Gap`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum BusMessage {
     /// One change of a followed room.
@@ -68,6 +74,7 @@ pub struct EventBus {
     /// The node whose channel this bus listens to (a node's own bus), if any.
     node: Mutex<Option<NodeId>>,
     takeovers: broadcast::Sender<Takeover>,
+    intents: broadcast::Sender<IntentNotice>,
     resyncs: watch::Sender<u64>,
     /// Publishes signals (a subscriber connection cannot).
     publisher: Route,
@@ -101,6 +108,7 @@ impl EventBus {
             signals,
             node: Mutex::new(None),
             takeovers: broadcast::Sender::new(1024),
+            intents: broadcast::Sender::new(1024),
             resyncs: watch::Sender::new(0),
             publisher,
         });
@@ -135,6 +143,16 @@ impl EventBus {
         self.publish(self.keys.node_channel(node.as_str()), t).await
     }
 
+    /// Tells every node about an intent.
+    pub async fn publish_intent(&self, notice: &IntentNotice) -> Result<(), StoreError> {
+        self.publish(self.keys.intents_channel(), notice).await
+    }
+
+    /// Intent notices, once a node's channels are followed.
+    pub fn intent_notices(&self) -> broadcast::Receiver<IntentNotice> {
+        self.intents.subscribe()
+    }
+
     /// Publishes `msg` as JSON on `channel` (sharded on Redis 7+).
     async fn publish(
         &self,
@@ -165,6 +183,7 @@ impl EventBus {
         let mut followed = self.node.lock().await;
         self.subscribe_to(vec![self.keys.node_channel(node.as_str())])
             .await?;
+        self.subscribe_to(vec![self.keys.intents_channel()]).await?;
         *followed = Some(node.clone());
         Ok(rx)
     }
@@ -271,6 +290,8 @@ impl EventBus {
         let tx = self.events.clone();
         let signals = self.signals.clone();
         let takeovers = self.takeovers.clone();
+        let intents = self.intents.clone();
+        let intents_channel = self.keys.intents_channel();
         let signal_prefix = self.keys.signals_prefix();
         let node_prefix = self.keys.node_prefix();
         tokio::spawn(async move {
@@ -288,7 +309,9 @@ impl EventBus {
                 let Some(text) = msg.value.as_string() else {
                     continue;
                 };
-                if msg.channel.starts_with(&node_prefix) {
+                if *msg.channel == *intents_channel {
+                    forward(&text, &intents, "intent notice");
+                } else if msg.channel.starts_with(&node_prefix) {
                     forward(&text, &takeovers, "node notice");
                 } else if msg.channel.starts_with(&signal_prefix) {
                     forward(&text, &signals, "signal");
@@ -323,6 +346,11 @@ impl EventBus {
                     if let Err(e) = bus.subscribe_to(vec![channel]).await {
                         failed += 1;
                         tracing::warn!(node_id = %node, error = %e, "cannot resubscribe to the node channel");
+                    }
+                    let channel = bus.keys.intents_channel();
+                    if let Err(e) = bus.subscribe_to(vec![channel]).await {
+                        failed += 1;
+                        tracing::warn!(error = %e, "cannot resubscribe to the intents channel");
                     }
                 }
                 if failed == 0 {
@@ -384,6 +412,7 @@ mod tests {
         let bus = EventBus::connect(&opts).await.unwrap();
         let c = store
             .hello(Hello {
+                declare: Default::default(),
                 session_id: None,
                 user_id: UserId::new("alice").unwrap(),
                 handle: None,

@@ -18,13 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use presence_core::{
-    Activity, Confidence, EventKind, JsonMap, Limits, ManualClock, NodeId, PresenceEvent, RoomId,
-    SessionId, SessionStatus, Timings, UserId, UserStatus,
+    Activity, Capabilities, Confidence, EventKind, Intent, IntentOutcome, JsonMap, Limits,
+    ManualClock, NodeId, PresenceEvent, Readiness, RoomId, SessionId, SessionStatus, Timings,
+    UserId, UserStatus,
 };
 use serde_json::json;
 use tokio::sync::broadcast;
 
-use crate::api::{Hello, Page, PresenceStore, SessionRef};
+use crate::api::{Declare, Hello, Page, PresenceStore, SessionRef};
 use crate::error::StoreError;
 
 /// What a factory gets to build a store with.
@@ -50,6 +51,8 @@ fn env() -> Env {
             max_meta_bytes: 64,
             max_rooms_per_session: 3,
             max_sessions_per_user: 3,
+            max_intents_per_user: 3,
+            max_intents_to_user: 4,
             ..Limits::default()
         },
     }
@@ -64,12 +67,16 @@ fn rid(s: &str) -> RoomId {
 fn sid(s: &str) -> SessionId {
     SessionId::new(s).unwrap()
 }
+fn caps(names: &[&str]) -> Capabilities {
+    Capabilities::parse(names, 16).unwrap()
+}
 fn obj(v: serde_json::Value) -> JsonMap {
     v.as_object().cloned().expect("an object")
 }
 
 fn hello(user: &str, session: Option<&str>) -> Hello {
     Hello {
+        declare: Default::default(),
         session_id: session.map(sid),
         user_id: uid(user),
         handle: Some(format!("{user}!")),
@@ -827,5 +834,103 @@ cases! {
         let new = store.sweep(7).await.unwrap();
         assert_eq!(new.expired, 1);
         assert_eq!(store.room_stats(&rid("doc")).await.unwrap().sessions, 0);
+    }
+
+    /// Readiness and capabilities are session facts: declared at hello and
+    /// later, fenced by epoch, carried by events and room views, kept by a
+    /// resume that does not repeat them, and read per user for reachability.
+    async fn readiness_is_a_fenced_session_fact_in_views_and_events(store, env) {
+        let mut rx = subscribe(store, &["call"]).await;
+        let first = store.room_members(&rid("call")).await.unwrap();
+        let mut live = presence_core::live::LiveRoom::new(rid("call"), first.seq, first.members);
+        let mut h = hello("bob", Some("b1"));
+        h.declare = Declare { readiness: None, capabilities: Some(caps(&["audio", "video"])) };
+        let c = store.hello(h).await.unwrap();
+        let b = SessionRef { session_id: c.session_id, epoch: c.epoch };
+        store.join(&b, &rid("call"), None).await.unwrap();
+        let busy = Declare { readiness: Some(Readiness::Busy), capabilities: None };
+        assert!(store.declare(&b, &busy).await.unwrap());
+        assert!(!store.declare(&b, &busy).await.unwrap(), "the same again changes nothing");
+        let evs = drain(&mut rx).await;
+        assert_eq!(evs.len(), 2, "a join and one update: {evs:?}");
+        assert_eq!(evs[1].kind, EventKind::Update);
+        for ev in &evs {
+            assert_eq!(live.apply(ev), presence_core::live::Applied::Applied, "{ev:?}");
+        }
+        let view = store.room_view(&rid("call")).await.unwrap();
+        assert_eq!(live.view(view.generated_at), view);
+        let entry = &view.sessions["b1"];
+        assert_eq!(entry.readiness, Some(Readiness::Busy));
+        assert_eq!(entry.capabilities, Some(caps(&["audio", "video"])));
+        // A resume that declares nothing keeps what the session declared.
+        store.disconnect(&b).await.unwrap();
+        let c = store.hello(hello("bob", Some("b1"))).await.unwrap();
+        let b2 = SessionRef { session_id: c.session_id, epoch: c.epoch };
+        let mine = store.user_sessions(&uid("bob")).await.unwrap();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].declared.readiness, Readiness::Busy);
+        assert_eq!(mine[0].declared.capabilities, caps(&["audio", "video"]));
+        assert_eq!(mine[0].rooms, vec![rid("call")]);
+        // The old connection is fenced.
+        let back = Declare { readiness: Some(Readiness::Available), capabilities: None };
+        assert!(matches!(store.declare(&b, &back).await, Err(StoreError::StaleEpoch { .. })));
+        assert!(store.declare(&b2, &back).await.unwrap());
+        let view = store.room_view(&rid("call")).await.unwrap();
+        assert_eq!(view.sessions["b1"].readiness, None, "available is the default, left out");
+    }
+
+    /// An intent waits for its callee, resolves once, counts against both
+    /// users' limits while it waits, and is taken once.
+    async fn intents_resolve_once_and_are_limited(store, env) {
+        let make = |n: usize, from: &str, to: &str| Intent {
+            id: format!("i{n}-{from}-{to}"),
+            from: uid(from),
+            from_session: Some(sid("s-caller")),
+            to: uid(to),
+            need: caps(&["audio"]),
+            note: Some("Ada would like to call".into()),
+            created_at: T0,
+            expires_at: T0 + 10_000,
+            outcome: None,
+        };
+        let first = make(0, "ada", "bob");
+        store.put_intent(&first).await.unwrap();
+        assert_eq!(store.intents_to(&uid("bob")).await.unwrap(), vec![first.clone()]);
+        assert_eq!(store.intents_from(&uid("ada")).await.unwrap(), vec![first.clone()]);
+        let per_user = env.limits.max_intents_per_user;
+        for n in 1..per_user {
+            store.put_intent(&make(n, "ada", &format!("u{n}"))).await.unwrap();
+        }
+        let refused = store.put_intent(&make(99, "ada", "carol")).await;
+        assert!(matches!(refused, Err(StoreError::TooManyIntents(_))), "{refused:?}");
+        assert!(store.intents_to(&uid("carol")).await.unwrap().is_empty(), "nothing written");
+        let ready = IntentOutcome::Reachable { session_id: sid("s-bob") };
+        let won = store.resolve_intent(&first, ready.clone()).await.unwrap().unwrap();
+        assert_eq!(won.outcome, Some(ready.clone()));
+        assert_eq!(store.resolve_intent(&first, ready).await.unwrap(), None, "once");
+        assert_eq!(store.resolve_intent(&first, IntentOutcome::Expired).await.unwrap(), None);
+        assert!(store.intents_to(&uid("bob")).await.unwrap().is_empty(), "no longer waiting");
+        let kept = store.intents_from(&uid("ada")).await.unwrap();
+        assert!(kept.contains(&won), "kept until delivered: {kept:?}");
+        assert!(store.take_intent(&won).await.unwrap());
+        assert!(!store.take_intent(&won).await.unwrap(), "taken once");
+        // Past its TTL an intent only expires.
+        let late = make(1, "ada", "u1");
+        env.clock.advance(10_000);
+        let ready = IntentOutcome::Reachable { session_id: sid("s-u1") };
+        assert_eq!(store.resolve_intent(&late, ready).await.unwrap(), None);
+        let expired = store.resolve_intent(&late, IntentOutcome::Expired).await.unwrap().unwrap();
+        assert_eq!(expired.outcome, Some(IntentOutcome::Expired));
+        // Expired intents no longer count: the caller may make new ones.
+        store.put_intent(&Intent { expires_at: T0 + 20_000, ..make(100, "ada", "carol") }).await.unwrap();
+        // A callee has a limit of their own.
+        let to_limit = env.limits.max_intents_to_user;
+        for n in 0..to_limit {
+            let from = format!("f{n}");
+            store.put_intent(&Intent { expires_at: T0 + 20_000, ..make(n, &from, "dave") }).await.unwrap();
+        }
+        let refused = store.put_intent(&Intent { expires_at: T0 + 20_000, ..make(0, "erin", "dave") }).await;
+        assert!(matches!(refused, Err(StoreError::TooManyIntents(_))), "{refused:?}");
+        assert!(store.intents_from(&uid("erin")).await.unwrap().is_empty(), "not counted for its caller");
     }
 }

@@ -34,6 +34,10 @@ pub enum StoreError {
         /// The configured limit.
         limit: usize,
     },
+    /// The caller has as many intents waiting as allowed, or as many wait
+    /// for the callee.
+    #[error("{0}")]
+    TooManyIntents(String),
     /// The room state would be larger than allowed.
     #[error("state would be {size} bytes; the limit is {limit}")]
     StateTooLarge {

@@ -27,9 +27,9 @@ pub mod memory;
 pub mod redis;
 
 pub use api::{
-    Claimed, Health, Hello, Joined, Lease, NodeInfo, Online, Page, PresenceStore, RoomMembers,
-    RoomPage, RoomStats, SessionRef, Signal, Superseded, SweepReport, Takeover, EVENT_BUFFER,
-    TOMBSTONE_MS,
+    Claimed, Declare, Health, Hello, Joined, Lease, NodeInfo, Online, Page, PresenceStore,
+    RoomMembers, RoomPage, RoomStats, SessionRef, Signal, Superseded, SweepReport, Takeover,
+    UserSession, EVENT_BUFFER, INTENT_KEEP_MS, TOMBSTONE_MS,
 };
 pub use bus::{BusMessage, EventBus, Subscribed};
 pub use error::StoreError;

@@ -16,15 +16,16 @@ use presence_core::session::Liveness;
 use presence_core::user::{derive_user, SessionSignal};
 use presence_core::view::{build_view, Member};
 use presence_core::{
-    Clock, EventKind, JsonMap, Limits, Millis, NodeId, PresenceEvent, RoomId, SessionFacts,
-    SessionId, SessionStatus, Timings, UserId, UserSummary,
+    Clock, EventKind, Intent, IntentNotice, IntentOutcome, JsonMap, Limits, Millis, NodeId,
+    PresenceEvent, RoomId, SessionFacts, SessionId, SessionStatus, Timings, UserId, UserSummary,
 };
 use tokio::sync::{broadcast, watch};
 
 use crate::api::{
-    first_epoch, new_session_id, Claimed, Health, Hello, Joined, Lease, NodeInfo, Online, Page,
-    PresenceStore, RoomMembers, RoomPage, RoomStats, SessionRef, Signal, Superseded, SweepReport,
-    Takeover, EVENT_BUFFER, TOMBSTONE_MS,
+    first_epoch, new_session_id, too_many_from, too_many_to, Claimed, Declare, Health, Hello,
+    Joined, Lease, NodeInfo, Online, Page, PresenceStore, RoomMembers, RoomPage, RoomStats,
+    SessionRef, Signal, Superseded, SweepReport, Takeover, UserSession, EVENT_BUFFER,
+    INTENT_KEEP_MS, TOMBSTONE_MS,
 };
 use crate::error::StoreError;
 
@@ -42,6 +43,8 @@ pub struct MemoryStore {
     /// Takeovers to this (the only) node; the node handles its own takeovers
     /// without it, so this carries only what `notify_takeover` is given.
     takeovers: broadcast::Sender<Takeover>,
+    /// Intent notices, handed back to this (the only) node.
+    intent_notices: broadcast::Sender<IntentNotice>,
 }
 
 #[derive(Default)]
@@ -64,6 +67,8 @@ struct Inner {
     term: u64,
     /// The highest term a sweep came with.
     swept_term: u64,
+    /// Intents by id, kept until delivered or [`INTENT_KEEP_MS`] past their TTL.
+    intents: HashMap<String, Intent>,
 }
 
 /// What is left of a removed session.
@@ -127,6 +132,7 @@ impl MemoryStore {
             resyncs: watch::Sender::new(0),
             signals: broadcast::Sender::new(1),
             takeovers: broadcast::Sender::new(64),
+            intent_notices: broadcast::Sender::new(1024),
         }
     }
 
@@ -172,6 +178,7 @@ impl MemoryStore {
                 last_heartbeat_at: m.last_heartbeat_at,
                 last_active_at: m.last_active_at,
                 state_updated_at: m.state_updated_at,
+                declared: m.declared,
             }
         });
         let facts = &e.facts;
@@ -311,6 +318,7 @@ impl MemoryStore {
             last_active_at: la,
             state: m.and_then(|m| m.state.clone()),
             state_updated_at: m.map_or(0, |m| m.state_updated_at),
+            declared: e.facts.declared.clone(),
         }
     }
 
@@ -375,6 +383,9 @@ impl PresenceStore for MemoryStore {
                 if req.meta.is_some() {
                     e.facts.meta = req.meta;
                 }
+                let declared = req.declare.apply(e.facts.declared.clone());
+                let redeclared = declared != e.facts.declared;
+                e.facts.declared = declared;
                 e.facts.record_heartbeat(now, Some(req.activity));
                 for m in e.rooms.values_mut() {
                     m.refresh(&e.facts);
@@ -386,7 +397,14 @@ impl PresenceStore for MemoryStore {
                     rooms: e.rooms.keys().cloned().collect(),
                     superseded,
                 };
-                self.rederive(inner, id, now);
+                let (changed, _) = self.rederive(inner, id, now);
+                // Observers hear of a new readiness with the resume (a status
+                // change has told them already).
+                if redeclared && !changed {
+                    for room in &claimed.rooms {
+                        self.publish(inner, EventKind::Status, id, room, now);
+                    }
+                }
                 return Ok(claimed);
             }
         }
@@ -420,6 +438,7 @@ impl PresenceStore for MemoryStore {
             connected_at: now,
             disconnected_at: None,
             meta: req.meta,
+            declared: req.declare.apply(Default::default()),
         };
         facts.record_heartbeat(now, Some(req.activity));
         let status = match facts.liveness(now, &self.timings) {
@@ -732,6 +751,120 @@ impl PresenceStore for MemoryStore {
 
     async fn ping(&self) -> Result<Health, StoreError> {
         Ok(Health::default())
+    }
+
+    async fn declare(&self, s: &SessionRef, d: &Declare) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let e = Self::owned(inner, s)?;
+        let declared = d.apply(e.facts.declared.clone());
+        if declared == e.facts.declared {
+            return Ok(false);
+        }
+        e.facts.declared = declared;
+        let rooms: Vec<RoomId> = e.rooms.keys().cloned().collect();
+        for room in &rooms {
+            self.publish(inner, EventKind::Update, &s.session_id, room, now);
+        }
+        Ok(true)
+    }
+
+    async fn user_sessions(&self, user: &UserId) -> Result<Vec<UserSession>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .users
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| inner.sessions.get(id))
+            .map(|e| UserSession {
+                session_id: e.facts.session_id.clone(),
+                status: e.status,
+                activity: e.facts.activity,
+                declared: e.facts.declared.clone(),
+                last_active_at: e.facts.last_active_at,
+                rooms: e.rooms.keys().cloned().collect(),
+            })
+            .collect())
+    }
+
+    async fn put_intent(&self, intent: &Intent) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        inner
+            .intents
+            .retain(|_, i| now < i.expires_at + INTENT_KEEP_MS);
+        let from = inner
+            .intents
+            .values()
+            .filter(|i| i.from == intent.from && now < i.expires_at)
+            .count();
+        if from >= self.limits.max_intents_per_user {
+            return Err(too_many_from(self.limits.max_intents_per_user));
+        }
+        let to = inner
+            .intents
+            .values()
+            .filter(|i| i.to == intent.to && i.is_pending(now))
+            .count();
+        if to >= self.limits.max_intents_to_user {
+            return Err(too_many_to(self.limits.max_intents_to_user));
+        }
+        inner.intents.insert(intent.id.clone(), intent.clone());
+        Ok(())
+    }
+
+    async fn intents_to(&self, user: &UserId) -> Result<Vec<Intent>, StoreError> {
+        let now = self.clock.now_ms();
+        let inner = self.lock();
+        Ok(inner
+            .intents
+            .values()
+            .filter(|i| i.to == *user && i.is_pending(now))
+            .cloned()
+            .collect())
+    }
+
+    async fn intents_from(&self, user: &UserId) -> Result<Vec<Intent>, StoreError> {
+        let now = self.clock.now_ms();
+        let inner = self.lock();
+        Ok(inner
+            .intents
+            .values()
+            .filter(|i| i.from == *user && now < i.expires_at + INTENT_KEEP_MS)
+            .cloned()
+            .collect())
+    }
+
+    async fn resolve_intent(
+        &self,
+        intent: &Intent,
+        outcome: IntentOutcome,
+    ) -> Result<Option<Intent>, StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        let Some(stored) = inner.intents.get_mut(&intent.id) else {
+            return Ok(None);
+        };
+        let Some(resolved) = stored.resolve(outcome, now) else {
+            return Ok(None);
+        };
+        *stored = resolved.clone();
+        Ok(Some(resolved))
+    }
+
+    async fn take_intent(&self, intent: &Intent) -> Result<bool, StoreError> {
+        Ok(self.lock().intents.remove(&intent.id).is_some())
+    }
+
+    async fn publish_intent(&self, notice: &IntentNotice) -> Result<(), StoreError> {
+        let _ = self.intent_notices.send(notice.clone());
+        Ok(())
+    }
+
+    fn intent_notices(&self) -> broadcast::Receiver<IntentNotice> {
+        self.intent_notices.subscribe()
     }
 
     fn events(&self) -> broadcast::Receiver<PresenceEvent> {

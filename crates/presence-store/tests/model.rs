@@ -115,6 +115,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Hello { user, session } => {
                 let res = store
                     .hello(Hello {
+                        declare: Default::default(),
                         session_id: Some(sid(session)),
                         user_id: UserId::new(&format!("u{user}")).unwrap(),
                         handle: None,

@@ -66,6 +66,13 @@ pub(super) struct Bound {
     pub revived_from: Option<u64>,
     /// The re-created session still has to re-join its rooms.
     pub restore: bool,
+    /// What this connection declared (readiness, capabilities), to
+    /// re-create a lost session with.
+    pub declare: presence_store::Declare,
+    /// The activity the client last reported, and when it last reported
+    /// `active`: a return to activity checks the intents waiting for the
+    /// user (see `coordination`), a quiet heartbeat does not.
+    pub activity: (presence_core::Activity, Instant),
 }
 
 impl ConnState {
@@ -339,6 +346,8 @@ mod tests {
             rooms: BTreeMap::new(),
             revived_from: None,
             restore: false,
+            declare: Default::default(),
+            activity: (presence_core::Activity::Active, Instant::now()),
         }
     }
 

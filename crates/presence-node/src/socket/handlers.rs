@@ -58,6 +58,7 @@ pub(super) async fn hello(
                 meta: req.meta.clone(),
                 activity: req.activity,
                 node_id: cx.node.id.clone(),
+                declare: req.declare.clone(),
             })
             .await;
         let mut claimed = match claimed {
@@ -88,6 +89,8 @@ pub(super) async fn hello(
             rooms: claimed.rooms.iter().map(|r| (r.clone(), None)).collect(),
             revived_from: None,
             restore: false,
+            declare: req.declare,
+            activity: (req.activity, tokio::time::Instant::now()),
         }));
         if let Some(prev) = &claimed.superseded {
             let t = Takeover {
@@ -104,7 +107,10 @@ pub(super) async fn hello(
         }
         if bound {
             cx.node.session_bound();
-            cx.bindings.bind(&claimed.session_id, claimed.epoch, conn, &socket);
+            cx.bindings
+                .bind(&claimed.session_id, &req.user_id, claimed.epoch, conn, &socket);
+            cx.coordinator
+                .session_opened(&req.user_id, &claimed.session_id, claimed.resumed);
         }
         tracing::debug!(session_id = %claimed.session_id, user_id = %req.user_id, epoch = claimed.epoch, resumed = claimed.resumed, "hello");
         Ok::<_, WireError>((claimed, req.user_id, dropped))
@@ -305,13 +311,15 @@ async fn revive(
 ) -> Result<u64, StoreError> {
     conn.begin_revival()?;
     let old = b.session.clone();
+    let user = b.user_id.clone();
     let r = revive_now(cx, conn, b, activity).await;
     conn.end_revival(r.is_ok());
     if let Ok(epoch) = r {
         // The re-created session is held at its new epoch. (Its claim names
         // this very connection as the one it took over: nothing to unbind.)
         cx.bindings.unbind(&old.session_id, old.epoch);
-        cx.bindings.bind(&old.session_id, epoch, conn, socket);
+        cx.bindings
+            .bind(&old.session_id, &user, epoch, conn, socket);
     }
     r
 }
@@ -331,6 +339,7 @@ async fn revive_now(
             meta: b.meta.clone(),
             activity: activity.unwrap_or(Activity::Active),
             node_id: cx.node.id.clone(),
+            declare: b.declare.clone(),
         })
         .await?;
     let b = conn
@@ -372,11 +381,12 @@ pub(super) async fn heartbeat(
         let (me, restore) = conn.session_at(req.epoch)?;
         let revived = match cx.store.heartbeat(&me, req.activity).await {
             Ok(()) if !restore => {
+                back_to_activity(cx, conn, req.activity);
                 return Ok(HeartbeatAck {
                     ok: True,
                     epoch: me.epoch,
                     revived: false,
-                })
+                });
             }
             Ok(()) => {
                 let b = conn.bound()?;
@@ -402,6 +412,31 @@ pub(super) async fn heartbeat(
     }
     .await;
     answer(ack, "presence:heartbeat", r)
+}
+
+/// After an accepted heartbeat: a client that reports `active` after
+/// another activity, or after long enough for its session to have turned
+/// idle, may have made its user reachable now (the intents waiting for them
+/// are checked); a quiet heartbeat checks nothing.
+fn back_to_activity(cx: &Arc<SocketContext>, conn: &Arc<Conn>, reported: Option<Activity>) {
+    let Some(now_reported) = reported else {
+        return;
+    };
+    let idle_after = std::time::Duration::from_millis(cx.timings.idle_after_ms.max(0) as u64);
+    let back = conn.with_bound(|b| {
+        let (before, active_at) = b.activity;
+        let now = tokio::time::Instant::now();
+        let back = now_reported == Activity::Active
+            && (before != Activity::Active || now.duration_since(active_at) >= idle_after);
+        b.activity = match now_reported {
+            Activity::Active => (Activity::Active, now),
+            other => (other, active_at),
+        };
+        back.then(|| b.user_id.clone())
+    });
+    if let Some(Some(user)) = back {
+        cx.coordinator.check_user_soon(&user);
+    }
 }
 
 pub(super) async fn state(
@@ -521,6 +556,8 @@ pub(super) async fn leave(
                 for room in b.rooms.keys() {
                     cx.fanout.leave(room, socket.clone());
                 }
+                cx.coordinator
+                    .session_ended(&b.user_id, &b.session.session_id);
                 tracing::debug!(session_id = %b.session.session_id, "session ended");
                 Ok(left)
             }

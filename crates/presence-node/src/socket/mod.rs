@@ -13,13 +13,15 @@
 //! - `queue`: a connection's events, handled one at a time in the order sent;
 //! - `conn`: what one connection holds, its state as one enum;
 //! - `bindings`: which connection holds which session (to unbind one that
-//!   was taken over);
-//! - `handlers`: one handler per `presence:*` event, and the close.
+//!   was taken over, and to deliver an intent's notices);
+//! - `handlers`: one handler per `presence:*` event, and the close;
+//! - `reach`: the handlers of readiness, reachability and intents.
 
 mod bindings;
 mod conn;
 mod handlers;
 mod queue;
+mod reach;
 
 pub use bindings::Bindings;
 pub use handlers::superseded;
@@ -64,7 +66,9 @@ pub struct SocketContext {
     /// How long a connection may hold no session (`PRESENCE_HELLO_TIMEOUT_MS`).
     pub hello_timeout: Duration,
     /// The sessions bound to this node's connections.
-    pub bindings: Bindings,
+    pub bindings: Arc<Bindings>,
+    /// Reachability and intents.
+    pub coordinator: Arc<crate::coordination::Coordinator>,
 }
 
 /// Checks the handshake token when auth is on (a Socket.IO connect
@@ -109,10 +113,14 @@ enum Event {
     Leave,
     Members,
     Watch,
+    Readiness,
+    Reachability,
+    Intent,
+    IntentCancel,
 }
 
 impl Event {
-    const ALL: [Event; 8] = [
+    const ALL: [Event; 12] = [
         Event::Hello,
         Event::Join,
         Event::Heartbeat,
@@ -121,6 +129,10 @@ impl Event {
         Event::Leave,
         Event::Members,
         Event::Watch,
+        Event::Readiness,
+        Event::Reachability,
+        Event::Intent,
+        Event::IntentCancel,
     ];
 
     fn name(self) -> &'static str {
@@ -133,6 +145,10 @@ impl Event {
             Event::Leave => "presence:leave",
             Event::Members => "presence:members",
             Event::Watch => "presence:watch",
+            Event::Readiness => "presence:readiness",
+            Event::Reachability => "presence:reachability",
+            Event::Intent => "presence:intent",
+            Event::IntentCancel => "presence:intent_cancel",
         }
     }
 }
@@ -317,6 +333,14 @@ async fn drain(cx: Arc<SocketContext>, conn: Arc<Conn>, queue: Arc<Queue<Box<Op>
                     }
                     Event::Members => handlers::members(&cx, &conn, socket, payload, ack),
                     Event::Watch => handlers::watch(&cx, &conn, socket, payload, ack),
+                    Event::Readiness => {
+                        Box::pin(reach::readiness(&cx, &conn, socket, payload, ack)).await
+                    }
+                    Event::Reachability => {
+                        Box::pin(reach::reachability(&cx, &conn, payload, ack)).await
+                    }
+                    Event::Intent => Box::pin(reach::intent(&cx, &conn, payload, ack)).await,
+                    Event::IntentCancel => Box::pin(reach::cancel(&cx, &conn, payload, ack)).await,
                 };
                 if unavailable {
                     queue.store_failed();

@@ -6,7 +6,7 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `P:s:{<sessionId>}` | hash | the session (fields in [`field`]): `userId`, `epoch`, `lastHeartbeatAt`, other facts in short fields, rooms (`r:<roomId>` = state, `su:<roomId>` = when it changed); `g` = `<epoch>:<status>`, the guard that `beats.lua` checks; `dead` on a tombstone; a TTL of 1 to 6 minutes past its removal deadline (`ttl` = the instant it runs to, so a heartbeat sets it again only about every five minutes); a short-lived tombstone after it ends |
+//! | `P:s:{<sessionId>}` | hash | the session (fields in [`field`]): `userId`, `epoch`, `lastHeartbeatAt`, other facts in short fields (`rd` readiness, `cp` capabilities), rooms (`r:<roomId>` = state, `su:<roomId>` = when it changed); `g` = `<epoch>:<status>`, the guard that `beats.lua` checks; `dead` on a tombstone; a TTL of 1 to 6 minutes past its removal deadline (`ttl` = the instant it runs to, so a heartbeat sets it again only about every five minutes); a short-lived tombstone after it ends |
 //! | `P:r:{<roomId>}:m` | hash | members: sessionId → `<version>\|<userId>\|<member JSON>` (status, handle, state, times: the room's view in one read) |
 //! | `P:r:{<roomId>}:u` | hash | userId → sessions in the room (O(1) user count) |
 //! | `P:r:{<roomId>}:seq` | string | the room's version |
@@ -19,6 +19,9 @@
 //! | `P:events:{<roomId>}` | channel | v1 events of the room (sharded Pub/Sub on Redis 7+) |
 //! | `P:signals:{<roomId>}` | channel | `presence:signal` messages relayed between nodes |
 //! | `P:node:{<nodeId>}` | channel | notices to one node (a connection of it was superseded) |
+//! | `P:it:{<userId>}` | hash | the intents waiting for the user (and those resolved, until their outcome is delivered): intentId → intent JSON, with a TTL past the latest |
+//! | `P:ib:{<userId>}` | sorted set | the intents the user made: `<intentId> <calleeId>` → when it expires (the caller's limit) |
+//! | `P:intents` | channel | intent notices (made, resolved, cancelled), heard by every node |
 //! | `P:lease:{lease}` | string | the reaper lease (JSON: nodeId, term, leaseUntil), with its TTL |
 //! | `P:lease:{lease}:term` | string | the last term handed out |
 //! | `P:nodes:{nodes}` | sorted set | registered nodes: nodeId → when the registration lapses (its TTL) |
@@ -58,6 +61,27 @@ pub mod field {
     pub const DEAD: &str = "dead";
     /// The time the session is filed at in the deadline index.
     pub const INDEXED_AT: &str = "ix";
+    /// The activity its client last reported.
+    pub const ACTIVITY: &str = "a";
+    /// The declared readiness (absent or empty: `available`).
+    pub const READINESS: &str = "rd";
+    /// The capabilities, joined with `,`.
+    pub const CAPABILITIES: &str = "cp";
+
+    /// The readiness and capabilities a session hash (or a member) holds.
+    pub fn declared(
+        readiness: Option<&str>,
+        capabilities: Option<&str>,
+    ) -> presence_core::Declared {
+        presence_core::Declared {
+            readiness: readiness
+                .and_then(presence_core::Readiness::parse)
+                .unwrap_or_default(),
+            capabilities: capabilities
+                .map(presence_core::Capabilities::from_joined)
+                .unwrap_or_default(),
+        }
+    }
 
     /// The field holding the session's state in `room` (present while it is a member).
     pub fn room_state(room: &str) -> String {
@@ -165,6 +189,21 @@ impl Keys {
     /// A user's sessions.
     pub fn user(&self, uid: &str) -> String {
         format!("{}:u:{{{uid}}}", self.prefix)
+    }
+
+    /// The intents waiting for a user (and those resolved, until delivered).
+    pub fn intents_to(&self, uid: &str) -> String {
+        format!("{}:it:{{{uid}}}", self.prefix)
+    }
+
+    /// The intents a user made, as `<intentId> <calleeId>` by TTL.
+    pub fn intents_from(&self, uid: &str) -> String {
+        format!("{}:ib:{{{uid}}}", self.prefix)
+    }
+
+    /// The channel every node hears intent notices on.
+    pub fn intents_channel(&self) -> String {
+        format!("{}:intents", self.prefix)
     }
 
     /// A shard of the online-users index.

@@ -19,13 +19,16 @@
 //!   each script's typed arguments and reply;
 //! - `project`: carrying a session script's outcome into rooms, the user
 //!   index and the sharded indexes;
-//! - `reads`: a user's live sessions (who's online, bulk status);
+//! - `reads`: a user's live sessions (who's online, bulk status,
+//!   reachability);
+//! - `intents`: intents kept per callee, counted per caller;
 //! - `sweep`: the reaper's sweep and its repairs;
 //! - `vouches`: the heartbeats this node answers itself (it vouches for its
 //!   own sessions) and their times written in bulk.
 
 pub mod conn;
 mod index_scripts;
+mod intents;
 pub mod keys;
 pub(crate) mod listen;
 mod project;
@@ -48,8 +51,8 @@ use presence_core::page::PageCursor;
 use presence_core::user::{derive_user, SessionSignal};
 use presence_core::view::build_view;
 use presence_core::{
-    Activity, Clock, JsonMap, Limits, Millis, NodeId, PresenceEvent, RoomId, Timings, UserId,
-    UserSummary,
+    Activity, Clock, Intent, IntentNotice, IntentOutcome, JsonMap, Limits, Millis, NodeId,
+    PresenceEvent, RoomId, Timings, UserId, UserSummary,
 };
 use tokio::sync::{broadcast, watch};
 
@@ -63,13 +66,13 @@ use self::room_scripts::{PutKind, ReadRoom};
 use self::route::Route;
 use self::scripts::{Fenced, Refusal, ScriptCall, Scripts};
 use self::session_scripts::{
-    timings_json, Claim, Disconnect, Heartbeat, Join, Leave, On, SetState,
+    timings_json, Claim, Disconnect, Heartbeat, Join, Leave, On, SetDeclared, SetState,
 };
 use self::vouches::{Flush, Vouches};
 use crate::api::{
-    first_epoch, new_session_id, Claimed, Health, Hello, Joined, Lease, NodeInfo, Online, Page,
-    PresenceStore, RoomMembers, RoomPage, RoomStats, SessionRef, Signal, Superseded, SweepReport,
-    Takeover,
+    first_epoch, new_session_id, Claimed, Declare, Health, Hello, Joined, Lease, NodeInfo, Online,
+    Page, PresenceStore, RoomMembers, RoomPage, RoomStats, SessionRef, Signal, Superseded,
+    SweepReport, Takeover, UserSession,
 };
 use crate::bus::{EventBus, Subscribed};
 use crate::error::StoreError;
@@ -200,6 +203,7 @@ impl PresenceStore for RedisStore {
             activity: req.activity,
             node_id: req.node_id.as_str(),
             first_epoch: first_epoch(now),
+            declare: &req.declare,
         };
         let c = self.run_fenced(call, None).await?;
         // Whatever this node vouched for the session before is over.
@@ -614,6 +618,57 @@ impl PresenceStore for RedisStore {
 
     async fn publish_signal(&self, signal: &Signal) -> Result<(), StoreError> {
         self.bus.publish_signal(signal).await
+    }
+
+    async fn declare(&self, s: &SessionRef, d: &Declare) -> Result<bool, StoreError> {
+        let sid = s.session_id.as_str();
+        let call = SetDeclared {
+            on: self.on(sid, self.now()),
+            epoch: s.epoch,
+            declare: d,
+        };
+        let set = self.run_fenced(call, None).await?;
+        if set.changed {
+            self.put_rooms(sid, &set.user_id, set.version, PutKind::Update, &set.puts)
+                .await?;
+        }
+        Ok(set.changed)
+    }
+
+    async fn user_sessions(&self, user: &UserId) -> Result<Vec<UserSession>, StoreError> {
+        self.user_session_list(user.as_str()).await
+    }
+
+    async fn put_intent(&self, intent: &Intent) -> Result<(), StoreError> {
+        self.file_intent(intent).await
+    }
+
+    async fn intents_to(&self, user: &UserId) -> Result<Vec<Intent>, StoreError> {
+        self.pending_intents_to(user).await
+    }
+
+    async fn intents_from(&self, user: &UserId) -> Result<Vec<Intent>, StoreError> {
+        self.kept_intents_from(user).await
+    }
+
+    async fn resolve_intent(
+        &self,
+        intent: &Intent,
+        outcome: IntentOutcome,
+    ) -> Result<Option<Intent>, StoreError> {
+        self.resolve(intent, &outcome).await
+    }
+
+    async fn take_intent(&self, intent: &Intent) -> Result<bool, StoreError> {
+        self.take(intent).await
+    }
+
+    async fn publish_intent(&self, notice: &IntentNotice) -> Result<(), StoreError> {
+        self.bus.publish_intent(notice).await
+    }
+
+    fn intent_notices(&self) -> broadcast::Receiver<IntentNotice> {
+        self.bus.intent_notices()
     }
 
     fn signals(&self) -> broadcast::Receiver<Signal> {

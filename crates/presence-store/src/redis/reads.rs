@@ -6,15 +6,33 @@ use std::collections::BTreeMap;
 use fred::prelude::*;
 use futures::future::join_all;
 use presence_core::view::Member;
-use presence_core::{SessionId, SessionStatus, UserId};
+use presence_core::{Activity, RoomId, SessionId, SessionStatus, UserId};
 
 use super::keys::field;
 use super::RedisStore;
+use crate::api::UserSession;
 use crate::error::StoreError;
 
 impl RedisStore {
     /// The live sessions of a user (entries whose session is gone are skipped).
     pub(super) async fn user_members(&self, uid: &str) -> Result<Vec<Member>, StoreError> {
+        self.user_hashes(uid, member_of).await
+    }
+
+    /// The live sessions of a user, with what reachability reads.
+    pub(super) async fn user_session_list(
+        &self,
+        uid: &str,
+    ) -> Result<Vec<UserSession>, StoreError> {
+        self.user_hashes(uid, user_session_of).await
+    }
+
+    /// A user's live sessions, each read from its hash by `read`.
+    async fn user_hashes<T>(
+        &self,
+        uid: &str,
+        read: fn(&str, &BTreeMap<String, String>) -> Option<T>,
+    ) -> Result<Vec<T>, StoreError> {
         let key = &self.keys.user(uid);
         let sids: BTreeMap<String, String> = self
             .route
@@ -25,7 +43,7 @@ impl RedisStore {
         Ok(ids
             .iter()
             .zip(facts)
-            .filter_map(|(sid, f)| f.and_then(|f| member_of(sid, &f)))
+            .filter_map(|(sid, f)| f.and_then(|f| read(sid, &f)))
             .collect())
     }
 
@@ -62,5 +80,34 @@ fn member_of(sid: &str, f: &BTreeMap<String, String>) -> Option<Member> {
         last_active_at: time(field::LAST_ACTIVE_AT),
         state: None,
         state_updated_at: 0,
+        declared: declared_of(f),
+    })
+}
+
+/// The readiness and capabilities in a session hash.
+fn declared_of(f: &BTreeMap<String, String>) -> presence_core::Declared {
+    field::declared(
+        f.get(field::READINESS).map(String::as_str),
+        f.get(field::CAPABILITIES).map(String::as_str),
+    )
+}
+
+/// A user's session from its hash, with its rooms.
+fn user_session_of(sid: &str, f: &BTreeMap<String, String>) -> Option<UserSession> {
+    let time = |k: &str| f.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    Some(UserSession {
+        session_id: SessionId::new(sid).ok()?,
+        status: SessionStatus::parse(f.get(field::STATUS)?)?,
+        activity: f
+            .get(field::ACTIVITY)
+            .and_then(|a| Activity::parse(a))
+            .unwrap_or_default(),
+        declared: declared_of(f),
+        last_active_at: time(field::LAST_ACTIVE_AT),
+        rooms: f
+            .keys()
+            .filter_map(|k| k.strip_prefix("r:"))
+            .filter_map(|r| RoomId::new(r).ok())
+            .collect(),
     })
 }

@@ -347,6 +347,12 @@ pub(super) struct Projection {
     /// That connection's node.
     #[serde(default, rename = "n")]
     pub node_id: String,
+    /// The declared readiness (absent: `available`).
+    #[serde(default, rename = "rd")]
+    pub readiness: Option<String>,
+    /// The capabilities, joined with `,` (absent: none).
+    #[serde(default, rename = "cp")]
+    pub capabilities: Option<String>,
 }
 
 impl<'a> MemberEntry<'a> {
@@ -377,6 +383,10 @@ impl<'a> MemberEntry<'a> {
             last_active_at: p.last_active_at,
             state: p.state,
             state_updated_at: p.state_updated_at,
+            declared: super::keys::field::declared(
+                p.readiness.as_deref(),
+                p.capabilities.as_deref(),
+            ),
         })
     }
 }

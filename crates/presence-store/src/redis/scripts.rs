@@ -88,6 +88,7 @@ macro_rules! alone {
 /// was built with; their SHA-1 and the library's version are computed once).
 pub(super) struct Scripts {
     pub claim: Lua,
+    pub declare: Lua,
     pub join: Lua,
     pub heartbeat: Lua,
     pub beats: Lua,
@@ -107,6 +108,9 @@ pub(super) struct Scripts {
     pub nodes_read: Lua,
     pub lease: Lua,
     pub lease_release: Lua,
+    pub intent_put: Lua,
+    pub intent_reserve: Lua,
+    pub intent_resolve: Lua,
     /// The function library's code (`#!lua name=presence_<version>`).
     library: String,
     /// Whether calls go through the library (`FCALL`), decided by [`Scripts::load`].
@@ -125,6 +129,7 @@ impl Scripts {
     pub fn new() -> Self {
         let sources = [
             with_prelude!("claim"),
+            with_prelude!("declare"),
             with_prelude!("join"),
             with_prelude!("heartbeat"),
             alone!("beats", cross_slot),
@@ -144,6 +149,9 @@ impl Scripts {
             alone!("nodes_read"),
             alone!("lease"),
             alone!("lease_release"),
+            alone!("intent_put"),
+            alone!("intent_reserve"),
+            alone!("intent_resolve"),
         ];
         // The library: the prelude once, then each script as the body of a
         // function whose parameters are named as a script's globals are
@@ -174,12 +182,14 @@ impl Scripts {
         // In the order of `sources` (rustfmt leaves a long slice pattern on one line).
         #[rustfmt::skip]
         let [
-            claim, join, heartbeat, beats, state, leave, disconnect, expire,
+            claim, declare, join, heartbeat, beats, state, leave, disconnect, expire,
             room_put, room_del, room_read, room_page, room_due, rooms_settle,
             user_put, user_del, node_put, nodes_read, lease, lease_release,
+            intent_put, intent_reserve, intent_resolve,
         ] = lua;
         Self {
             claim,
+            declare,
             join,
             heartbeat,
             beats,
@@ -199,14 +209,18 @@ impl Scripts {
             nodes_read,
             lease,
             lease_release,
+            intent_put,
+            intent_reserve,
+            intent_resolve,
             library,
             functions: AtomicBool::new(false),
         }
     }
 
-    fn all(&self) -> [&Lua; 20] {
+    fn all(&self) -> [&Lua; 24] {
         [
             &self.claim,
+            &self.declare,
             &self.join,
             &self.heartbeat,
             &self.beats,
@@ -226,6 +240,9 @@ impl Scripts {
             &self.nodes_read,
             &self.lease,
             &self.lease_release,
+            &self.intent_put,
+            &self.intent_reserve,
+            &self.intent_resolve,
         ]
     }
 

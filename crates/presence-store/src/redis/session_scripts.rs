@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::Keys;
 use super::scripts::{json, list, Decode, Fenced, Lua, ScriptCall, Scripts};
-use crate::api::TOMBSTONE_MS;
+use crate::api::{Declare, TOMBSTONE_MS};
 use crate::error::StoreError;
 
 /// The lifecycle timings as every session script reads them (ARGV[2], one
@@ -134,6 +134,8 @@ pub(super) struct Claim<'a> {
     pub node_id: &'a str,
     /// The epoch of a brand-new session.
     pub first_epoch: u64,
+    /// What the client declares (`None`s keep what the session has).
+    pub declare: &'a Declare,
 }
 
 /// What `claim.lua` did.
@@ -191,6 +193,51 @@ session_call!(Claim, claim, Fenced<Claimed>, |call| [
     call.activity.as_str().to_owned(),
     call.node_id.to_owned(),
     call.first_epoch.to_string(),
+    readiness_arg(call.declare),
+    capabilities_arg(call.declare),
+]);
+
+/// A readiness as the scripts take it (`""`: keep).
+fn readiness_arg(d: &Declare) -> String {
+    d.readiness
+        .map(|r| r.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+/// Capabilities as the scripts take them: `=` and the names joined with `,`
+/// (`""`: keep).
+fn capabilities_arg(d: &Declare) -> String {
+    d.capabilities
+        .as_ref()
+        .map(|c| format!("={}", c.joined()))
+        .unwrap_or_default()
+}
+
+/// `declare.lua`: what a session declares about taking calls.
+pub(super) struct SetDeclared<'a> {
+    pub on: On<'a>,
+    pub epoch: u64,
+    pub declare: &'a Declare,
+}
+
+/// What `declare.lua` did.
+#[derive(Debug, Deserialize)]
+pub(super) struct DeclaredSet {
+    /// Something changed.
+    pub changed: bool,
+    #[serde(rename = "v")]
+    pub version: u64,
+    #[serde(rename = "uid")]
+    pub user_id: String,
+    /// The projections into every room of the session, when it changed.
+    #[serde(deserialize_with = "list")]
+    pub puts: Vec<RoomPut>,
+}
+
+session_call!(SetDeclared, declare, Fenced<DeclaredSet>, |call| [
+    call.epoch.to_string(),
+    readiness_arg(call.declare),
+    capabilities_arg(call.declare),
 ]);
 
 /// `join.lua`: the session side of `presence:join`.

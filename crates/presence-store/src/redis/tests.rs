@@ -612,6 +612,7 @@ mod standalone {
     async fn hello_as(store: &RedisStore, uid: &str, session: Option<&SessionRef>) -> SessionRef {
         let c = store
             .hello(Hello {
+                declare: Default::default(),
                 session_id: session.map(|s| s.session_id.clone()),
                 user_id: UserId::new(uid).unwrap(),
                 handle: None,
@@ -1073,6 +1074,7 @@ mod failover {
         for i in 0..SESSIONS {
             let c = store
                 .hello(Hello {
+                    declare: Default::default(),
                     session_id: None,
                     user_id: UserId::new(&format!("u{i}")).unwrap(),
                     handle: None,
