@@ -130,8 +130,29 @@ test("RS256: tokens signed with the issuer's private key pass; an HS256 token ma
   await assert.rejects(dial(rs.url, { token: jwt({ sub: "dave", exp: now() + 600 }, { key: other }) }), /bad token signature/);
 });
 
+test("the reach claim lets a connection ask about users it shares no room with", async () => {
+  const carol = await dial(hs.url, { token: jwt({ sub: "carol", exp: now() + 600, rooms: ["team-7:x"] }) });
+  await call(carol, "presence:hello", { capabilities: ["audio"] });
+  await call(carol, "presence:join", { roomId: "team-7:x" });
+  const dan = await dial(hs.url, { token: jwt({ sub: "dan", exp: now() + 600, rooms: ["team-7:y"] }) });
+  await call(dan, "presence:hello", {});
+  await call(dan, "presence:join", { roomId: "team-7:y" });
+  const r = await call(dan, "presence:reachability", { userId: "carol", need: ["audio"] });
+  assert.equal(r.error?.code, "forbidden", "no shared room, no reach claim");
+  const support = await dial(hs.url, { token: jwt({ sub: "support", exp: now() + 600, reach: ["car*"] }) });
+  await call(support, "presence:hello", {});
+  const ok = await call(support, "presence:reachability", { userId: "carol", need: ["audio"] });
+  assert.deepEqual([ok.ok, ok.reachability], [true, "now"]);
+  assert.equal((await call(support, "presence:reachability", { userId: "dan" })).error?.code, "forbidden");
+  const received = new Promise((resolve) => carol.once("presence:intent_received", resolve));
+  const intent = await call(support, "presence:intent", { userId: "carol", ttlMs: 1000 });
+  assert.equal(intent.ok, true, JSON.stringify(intent));
+  assert.equal((await received).from, "support");
+  for (const s of [carol, dan, support]) s.close();
+});
+
 test("the HTTP API needs the key; health checks and the demo page do not", async () => {
-  for (const path of ["/api/whos-online", "/api/rooms/lobby/presence", "/api/rooms/lobby/stats", "/api/cluster", "/metrics"]) {
+  for (const path of ["/api/whos-online", "/api/rooms/lobby/presence", "/api/rooms/lobby/stats", "/api/cluster", "/metrics", "/api/users/alice/reachability"]) {
     for (const headers of [{}, { authorization: "Bearer wrong-key-0123456789" }, { authorization: API_KEY }]) {
       const res = await fetch(`${hs.url}${path}`, { headers });
       assert.equal(res.status, 401, `${path} ${JSON.stringify(headers)}`);
@@ -147,6 +168,10 @@ test("the HTTP API needs the key; health checks and the demo page do not", async
     method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ userIds: ["alice"] }),
   });
   assert.equal(post.status, 401);
+  const intent = await fetch(`${hs.url}/api/intents`, {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ from: "x", userId: "alice", ttlMs: 1000 }),
+  });
+  assert.equal(intent.status, 401);
   for (const path of ["/healthz", "/readyz", "/"]) {
     assert.equal((await fetch(`${hs.url}${path}`)).status, 200, path);
   }

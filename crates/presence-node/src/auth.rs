@@ -325,13 +325,17 @@ mod tests {
     #[test]
     fn a_valid_token_grants_its_subject_and_rooms() {
         let auth = token(
-            serde_json::json!({ "sub": "alice", "exp": in_an_hour(), "rooms": ["lobby", "team-7:*"] }),
+            serde_json::json!({
+                "sub": "alice", "exp": in_an_hour(), "rooms": ["lobby", "team-7:*"], "reach": ["bob", "ops-*"],
+            }),
             SECRET,
         );
         let g = verifier().verify(Some(&auth)).unwrap();
         assert_eq!(g.user_id.as_str(), "alice");
         assert!(g.rooms.allows(&room("team-7:x")));
         assert!(!g.rooms.allows(&room("secret")));
+        assert!(g.reach.allows_id("bob") && g.reach.allows_id("ops-1"));
+        assert!(!g.reach.allows_id("bobby") && !g.reach.allows_id("carol"));
         assert_eq!(g.expires_at, in_an_hour() as i64 * 1000);
     }
 

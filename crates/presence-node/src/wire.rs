@@ -750,6 +750,74 @@ mod tests {
     }
 
     #[test]
+    fn readiness_need_and_intents_decode_or_name_the_field() {
+        let h = hello(&json!({ "userId": "a", "readiness": "dnd", "capabilities": ["video", "audio", "audio"] }), &l(), None).unwrap();
+        assert_eq!(h.declare.readiness, Some(Readiness::Dnd));
+        assert_eq!(h.declare.capabilities.unwrap().joined(), "audio,video");
+        assert_eq!(
+            hello(&json!({ "userId": "a" }), &l(), None)
+                .unwrap()
+                .declare,
+            Declare::default()
+        );
+        let r = readiness(&json!({ "capabilities": [] }), &l()).unwrap();
+        assert_eq!(
+            (r.readiness, r.capabilities.map(|c| c.len())),
+            (None, Some(0))
+        );
+        let q = reachability(&json!({ "userId": "b", "need": "audio, video" }), &l()).unwrap();
+        assert_eq!(q.need.joined(), "audio,video");
+        let i = intent(&json!({ "userId": "b", "ttlMs": 5000, "note": "hi" }), &l()).unwrap();
+        assert_eq!(
+            (i.ttl_ms, i.note.as_deref(), i.need.len()),
+            (5000, Some("hi"), 0)
+        );
+        let many: Vec<String> = (0..=l().max_capabilities)
+            .map(|n| format!("c{n}"))
+            .collect();
+        for (v, field) in [
+            (
+                readiness(&json!({ "readiness": "away" }), &l()).err(),
+                "readiness",
+            ),
+            (readiness(&json!({}), &l()).err(), "readiness"),
+            (
+                readiness(&json!({ "capabilities": many }), &l()).err(),
+                "capabilities",
+            ),
+            (
+                readiness(&json!({ "capabilities": ["a b"] }), &l()).err(),
+                "capabilities",
+            ),
+            (
+                reachability(&json!({ "userId": "b", "need": 3 }), &l()).err(),
+                "need",
+            ),
+            (
+                intent(&json!({ "userId": "b", "ttlMs": 0 }), &l()).err(),
+                "ttlMs",
+            ),
+            (
+                intent(
+                    &json!({ "userId": "b", "ttlMs": 1, "note": "a\u{202e}b" }),
+                    &l(),
+                )
+                .err(),
+                "note",
+            ),
+            (intent(&json!({ "ttlMs": 1 }), &l()).err(), "userId"),
+        ] {
+            assert_eq!(v.expect("refused").field, Some(field));
+        }
+        let long = "x".repeat(l().max_note_bytes + 1);
+        let e = intent(&json!({ "userId": "b", "ttlMs": 1, "note": long }), &l()).unwrap_err();
+        assert_eq!(
+            (e.code, e.field),
+            (ErrorCode::PayloadTooLarge, Some("note"))
+        );
+    }
+
+    #[test]
     fn with_a_token_the_user_is_its_subject() {
         let sub = UserId::new("alice").unwrap();
         let h = hello(&json!({}), &l(), Some(&sub)).unwrap();
