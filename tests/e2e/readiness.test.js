@@ -63,6 +63,15 @@ test("a callee whose tab goes hidden is soon; back in front, now, and the intent
   assert.equal(count(ada, "presence:intent_expired"), 0);
 });
 
+test("an intent for a user reachable now already fires right after its ack", async () => {
+  const { ada, eb } = await pair("r-now", "bob-now");
+  const before = ada.received.length;
+  const made = await call(ada, "presence:intent", { userId: "bob-now", need: ["video"], ttlMs: 10000 });
+  const ready = await waitFor(ada, "presence:reachable", (m) => m.intentId === made.intentId);
+  assert.equal(ready.sessionId, eb.sessionId);
+  assert.ok(ada.received.length > before);
+});
+
 test("busy during a call, then available, fires the intent", async () => {
   const { ada, bob } = await pair("r-busy", "bob-busy", { readiness: "busy" });
   const r = await reachOf(ada, "bob-busy", ["audio"]);

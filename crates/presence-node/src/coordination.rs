@@ -118,9 +118,9 @@ impl Coordinator {
         }
     }
 
-    /// Makes an intent, tells the callee's sessions, starts its timer (when
-    /// `from_session` is held here) and resolves it at once if the callee is
-    /// reachable now.
+    /// Makes an intent, tells the callee's sessions, starts its timer and,
+    /// in the background (after the caller's ack has gone), resolves it if
+    /// the callee is reachable now already. An error means nothing was made.
     pub async fn make(self: &Arc<Self>, intent: Intent) -> Result<(), StoreError> {
         self.store.put_intent(&intent).await?;
         crate::metrics::intent("made");
@@ -134,7 +134,8 @@ impl Coordinator {
             tracing::warn!(error = %e, "cannot tell the callee's nodes of an intent");
         }
         self.expire_later(&intent);
-        self.check_user(&intent.to).await
+        self.check_user_soon(&intent.to);
+        Ok(())
     }
 
     /// Resolves the intents waiting for `user` that the user now meets.
