@@ -11,7 +11,8 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # System packages: redis-server and redis-sentinel (the Redis-backed tests),
 # openssl (certificates for the TLS tests), nginx (the load balancer of the
 # three-node tests, run from deploy/nginx.conf),
-# Node.js and npm (the JavaScript client), Chromium (the demo page test).
+# Node.js and npm (the JavaScript client and its tests), Chromium (the demo
+# page test); python3's venv gives python-socketio for the interop test.
 # Installed from Debian's packages when missing.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
@@ -89,5 +90,10 @@ cargo build -p presence-node --locked
 echo "==> end-to-end tests again, on Redis (the files that start Redis themselves ran above)"
 (cd tests/e2e && E2E_STORE=redis PRESENCE_NODE_BIN="$PWD/../../target/debug/presence-node" \
   node --test --test-concurrency=1 $(grep -L '^// e2e: own-redis' ./*.test.js))
+echo "==> the JavaScript client (clients/js): build, view logic, against real nodes, python-socketio interop"
+python3 -m venv target/pyenv >/dev/null
+target/pyenv/bin/pip install -q --disable-pip-version-check -r clients/python/requirements.txt
+(cd clients/js && npm ci --no-audit --no-fund --loglevel=error \
+  && PRESENCE_PYTHON="$PWD/../../target/pyenv/bin/python" PRESENCE_NODE_BIN="$PWD/../../target/debug/presence-node" npm test)
 echo "==> load tool smoke run (presence-bench, a few sessions for a few seconds)"
 BENCH_PROFILE=debug BENCH_OUT=target/bench-smoke ./scripts/bench.sh smoke

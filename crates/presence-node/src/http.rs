@@ -149,6 +149,7 @@ pub fn router(api: ApiState) -> Router {
     Router::new()
         .route("/", get(demo_page))
         .route("/assets/socket.io.min.js", get(socket_io_client))
+        .route("/assets/presence-client.js", get(presence_client))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(protected)
@@ -250,6 +251,22 @@ async fn socket_io_client() -> impl IntoResponse {
             (header::CACHE_CONTROL, "public, max-age=86400"),
         ],
         include_str!("../static/socket.io.min.js"),
+    )
+}
+
+/// The browser bundle of `clients/js` (global `PresenceClient`, with
+/// socket.io-client inside), built by `npm run build -- --serve` there; a test
+/// of the client suite checks that this copy is the one its source builds.
+async fn presence_client() -> impl IntoResponse {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        include_str!("../static/presence-client.js"),
     )
 }
 
