@@ -62,6 +62,8 @@ export interface PresenceEvents {
   error: (error: PresenceError) => void;
   intent: (intent: IntentReceived) => void;
   intentCancelled: (intent: IntentReceived) => void;
+  /** The activity this client reports changed. */
+  activity: (activity: Activity) => void;
 }
 
 class MemoryStore implements SessionStore {
@@ -97,6 +99,8 @@ export class Presence extends Emitter<PresenceEvents> implements RoomHost {
   timings: Timings | null = null;
   /** Where the connection is. */
   state: ConnectionState = "connecting";
+  /** Whether the last hello resumed an existing session (after a reload, too). */
+  resumed = false;
 
   private readonly socket: Socket;
   private readonly store: SessionStore;
@@ -345,7 +349,9 @@ export class Presence extends Emitter<PresenceEvents> implements RoomHost {
     } catch (e) {
       const err = e as PresenceError;
       if (stored && ["forbidden", "stale_epoch", "bad_request"].includes(err.code)) {
-        // The stored id is not this user's to resume: start a new session.
+        // The stored id is not this user's to resume: start a new session
+        // (the refusal is still reported).
+        this.emit("error", err);
         this.store.removeItem(this.key);
         return this.hello();
       }
@@ -358,6 +364,7 @@ export class Presence extends Emitter<PresenceEvents> implements RoomHost {
     this.userId = ack.userId;
     this.epoch = ack.epoch;
     this.timings = ack.config;
+    this.resumed = ack.resumed;
     this.store.setItem(this.key, ack.sessionId);
     this.browser?.setIdleAfter(ack.config.idleAfterMs);
     this.startHeartbeat(ack.config.heartbeatIntervalMs);
@@ -376,6 +383,7 @@ export class Presence extends Emitter<PresenceEvents> implements RoomHost {
   private activityChanged(a: Activity): void {
     if (a === this.activityNow) return;
     this.activityNow = a;
+    this.emit("activity", a);
     this.beat();
   }
 
