@@ -101,6 +101,8 @@ export class Presence extends Emitter<PresenceEvents> implements RoomHost {
   state: ConnectionState = "connecting";
   /** Whether the last hello resumed an existing session (after a reload, too). */
   resumed = false;
+  /** The node that answered the last hello. */
+  nodeId: string | null = null;
 
   private readonly socket: Socket;
   private readonly store: SessionStore;
@@ -365,6 +367,7 @@ export class Presence extends Emitter<PresenceEvents> implements RoomHost {
     this.epoch = ack.epoch;
     this.timings = ack.config;
     this.resumed = ack.resumed;
+    this.nodeId = ack.nodeId;
     this.store.setItem(this.key, ack.sessionId);
     this.browser?.setIdleAfter(ack.config.idleAfterMs);
     this.startHeartbeat(ack.config.heartbeatIntervalMs);

@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createPresence } from "../dist/index.js";
-import { startRedis, startNode, startNginx, redisCli, jwt, getJson, FAST } from "../../../tests/e2e/helpers.js";
+import { startRedis, startNode, startNginx, restartNode, redisCli, jwt, getJson, FAST } from "../../../tests/e2e/helpers.js";
 
 let redis, a, b, lb;
 before(async () => {
@@ -35,25 +35,29 @@ function until(emitter, event, pred, ms = 8000) {
   });
 }
 
-test("a session resumes on the other node when its node goes away, without flapping", async () => {
-  const obs = client(b.url, { userId: "obs" });
+test("through nginx: a session resumes on the other node when its node shuts down, without flapping", async () => {
+  const obs = client(lb.url, { userId: "obs" });
   const ro = await obs.join("c-1");
-  const ada = client(a.url, { userId: "ada" });
+  const ada = client(lb.url, { userId: "ada" });
   await ada.join("c-1");
   await until(ro, "change", () => ro.users.has("ada"));
   const seen = [];
   ro.on("leave", (id) => seen.push(["leave", id]));
   ro.on("join", (u) => seen.push(["join", u.userKey]));
-  // The client now reaches node B (what a load balancer does when A is gone).
   const id = ada.sessionId;
-  ada["socket"].io.uri = b.url;
-  ada["socket"].io.engine.close();
-  await until(ada, "connection", () => ada.state === "resumed");
+  const first = ada.nodeId;
+  // The observer may have been on that node too: it resumes as well.
+  const gone = first === "sdk-a" ? a : b;
+  await gone.stop();
+  await until(ada, "connection", () => ada.state === "resumed" && ada.nodeId !== first, 12000);
   assert.equal(ada.sessionId, id);
+  assert.equal(ada.nodeId, first === "sdk-a" ? "sdk-b" : "sdk-a");
+  await until(obs, "connection", () => obs.state !== "reconnecting", 12000);
   const room = ada.joined.get("c-1");
   await room.setState({ moved: true });
   await until(ro, "change", () => ro.sessions.get(id)?.state?.moved === true);
-  assert.deepEqual(seen, []);
+  assert.deepEqual(seen, [], "no leave, no join");
+  await restartNode(gone);
   await closeAll();
 });
 
