@@ -128,6 +128,29 @@ test("subscriptions dropped while changes happen (CLIENT KILL TYPE pubsub): obse
   assert.deepEqual(Object.keys(mirror.sessions).sort(), Object.keys(truth.body.sessions).sort());
 });
 
+test("a leave while the subscriptions were down reaches observers at the resync, not after the hold", async () => {
+  // The heartbeat timeout (the hold after a resubscription) is the default,
+  // 30 s: a leave shown within a few seconds was not held.
+  const room = "r-kill-leave";
+  const obs = await connect(nodes[1].url);
+  const eo = await enter(obs, "watcher", room);
+  const mirror = new RoomMirror(eo.snapshot);
+  const w = await connect(nodes[0].url);
+  const ew = await enter(w, "writer", room);
+  const q = await connect(nodes[2].url);
+  await enter(q, "quitter", room);
+  await waitFor(obs, "presence:diff", (d) => d.users.quitter);
+  const from = obs.received.length;
+  const killed = Number(redisCli(redis.port, "CLIENT", "KILL", "TYPE", "pubsub").trim());
+  assert.ok(killed >= 1);
+  assert.equal((await call(w, "presence:state", { roomId: room, epoch: ew.epoch, patch: { during: "gap" } })).ok, true);
+  assert.equal((await call(q, "presence:leave", { roomId: room })).ok, true);
+  await waitFor(obs, "presence:diff", (d) => d.users.quitter === null, { from, timeoutMs: 8000 });
+  for (const d of diffs(obs, room)) mirror.apply(d);
+  assert.deepEqual(Object.keys(mirror.users).sort(), ["watcher", "writer"]);
+  assert.deepEqual(mirror.sessions[ew.sessionId].state, { during: "gap" });
+});
+
 test("after a Redis restart (data lost) subscriptions come back and changes cross nodes again", async () => {
   const room = "r-restart";
   const obs = await connect(nodes[2].url);

@@ -9,8 +9,7 @@ import { startRedis, startNode, startNginx, restartNode, redisCli, jwt, getJson,
 let redis, a, b, lb;
 before(async () => {
   redis = await startRedis();
-  // Short timings: after a resubscription a hub shows no one leaving for
-  // the heartbeat timeout (docs/protocol.md, "After Redis lost its data").
+  // Short timings: sessions go stale and resume within a test.
   const flags = { ...FAST, "--redis-url": redis.url, "--key-prefix": "sdk", "--full-view-max-members": 6 };
   a = await startNode({ ...flags, "--node-id": "sdk-a" });
   b = await startNode({ ...flags, "--node-id": "sdk-b" });
@@ -61,7 +60,7 @@ test("through nginx: a session resumes on the other node when its node shuts dow
   await closeAll();
 });
 
-test("through nginx: a view that missed events while the subscriptions were down is corrected (a leave after the hold)", async () => {
+test("through nginx: a view that missed events while the subscriptions were down is corrected", async () => {
   const obs = client(lb.url, { userId: "obs2" });
   const ro = await obs.join("c-2");
   const others = [];

@@ -394,6 +394,19 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// The room's counts, in O(1).
     async fn room_stats(&self, room: &RoomId) -> Result<RoomStats, StoreError>;
 
+    /// Which of `sessions` the room records as gone from it (they left, or
+    /// were removed). After a resubscription a hub keeps members a read
+    /// lacks, in case Redis lost its data; one the room saw leave is not
+    /// kept. A store that never loses events (the memory store) records
+    /// nothing.
+    async fn left_room(
+        &self,
+        _room: &RoomId,
+        sessions: &[SessionId],
+    ) -> Result<Vec<bool>, StoreError> {
+        Ok(vec![false; sessions.len()])
+    }
+
     /// Everyone online, one page at a time, users derived from all their sessions.
     async fn whos_online(&self, page: Page) -> Result<Online, StoreError>;
 

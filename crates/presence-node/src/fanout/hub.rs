@@ -371,11 +371,26 @@ impl Hub {
         match (&self.live, self.hold_until) {
             (Some(live), Some(until)) if Instant::now() < until => {
                 let have: HashSet<_> = members.iter().map(|m| m.session_id.clone()).collect();
-                let kept: Vec<_> = live
+                let mut kept: Vec<_> = live
                     .members()
                     .filter(|m| !have.contains(&m.session_id))
                     .cloned()
                     .collect();
+                // Whom the room saw go (an explicit leave, a removal while
+                // the subscription was down) is not held: Redis kept its
+                // data, and observers see the leave now.
+                if !kept.is_empty() {
+                    let ids: Vec<_> = kept.iter().map(|m| m.session_id.clone()).collect();
+                    match self.inner.store.left_room(&self.room, &ids).await {
+                        Ok(left) => {
+                            let mut left = left.into_iter();
+                            kept.retain(|_| !left.next().unwrap_or(false));
+                        }
+                        Err(e) => {
+                            tracing::debug!(room_id = %self.room, error = %e, "cannot read who left; holding them")
+                        }
+                    }
+                }
                 self.holding = !kept.is_empty();
                 members.extend(kept);
             }

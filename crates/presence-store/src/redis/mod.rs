@@ -52,7 +52,7 @@ use presence_core::user::{derive_user, SessionSignal};
 use presence_core::view::build_view;
 use presence_core::{
     Activity, Clock, Intent, IntentNotice, IntentOutcome, JsonMap, Limits, Millis, NodeId,
-    PresenceEvent, RoomId, Timings, UserId, UserSummary,
+    PresenceEvent, RoomId, SessionId, Timings, UserId, UserSummary,
 };
 use tokio::sync::{broadcast, watch};
 
@@ -469,6 +469,24 @@ impl PresenceStore for RedisStore {
             read_at: now,
             members,
         })
+    }
+
+    async fn left_room(
+        &self,
+        room: &RoomId,
+        sessions: &[SessionId],
+    ) -> Result<Vec<bool>, StoreError> {
+        if sessions.is_empty() {
+            return Ok(vec![]);
+        }
+        let key = &self.keys.room(room.as_str()).gone;
+        let ids: Vec<&str> = sessions.iter().map(SessionId::as_str).collect();
+        let ids = &ids;
+        let left: Vec<Option<String>> = self
+            .route
+            .on_key(key, |c| async move { c.hmget(key, ids.clone()).await })
+            .await?;
+        Ok(left.into_iter().map(|v| v.is_some()).collect())
     }
 
     async fn room_page(
