@@ -10,7 +10,7 @@ import http from "node:http";
 import { createRequire } from "node:module";
 import { build } from "esbuild";
 import { createPresence } from "../dist/index.js";
-import { startNode, FAST } from "../../../tests/e2e/helpers.js";
+import { startNode, until, FAST } from "../../../tests/e2e/helpers.js";
 
 const { chromium } = createRequire(new URL("../../../tests/e2e/package.json", import.meta.url))("playwright-core");
 const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
@@ -54,17 +54,6 @@ before(async () => {
   });
 });
 after(async () => { await browser?.close(); server?.close(); await node?.stop(); });
-
-async function until(fn, what, ms = 8000) {
-  const end = Date.now() + ms;
-  let last;
-  while (Date.now() < end) {
-    last = await fn();
-    if (last) return last;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  assert.fail(`timed out waiting for ${what} (last: ${JSON.stringify(last)})`);
-}
 
 test("usePresence renders a room's live view; useSelf the session", async () => {
   page = await browser.newPage();

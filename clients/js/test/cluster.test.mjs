@@ -3,8 +3,8 @@
 // expires and is renewed, a large room's counts, pages and watch list.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { createPresence } from "../dist/index.js";
 import { startRedis, startNode, startNginx, restartNode, redisCli, jwt, getJson, FAST } from "../../../tests/e2e/helpers.js";
+import { client, closeAll, until } from "./support.mjs";
 
 let redis, a, b, lb;
 before(async () => {
@@ -16,23 +16,6 @@ before(async () => {
   lb = await startNginx([a, b]);
 });
 after(async () => { await lb?.stop(); await a?.stop(); await b?.stop(); await redis?.stop(); });
-
-const clients = [];
-function client(url, opts) {
-  const p = createPresence({ url, activity: "active", socket: { transports: ["websocket"], forceNew: true, reconnectionDelay: 50, reconnectionDelayMax: 200 }, ...opts });
-  clients.push(p);
-  return p;
-}
-async function closeAll() {
-  for (const c of clients.splice(0)) await c.close().catch(() => {});
-}
-function until(emitter, event, pred, ms = 8000) {
-  return new Promise((resolve, reject) => {
-    if (pred()) return resolve();
-    const timer = setTimeout(() => { off(); reject(new Error(`timed out waiting on ${event}`)); }, ms);
-    const off = emitter.on(event, () => { if (pred()) { clearTimeout(timer); off(); resolve(); } });
-  });
-}
 
 test("through nginx: a session resumes on the other node when its node shuts down, without flapping", async () => {
   const obs = client(lb.url, { userId: "obs" });

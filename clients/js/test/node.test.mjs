@@ -2,32 +2,17 @@
 // resume, reload, readiness and intents, typed errors.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { createPresence, PresenceError } from "../dist/index.js";
+import { PresenceError } from "../dist/index.js";
 import { readFileSync } from "node:fs";
 import { startNode, FAST } from "../../../tests/e2e/helpers.js";
+import { client as connectTo, closeAll, until } from "./support.mjs";
 
 let node;
 before(async () => { node = await startNode(FAST); });
 after(async () => { await node?.stop(); });
 
-const clients = [];
-function client(opts) {
-  const p = createPresence({ url: node.url, activity: "active", socket: { transports: ["websocket"], forceNew: true, reconnectionDelay: 50, reconnectionDelayMax: 200 }, ...opts });
-  clients.push(p);
-  return p;
-}
-async function closeAll() {
-  for (const c of clients.splice(0)) await c.close().catch(() => {});
-}
-
-/** Resolves when `pred()` holds (checked after each event of `emitter`), or fails after `ms`. */
-function until(emitter, event, pred, ms = 5000) {
-  return new Promise((resolve, reject) => {
-    if (pred()) return resolve();
-    const timer = setTimeout(() => { off(); reject(new Error(`timed out waiting on ${event}`)); }, ms);
-    const off = emitter.on(event, () => { if (pred()) { clearTimeout(timer); off(); resolve(); } });
-  });
-}
+/** A client of the node. */
+const client = (opts) => connectTo(node.url, opts);
 
 test("a joined room is a live view: users, sessions, counts, me; per-user join, status and leave", async () => {
   const ada = client({ userId: "ada", handle: "Ada" });

@@ -4,8 +4,8 @@
 //! [`WireError`](crate::wire::WireError)s).
 
 use presence_core::{
-    Limits, Millis, NodeId, Page, RoomCounts, RoomId, SessionId, SessionPresence, Timings, UserId,
-    UserPresence,
+    Capabilities, Intent, Limits, Millis, NodeId, Page, Reach, RoomCounts, RoomId, SessionId,
+    SessionPresence, Timings, UserId, UserPresence,
 };
 use presence_store::{SessionRef, Signal};
 use serde::{Serialize, Serializer};
@@ -26,6 +26,57 @@ impl Serialize for True {
 pub struct Done {
     /// Always true.
     pub ok: True,
+}
+
+/// The ack of `presence:reachability`, and the answer of
+/// `GET /api/users/{userId}/reachability`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReachAck {
+    /// Always true.
+    pub ok: True,
+    /// The user asked about.
+    pub user_id: UserId,
+    /// The need asked about.
+    pub need: Capabilities,
+    /// The answer (`reachability`, `confidence`, `session`, `reason`).
+    #[serde(flatten)]
+    pub reach: Reach,
+}
+
+impl ReachAck {
+    /// The answer for `user_id` and `need`.
+    pub fn new(user_id: UserId, need: Capabilities, reach: Reach) -> Self {
+        ReachAck {
+            ok: True,
+            user_id,
+            need,
+            reach,
+        }
+    }
+}
+
+/// The ack of `presence:intent`, and the answer of `POST /api/intents`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IntentAck {
+    /// Always true.
+    pub ok: True,
+    /// The intent's id (for `presence:intent_cancel` and its outcome).
+    pub intent_id: String,
+    /// When it expires if the user is not reachable before.
+    pub expires_at: Millis,
+}
+
+impl IntentAck {
+    /// The ack of a made intent.
+    pub fn of(intent: &Intent) -> Self {
+        IntentAck {
+            ok: True,
+            intent_id: intent.id.clone(),
+            expires_at: intent.expires_at,
+        }
+    }
 }
 
 /// The ack of `presence:hello`.

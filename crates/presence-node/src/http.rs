@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use presence_store::PresenceStore;
 
+use crate::acks::{IntentAck, ReachAck};
 use crate::fanout::Fanout;
 use crate::node::LocalNode;
 use crate::wire::{ErrorCode, WireError};
@@ -439,19 +440,11 @@ async fn reachability(
     State(api): State<ApiState>,
     Path(user): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult {
+) -> Result<Json<ReachAck>, ApiError> {
     let user = UserId::new(&user).map_err(|e| WireError::bad("userId", e))?;
     let need = crate::wire::need_param(q.get("need").map(String::as_str), &api.limits)?;
     let (reach, _) = api.coordinator.reach(&user, &need).await?;
-    Ok(Json(json!({
-        "ok": true,
-        "userId": user,
-        "need": need,
-        "reachability": reach.reachability,
-        "confidence": reach.confidence,
-        "session": reach.session,
-        "reason": reach.reason,
-    })))
+    Ok(Json(ReachAck::new(user, need, reach)))
 }
 
 /// `POST /api/intents` `{ from, userId, need, ttlMs, note? }`: an intent made
@@ -460,7 +453,7 @@ async fn reachability(
 async fn make_intent(
     State(api): State<ApiState>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+) -> Result<Json<IntentAck>, ApiError> {
     let v = json_body(body)?;
     let req = crate::wire::intent(&v, &api.limits)?;
     let from = match v.get("from") {
@@ -470,9 +463,7 @@ async fn make_intent(
     };
     let intent = api.coordinator.intent(from, None, req);
     api.coordinator.make(intent.clone()).await?;
-    Ok(Json(
-        json!({ "ok": true, "intentId": intent.id, "expiresAt": intent.expires_at }),
-    ))
+    Ok(Json(IntentAck::of(&intent)))
 }
 
 async fn users_status(

@@ -67,8 +67,78 @@ struct Inner {
     term: u64,
     /// The highest term a sweep came with.
     swept_term: u64,
-    /// Intents by id, kept until delivered or [`INTENT_KEEP_MS`] past their TTL.
-    intents: HashMap<String, Intent>,
+    /// Intents, kept until delivered or [`INTENT_KEEP_MS`] past their TTL.
+    intents: Intents,
+}
+
+/// Intents by callee (as the Redis store keeps them), and each caller's by
+/// callee and id: every operation reads one user's, never all of them.
+#[derive(Default)]
+struct Intents {
+    to: HashMap<UserId, HashMap<String, Intent>>,
+    from: HashMap<UserId, BTreeSet<(UserId, String)>>,
+}
+
+impl Intents {
+    /// Drops `user`'s intents (as callee and as caller) past their keep window.
+    fn prune(&mut self, user: &UserId, now: Millis) {
+        let gone: Vec<Intent> = self
+            .to(user)
+            .chain(self.from(user))
+            .filter(|i| now >= i.expires_at + INTENT_KEEP_MS)
+            .cloned()
+            .collect();
+        for i in &gone {
+            self.remove(i);
+        }
+    }
+
+    fn insert(&mut self, intent: &Intent) {
+        self.to
+            .entry(intent.to.clone())
+            .or_default()
+            .insert(intent.id.clone(), intent.clone());
+        self.from
+            .entry(intent.from.clone())
+            .or_default()
+            .insert((intent.to.clone(), intent.id.clone()));
+    }
+
+    fn get_mut(&mut self, intent: &Intent) -> Option<&mut Intent> {
+        self.to.get_mut(&intent.to)?.get_mut(&intent.id)
+    }
+
+    fn remove(&mut self, intent: &Intent) -> bool {
+        let removed = self
+            .to
+            .get_mut(&intent.to)
+            .and_then(|m| m.remove(&intent.id))
+            .is_some();
+        if self.to.get(&intent.to).is_some_and(HashMap::is_empty) {
+            self.to.remove(&intent.to);
+        }
+        if let Some(set) = self.from.get_mut(&intent.from) {
+            set.remove(&(intent.to.clone(), intent.id.clone()));
+            if set.is_empty() {
+                self.from.remove(&intent.from);
+            }
+        }
+        removed
+    }
+
+    /// The intents waiting for `user`, and those resolved but kept.
+    fn to(&self, user: &UserId) -> impl Iterator<Item = &Intent> {
+        self.to.get(user).into_iter().flat_map(HashMap::values)
+    }
+
+    /// The intents `user` made that are kept.
+    fn from<'a>(&'a self, user: &UserId) -> impl Iterator<Item = &'a Intent> + 'a {
+        self.from
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|(to, id)| self.to.get(to)?.get(id))
+    }
 }
 
 /// What is left of a removed session.
@@ -792,26 +862,21 @@ impl PresenceStore for MemoryStore {
     async fn put_intent(&self, intent: &Intent) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
         let mut inner = self.lock();
-        inner
-            .intents
-            .retain(|_, i| now < i.expires_at + INTENT_KEEP_MS);
-        let from = inner
-            .intents
-            .values()
-            .filter(|i| i.from == intent.from && now < i.expires_at)
+        let intents = &mut inner.intents;
+        intents.prune(&intent.from, now);
+        intents.prune(&intent.to, now);
+        let from = intents
+            .from(&intent.from)
+            .filter(|i| now < i.expires_at)
             .count();
         if from >= self.limits.max_intents_per_user {
             return Err(too_many_from(self.limits.max_intents_per_user));
         }
-        let to = inner
-            .intents
-            .values()
-            .filter(|i| i.to == intent.to && i.is_pending(now))
-            .count();
+        let to = intents.to(&intent.to).filter(|i| i.is_pending(now)).count();
         if to >= self.limits.max_intents_to_user {
             return Err(too_many_to(self.limits.max_intents_to_user));
         }
-        inner.intents.insert(intent.id.clone(), intent.clone());
+        intents.insert(intent);
         Ok(())
     }
 
@@ -820,8 +885,8 @@ impl PresenceStore for MemoryStore {
         let inner = self.lock();
         Ok(inner
             .intents
-            .values()
-            .filter(|i| i.to == *user && i.is_pending(now))
+            .to(user)
+            .filter(|i| i.is_pending(now))
             .cloned()
             .collect())
     }
@@ -831,8 +896,8 @@ impl PresenceStore for MemoryStore {
         let inner = self.lock();
         Ok(inner
             .intents
-            .values()
-            .filter(|i| i.from == *user && now < i.expires_at + INTENT_KEEP_MS)
+            .from(user)
+            .filter(|i| now < i.expires_at + INTENT_KEEP_MS)
             .cloned()
             .collect())
     }
@@ -844,7 +909,7 @@ impl PresenceStore for MemoryStore {
     ) -> Result<Option<Intent>, StoreError> {
         let now = self.clock.now_ms();
         let mut inner = self.lock();
-        let Some(stored) = inner.intents.get_mut(&intent.id) else {
+        let Some(stored) = inner.intents.get_mut(intent) else {
             return Ok(None);
         };
         let Some(resolved) = stored.resolve(outcome, now) else {
@@ -855,7 +920,7 @@ impl PresenceStore for MemoryStore {
     }
 
     async fn take_intent(&self, intent: &Intent) -> Result<bool, StoreError> {
-        Ok(self.lock().intents.remove(&intent.id).is_some())
+        Ok(self.lock().intents.remove(intent))
     }
 
     async fn publish_intent(&self, notice: &IntentNotice) -> Result<(), StoreError> {

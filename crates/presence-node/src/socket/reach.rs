@@ -9,43 +9,15 @@
 
 use std::sync::Arc;
 
-use presence_core::{Capabilities, Reach, UserId};
+use presence_core::UserId;
 use presence_store::UserSession;
-use serde::Serialize;
 use serde_json::Value;
 use socketioxide::extract::{AckSender, SocketRef};
 
 use super::conn::{Bound, Conn};
 use super::{answer, SocketContext};
-use crate::acks::{Done, True};
+use crate::acks::{Done, IntentAck, ReachAck, True};
 use crate::wire::{self, ErrorCode, WireError};
-
-/// The ack of `presence:reachability` (and the body of the HTTP answer).
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ReachAck<'a> {
-    /// Always true.
-    pub ok: True,
-    /// The user asked about.
-    pub user_id: &'a UserId,
-    /// The need asked about.
-    pub need: &'a Capabilities,
-    /// The answer (`reachability`, `confidence`, `session`, `reason`).
-    #[serde(flatten)]
-    pub reach: &'a Reach,
-}
-
-/// The ack of `presence:intent`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IntentAck<'a> {
-    /// Always true.
-    pub ok: True,
-    /// The intent's id (for `presence:intent_cancel` and its outcome).
-    pub intent_id: &'a str,
-    /// When it expires if the user is not reachable before.
-    pub expires_at: presence_core::Millis,
-}
 
 pub(super) async fn readiness(
     cx: &Arc<SocketContext>,
@@ -110,22 +82,10 @@ pub(super) async fn reachability(
         if !may_see(conn, &b, &req.user_id, &theirs) {
             return Err(forbidden(&req.user_id));
         }
-        Ok((req, reach))
+        Ok(ReachAck::new(req.user_id, req.need, reach))
     }
     .await;
-    match r {
-        Ok((req, reach)) => answer(
-            ack,
-            "presence:reachability",
-            Ok(ReachAck {
-                ok: True,
-                user_id: &req.user_id,
-                need: &req.need,
-                reach: &reach,
-            }),
-        ),
-        Err(e) => answer::<Done>(ack, "presence:reachability", Err(e)),
-    }
+    answer(ack, "presence:reachability", r)
 }
 
 pub(super) async fn intent(
@@ -148,21 +108,10 @@ pub(super) async fn intent(
             cx.coordinator
                 .intent(b.user_id.clone(), Some(b.session.session_id.clone()), req);
         cx.coordinator.make(intent.clone()).await?;
-        Ok(intent)
+        Ok(IntentAck::of(&intent))
     }
     .await;
-    match r {
-        Ok(i) => answer(
-            ack,
-            "presence:intent",
-            Ok(IntentAck {
-                ok: True,
-                intent_id: &i.id,
-                expires_at: i.expires_at,
-            }),
-        ),
-        Err(e) => answer::<Done>(ack, "presence:intent", Err(e)),
-    }
+    answer(ack, "presence:intent", r)
 }
 
 pub(super) async fn cancel(
