@@ -10,7 +10,8 @@
 -- ARGV[11] capabilities: '=' then the names joined with ',' ('' = keep/none)
 --
 -- Reply (JSON): { ok, e, v, resumed, uid, st, changed, ix, puts: [{room, ev, m, visible, x}],
---   buried?: { uid, v, dels: [{room, ev}] }, superseded?: { node, epoch } }, or { err = 'forbidden' }.
+--   buried?: { uid, v, dels: [{room, ev}] }, superseded?: { node, epoch } }, or { err = 'forbidden' },
+--   or { err = 'kicked' } for the id of a session the moderation API ended (while its tombstone lives).
 --
 -- Epochs are issued here only. A session past its removal deadline that the
 -- sweeper has not reached yet is gone: it is buried (its rooms are reported
@@ -32,6 +33,8 @@ local reply = { ok = true, puts = {} }
 -- A session id stays its user's, alive or ended (its tombstone keeps the
 -- user): no one else may claim it, and nothing is written for them.
 if f ~= nil and f.userId ~= nil and f.userId ~= uid then return cjson.encode({ err = 'forbidden' }) end
+-- Ended by the server (leave.lua, moderated): not to be taken up again.
+if f ~= nil and f.dead == '1' and f.k == '1' then return cjson.encode({ err = 'kicked' }) end
 
 if f ~= nil and f.dead ~= '1' and liveness(f, now, T) == 'expired' then
   local dels = room_dels(f, 'expire', now)
@@ -82,6 +85,7 @@ else
     lastHeartbeatAt = now, la = now, c = now, st = 'active',
   }
   redis.call('DEL', key)
+  f.la = now
   local st = rederive(f, now, T)
   redis.call('HSET', key, 'sid', sid, 'userId', uid, 'h', handle, 'm', meta, 'n', node, 'a', activity,
     'epoch', f.epoch, 'v', f.v, 'lastHeartbeatAt', now, 'la', now, 'c', now, 'st', st,
@@ -98,5 +102,6 @@ reply.e = tonumber(f.epoch)
 reply.v = tonumber(f.v)
 reply.uid = f.userId
 reply.st = f.st
+reply.la = tonumber(f.la) or now
 reply.ix = index_update(key, f, now, T)
 return cjson.encode(reply)

@@ -21,4 +21,5 @@ keep(key, f, now, T)
 local ix = index_update(key, f, now, T)
 local puts = {}
 if changed then puts = status_puts(f, true, now, T) end
-return cjson.encode({ ok = true, changed = changed, v = tonumber(f.v), uid = f.userId, ix = ix, puts = puts })
+return cjson.encode({ ok = true, changed = changed, v = tonumber(f.v), uid = f.userId, ix = ix, puts = puts,
+  st = st, la = num(f.la, 0) })

@@ -43,7 +43,7 @@ local function expire_one(key)
     local dels = room_dels(f, 'expire', now, rooms)
     f.v = tonumber(f.v) + 1
     bury(key, f, T)
-    return { outcome = 'expired', v = f.v, uid = f.userId, dels = dels }
+    return { outcome = 'expired', v = f.v, uid = f.userId, dels = dels, la = num(f.la, 0) }
   end
 
   local st, changed = rederive(f, now, T)
@@ -56,7 +56,7 @@ local function expire_one(key)
   local inroom = room ~= nil and room ~= '' and f['r:' .. room] ~= nil
   return {
     outcome = 'alive', changed = changed, v = tonumber(f.v), uid = f.userId, next = nd, puts = puts,
-    inroom = inroom, x = removal_deadline(f, T) + KEEP,
+    st = st, la = num(f.la, 0), inroom = inroom, x = removal_deadline(f, T) + KEEP,
   }
 end
 

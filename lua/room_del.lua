@@ -10,8 +10,10 @@
 -- The sweeper also removes, through this script, a member whose session no
 -- longer holds it (see room_due.lua): it passes the version it saw plus one.
 --
--- Reply: a seq per member, the room's seq after its removal, or 0 when
--- nothing was removed. A removal older than the member's projection (the
+-- Reply: [seq..., vacated, userId...]: a seq per member, the room's seq
+-- after its removal, or 0 when nothing was removed; then the lifecycle this
+-- call decided: `vacated` = 1 when it removed the room's last member, and
+-- the users whose last session in the room it removed (member.left). A removal older than the member's projection (the
 -- session left and joined again since) is ignored. The version it left at
 -- is kept in `gone`, so that a join projection still in flight cannot bring
 -- the member back; `gone` is bounded (emptied when it holds over 1,000
@@ -29,7 +31,7 @@ local publish = ARGV[2] == 'SPUBLISH' and 'SPUBLISH' or 'PUBLISH'
 if redis.call('HLEN', gone) > 1000 then redis.call('DEL', gone) end
 
 local n = (#ARGV - 2) / 3
-if n < 1 then return {} end
+if n < 1 then return { 0 } end
 local sids = {}
 for k = 1, n do sids[k] = ARGV[3 * k] end
 local read = redis.call('HMGET', members, unpack(sids))
@@ -41,7 +43,7 @@ for k, sid in ipairs(sids) do
   if entry[sid] == nil then entry[sid] = read[k] end
 end
 
-local reply, removed = {}, {}
+local reply, removed, last_out = {}, {}, {}
 local out_sids, out_order, delta, uids = {}, {}, {}, {}
 for k = 1, n do
   local sid, version = sids[k], tonumber(ARGV[3 * k + 1])
@@ -95,6 +97,7 @@ if #removed > 0 then
       keep[#keep + 1] = c
     else
       drop[#drop + 1] = uid
+      last_out[#last_out + 1] = uid
     end
   end
   if #keep > 0 then redis.call('HSET', users, unpack(keep)) end
@@ -107,8 +110,11 @@ if #removed > 0 then
   end
 end
 redis.call('PEXPIRE', gone, 600000)
+reply[n + 1] = 0
 if #removed > 0 and redis.call('HLEN', members) == 0 then
   -- An empty room is forgotten; its seq starts again from 1.
   redis.call('DEL', seqkey, users, expiry, order)
+  reply[n + 1] = 1
 end
+for _, uid in ipairs(last_out) do reply[#reply + 1] = uid end
 return reply

@@ -16,8 +16,11 @@
 --   the member as the room keeps it (JSON: h, st, hb, la, su, e, n, s?),
 --   when the room's expiry index should check the member's session
 --
--- Reply: [list, fresh, seq...]: a seq per member, the room's seq after its
--- event (0 when nothing was applied or nothing visible changed); `list` > 0
+-- Reply: [list, fresh, seq..., occupied, userId...]: a seq per member, the
+-- room's seq after its event (0 when nothing was applied or nothing visible
+-- changed); then the lifecycle this call decided: `occupied` = 1 when the
+-- room had no member before, and the users whose first session in the room
+-- this call added (member.joined). `list` > 0
 -- when the room's entry in the rooms-by-deadline index must be lowered to it
 -- (the caller runs ZADD LT), and `fresh` = 1 when the expiry index was empty
 -- before: the room may be on its way out of that index, so the caller sets
@@ -49,7 +52,7 @@ local earliest = first[2] and tonumber(first[2])
 local lowest = nil
 
 local n = (#ARGV - 2) / 8
-if n < 1 then return { 0, 0 } end
+if n < 1 then return { 0, 0, 0 } end
 local sids = {}
 for k = 1, n do sids[k] = ARGV[8 * k - 5] end
 local read = redis.call('HMGET', members, unpack(sids))
@@ -105,10 +108,14 @@ if #written > 0 then
   redis.call('HSET', members, unpack(fields))
   redis.call('ZADD', expiry, unpack(scores))
 end
+local occupied, first_in = 0, {}
 if #joined > 0 then
+  if redis.call('HLEN', users) == 0 then occupied = 1 end
   -- (A session joins at most once per call: after its join it is a member,
   -- and a later join of it in the same call is an update.)
-  for _, uid in ipairs(joined) do redis.call('HINCRBY', users, uid, 1) end
+  for _, uid in ipairs(joined) do
+    if redis.call('HINCRBY', users, uid, 1) == 1 then first_in[#first_in + 1] = uid end
+  end
   local pairs_ = {}
   for _, m in ipairs(joined_order) do
     pairs_[#pairs_ + 1] = 0
@@ -132,4 +139,6 @@ if lowest ~= nil then
     reply[1] = lowest
   end
 end
+reply[n + 3] = occupied
+for _, uid in ipairs(first_in) do reply[#reply + 1] = uid end
 return reply

@@ -84,6 +84,7 @@ cleanup
 
 echo "==> end-to-end tests (socket.io-client from npm)"
 cargo build -p presence-node --locked
+cargo build -p presence-store --example lifecycle --locked
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
 # Once on the embedded store, once with every node on a redis-server of its own.
 (cd tests/e2e && PRESENCE_NODE_BIN="$PWD/../../target/debug/presence-node" node --test --test-concurrency=1)

@@ -298,3 +298,18 @@ local function fence(f, epoch)
   end
   return nil
 end
+
+-- A user's derived status from their user hash (sessionId ->
+-- '<version>|<status>|<lastActiveAt>'): the best of the sessions' (active,
+-- idle, away, stale), 'offline' with none, as presence_core::user::derive_user
+-- has it. An entry written by an older build (a bare version) counts as stale.
+local USER_RANK = { active = 1, idle = 2, away = 3, stale = 4 }
+local USER_STATUS = { 'active', 'idle', 'away', 'stale' }
+local function user_status(key)
+  local best = 5
+  for _, v in ipairs(redis.call('HVALS', key)) do
+    local r = USER_RANK[string.match(v, '^%d+|(%a+)') or 'stale'] or 4
+    if r < best then best = r end
+  end
+  return USER_STATUS[best] or 'offline'
+end

@@ -2,6 +2,7 @@
 // connect the official socket.io-client, and wait for acks and events.
 import { spawn, execFileSync } from "node:child_process";
 import fs from "node:fs";
+import http from "node:http";
 import net from "node:net";
 import os from "node:os";
 import { fileURLToPath } from "node:url";
@@ -55,9 +56,17 @@ export async function waitPort(port) {
 }
 
 /** Starts a redis-server on a free loopback port (killed with `stop`, or when this process exits). */
-export async function startRedis({ tls = false } = {}) {
+export async function startRedis({ tls = false, persist = false } = {}) {
   const port = await freePort();
   const listen = ["--port", String(port)];
+  // Persistence: an append-only file synced on every write, in a directory of
+  // its own, so that a restart (even after SIGKILL) finds every write.
+  let store = ["--save", "", "--appendonly", "no"];
+  if (persist) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "presence-redis-"));
+    process.once("exit", () => fs.rmSync(dir, { recursive: true, force: true }));
+    store = ["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", dir];
+  }
   let caFile = null;
   if (tls) {
     const dir = certificates();
@@ -72,7 +81,7 @@ export async function startRedis({ tls = false } = {}) {
     caFile,
     proc: null,
     async start() {
-      const proc = spawn("redis-server", ["--bind", "127.0.0.1", ...listen, "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+      const proc = spawn("redis-server", ["--bind", "127.0.0.1", ...listen, ...store], { stdio: "ignore" });
       proc.unref(); // never keeps a test file alive; killed when this process exits
       process.once("exit", () => proc.kill("SIGKILL"));
       r.proc = proc;
@@ -87,7 +96,7 @@ export async function startRedis({ tls = false } = {}) {
       proc.kill("SIGKILL");
       await exited;
     },
-    /** Kills it and starts it again, empty, on the same port. */
+    /** Kills it and starts it again on the same port: empty, unless `persist`. */
     async restart() {
       await r.stop();
       await r.start();
@@ -625,4 +634,60 @@ export async function startRedisCluster(masters = 3, replicas = 1) {
       for (let i = 0; i < servers.length; i++) await this.kill(i);
     },
   };
+}
+
+/** A webhook receiver on loopback. Keeps every request (`node`: its
+ * Presence-Node header, `events`, `verified`: whether its Presence-Signature
+ * is the HMAC-SHA256 of "<t>.<body>" under `secret`, `status`: what it was
+ * answered), and answers what `respond(request)` resolves to: a status, or
+ * `null` to hold the request open until `release(status)`. */
+export async function startReceiver(secret) {
+  const r = {
+    requests: [],
+    held: [],
+    respond: () => 200,
+    /** Answers every held request with `status`. */
+    release(status) {
+      for (const { res, q } of r.held.splice(0)) { q.status = status; res.writeHead(status); res.end(); }
+    },
+    /** The events of requests answered 2xx, once per id. */
+    delivered() {
+      const byId = new Map();
+      for (const q of r.requests) {
+        if (q.status >= 200 && q.status < 300) for (const e of q.events) byId.set(e.id, e);
+      }
+      return [...byId.values()];
+    },
+  };
+  const server = http.createServer((req, res) => {
+    const chunks = [];
+    req.on("data", (c) => chunks.push(c));
+    req.on("end", async () => {
+      const body = Buffer.concat(chunks).toString("utf8");
+      const m = /^t=(\d+),v1=([0-9a-f]{64})$/.exec(req.headers["presence-signature"] || "");
+      const expected = m && crypto.createHmac("sha256", secret).update(`${m[1]}.${body}`).digest("hex");
+      const q = {
+        node: req.headers["presence-node"],
+        path: req.url,
+        verified: !!m && crypto.timingSafeEqual(Buffer.from(expected), Buffer.from(m[2])),
+        signedAt: m ? Number(m[1]) : 0,
+        events: JSON.parse(body).events,
+        receivedAt: Date.now(),
+        status: null,
+      };
+      r.requests.push(q);
+      const status = await r.respond(q);
+      if (status === null) {
+        r.held.push({ res, q });
+        return;
+      }
+      q.status = status;
+      res.writeHead(status, { "content-type": "application/json" });
+      res.end("{}");
+    });
+  });
+  await new Promise((res) => server.listen(0, "127.0.0.1", res));
+  r.url = `http://127.0.0.1:${server.address().port}/hooks`;
+  r.stop = () => new Promise((res) => { r.release(503); server.closeAllConnections(); server.close(res); });
+  return r;
 }

@@ -298,10 +298,15 @@ export class Presence extends Emitter<PresenceEvents> implements RoomHost {
         this.store.removeItem(this.key);
         this.reconnect();
       }
+      // A backend ended the session (the moderation API): the node closes
+      // the connection, and no new session starts by itself.
+      if (e.code === "kicked") this.kicked();
       // The token expired: the node closes the connection; a token function
       // gives a fresh one.
       if (e.code === "unauthorized" && typeof this.opts.token === "function") this.renewToken = true;
     });
+    s.on("presence:removed", (m: { roomId: string; reason?: string }) =>
+      this.rooms.get(m.roomId)?.removedByServer(m.reason ?? "removed"));
     s.on("presence:snapshot", (m: Snapshot) => this.rooms.get(m.roomId)?.snapshot(m));
     s.on("presence:diff", (m: DiffMessage) => this.rooms.get(m.roomId)?.diff(m));
     s.on("presence:counts", (m: { roomId: string; counts: RoomCounts }) => this.rooms.get(m.roomId)?.countsChanged(m.counts));
@@ -314,6 +319,18 @@ export class Presence extends Emitter<PresenceEvents> implements RoomHost {
       this.settle({ intentId: m.intentId, userId: m.userId, reachable: true, sessionId: m.sessionId }));
     s.on("presence:intent_expired", (m: { intentId: string; userId: string }) =>
       this.settle({ intentId: m.intentId, userId: m.userId, reachable: false }));
+  }
+
+  /** The session was ended by a backend: closed for good, its id dropped. */
+  private kicked(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.store.removeItem(this.key);
+    this.stopHeartbeat();
+    this.browser?.stop();
+    for (const room of [...this.rooms.values()]) room.removedByServer("kicked");
+    this.socket.disconnect();
+    this.setState("closed");
   }
 
   private settle(o: IntentOutcome): void {
@@ -350,6 +367,14 @@ export class Presence extends Emitter<PresenceEvents> implements RoomHost {
       ack = await this.request<HelloAck>("presence:hello", hello);
     } catch (e) {
       const err = e as PresenceError;
+      if (err.code === "kicked") {
+        // The stored session was ended by a backend while this client was
+        // away: it is not taken up again.
+        this.emit("error", err);
+        this.kicked();
+        if (this.helloCount === 0) this.helloFailed(err);
+        return;
+      }
       if (stored && ["forbidden", "stale_epoch", "bad_request"].includes(err.code)) {
         // The stored id is not this user's to resume: start a new session
         // (the refusal is still reported).

@@ -24,6 +24,9 @@ export interface RoomEvents {
   counts: (counts: RoomCounts) => void;
   signal: (signal: RoomSignal) => void;
   view: (view: ViewKind, reason?: string) => void;
+  /** A backend took this session out of the room (the moderation API): the
+   * room is left; joining again brings it back. */
+  removed: (reason: string) => void;
 }
 
 /** What a room needs of its presence connection. */
@@ -135,9 +138,16 @@ export class Room extends Emitter<RoomEvents> {
     await this.host.request("presence:leave", { roomId: this.id });
   }
 
-  /** Whether `leave` was called. */
+  /** Whether `leave` was called, or a backend removed the session. */
   get hasLeft(): boolean {
     return this.left;
+  }
+
+  /** @internal A backend took the session out of the room. */
+  removedByServer(reason: string): void {
+    this.left = true;
+    this.host.forget(this);
+    this.emit("removed", reason);
   }
 
   // What the connection feeds the room.

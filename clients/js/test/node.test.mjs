@@ -149,6 +149,38 @@ test("a session lost while away (past the grace window) comes back in its rooms,
   await closeAll();
 });
 
+test("a backend's removal: the room emits removed and is left; a kick closes the client for good", async () => {
+  const ada = client({ userId: "mod-ada" });
+  const bob = client({ userId: "mod-bob" });
+  const ra = await ada.join("sdk-mod");
+  const rb = await bob.join("sdk-mod");
+  await until(ra, "change", () => ra.users.has("mod-bob"));
+  const removed = new Promise((resolve) => rb.on("removed", resolve));
+  const del = (path) => fetch(`${node.url}${path}`, { method: "DELETE" });
+  assert.equal((await del("/api/rooms/sdk-mod/members/mod-bob")).status, 200);
+  assert.equal(await removed, "removed");
+  assert.ok(rb.hasLeft);
+  await until(ra, "leave", () => !ra.users.has("mod-bob"));
+  // A new join brings it back.
+  const again = await bob.join("sdk-mod");
+  await until(ra, "change", () => ra.users.has("mod-bob"));
+  // Kicked: an error, closed, and no new session starts by itself.
+  const errors = [];
+  bob.on("error", (e) => errors.push(e));
+  const closed = until(bob, "connection", () => bob.state === "closed");
+  assert.equal((await del(`/api/sessions/${bob.sessionId}`)).status, 200);
+  await closed;
+  assert.ok(errors.some((e) => e instanceof PresenceError && e.code === "kicked"), JSON.stringify(errors));
+  assert.ok(again.hasLeft);
+  await until(ra, "leave", () => !ra.users.has("mod-bob"));
+  await new Promise((r) => setTimeout(r, 300));
+  const st = await (await fetch(`${node.url}/api/users/status`, {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ userIds: ["mod-bob"] }),
+  })).json();
+  assert.equal(st.users["mod-bob"].status, "offline", "no session started again");
+  await closeAll();
+});
+
 test("the node serves the browser bundle this source builds", async () => {
   const served = await fetch(`${node.url}/assets/presence-client.js`);
   assert.equal(served.status, 200);

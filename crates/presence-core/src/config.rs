@@ -123,6 +123,16 @@ pub struct Limits {
     pub max_intent_ttl_ms: Millis,
     /// The largest intent `note`, in bytes.
     pub max_note_bytes: usize,
+    /// How long an offline user's last activity and last-online time are
+    /// kept (one small hash per user who was online in that window).
+    pub last_seen_ttl_ms: Millis,
+    /// About how many lifecycle events each shard of the stream keeps
+    /// (`MAXLEN ~`): the Redis memory the stream may take, and how long a
+    /// consumer may be away before it misses events.
+    pub event_stream_max_len: u64,
+    /// How many streams the lifecycle events are spread over (each on its
+    /// own hash slot on Redis Cluster, so that no single key is hot).
+    pub event_shards: u32,
 }
 
 impl Default for Limits {
@@ -140,6 +150,9 @@ impl Default for Limits {
             max_intents_to_user: 64,
             max_intent_ttl_ms: 600_000,
             max_note_bytes: 256,
+            last_seen_ttl_ms: 30 * 24 * 3_600_000,
+            event_stream_max_len: 100_000,
+            event_shards: 4,
         }
     }
 }

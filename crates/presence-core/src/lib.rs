@@ -17,6 +17,8 @@
 //! - [`event`]: the v1 presence event published on every transition.
 //! - [`live`]: a room's view kept current from its events, and its diffs.
 //! - [`vouch`]: when a node may answer a heartbeat of its own session alone.
+//! - [`lifecycle`]: the user-level events backends hear (online, offline,
+//!   status, memberships, rooms filling and emptying, intents resolving).
 //! - [`intent`]: a caller's wait for a user to become reachable now.
 //! - [`reach`]: whether a user can be reached now for what a caller needs
 //!   (readiness, capabilities), and on which session first.
@@ -26,6 +28,7 @@ pub mod diff;
 pub mod event;
 pub mod ids;
 pub mod intent;
+pub mod lifecycle;
 pub mod live;
 pub mod page;
 pub mod reach;
@@ -41,6 +44,7 @@ pub use diff::{RoomDiff, SessionPatch, UserPatch};
 pub use event::{EventKind, EventMember, PresenceEvent};
 pub use ids::{IdError, NodeId, RoomId, SessionId, UserId};
 pub use intent::{Intent, IntentNotice, IntentOutcome};
+pub use lifecycle::{Lifecycle, LifecycleEvent};
 pub use page::{Page, PageCursor, RoomCounts, StatusCounts};
 pub use reach::{
     derive_reach, Capabilities, CapabilityError, Declared, Reach, ReachReason, ReachSignal,

@@ -69,6 +69,14 @@ pub struct UserSummary {
     pub last_seen_at: Millis,
     /// The last heartbeat of any session (0 when unknown).
     pub last_heartbeat_at: Millis,
+    /// For an offline user, when their last session ended, as long as it
+    /// is kept (`PRESENCE_LAST_SEEN_TTL_S`); 0 otherwise (left out of JSON).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_online_at: Millis,
+}
+
+fn is_zero(n: &Millis) -> bool {
+    *n == 0
 }
 
 impl UserSummary {
@@ -79,6 +87,7 @@ impl UserSummary {
         session_count: 0,
         last_seen_at: 0,
         last_heartbeat_at: 0,
+        last_online_at: 0,
     };
 }
 
@@ -118,6 +127,7 @@ where
         session_count: count,
         last_seen_at,
         last_heartbeat_at,
+        last_online_at: 0,
     }
 }
 

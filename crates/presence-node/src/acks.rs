@@ -400,3 +400,40 @@ mod tests {
         }
     }
 }
+
+/// `presence:removed`: a backend took this session out of a room (the
+/// moderation API). The socket is no longer in it; a new join brings it
+/// back.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Removed<'a> {
+    /// The room.
+    pub room_id: &'a RoomId,
+    /// Why: `removed`.
+    pub reason: &'static str,
+}
+
+impl<'a> Removed<'a> {
+    /// The notice for `room`.
+    pub fn new(room_id: &'a RoomId) -> Self {
+        Self {
+            room_id,
+            reason: "removed",
+        }
+    }
+}
+
+/// The answer of the moderation API's `DELETE` routes: what was removed.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Moderated {
+    /// Always true.
+    pub ok: True,
+    /// The user whose sessions these were.
+    pub user_id: UserId,
+    /// The sessions ended, or taken out of the room.
+    pub sessions: Vec<SessionId>,
+    /// The room they were taken out of (`DELETE /api/rooms/{roomId}/members/{userId}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<RoomId>,
+}

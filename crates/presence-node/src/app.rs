@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use presence_core::{Clock, Limits, SystemClock, Timings};
-use presence_store::{MemoryStore, PresenceStore, RedisOptions, RedisStore, StoreError};
+use presence_store::{
+    MemoryStore, NodeNotice, PresenceStore, RedisOptions, RedisStore, StoreError,
+};
 use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
@@ -171,17 +173,19 @@ impl App {
         }
         let takeovers = {
             // Another node took over a session one of this node's connections
-            // holds: unbind that connection now.
+            // holds: unbind that connection now. A backend ended one, or took
+            // it out of a room: carry that out on the connection.
             let mut rx = self
                 .store
-                .listen_takeovers(&self.node.id)
+                .listen_notices(&self.node.id)
                 .await
                 .map_err(StartError::Redis)?;
             let cx = cx.clone();
             tokio::spawn(async move {
                 loop {
                     match rx.recv().await {
-                        Ok(t) => crate::socket::superseded(&cx, &t),
+                        Ok(NodeNotice::Takeover(t)) => crate::socket::superseded(&cx, &t),
+                        Ok(NodeNotice::Removal(r)) => crate::socket::removed(&cx, &r),
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                             // Those connections are fenced all the same: their next write is refused.
                             tracing::warn!(missed = n, "takeover notices lagged");
@@ -194,6 +198,9 @@ impl App {
         // Every node's intent notices, for the sockets this one holds (after
         // the node's channels are followed, above).
         let intents = cx.coordinator.spawn_listener();
+        let webhooks = crate::webhooks::Webhooks::from_config(&self.config)
+            .map(|w| w.spawn(self.store.clone(), self.node.clock.clone(), &self.node.id))
+            .unwrap_or_default();
         let dispatcher = self.fanout.spawn_dispatcher();
         let lease = LeaseSlot::default();
         let reaper = tokio::spawn(
@@ -261,6 +268,11 @@ impl App {
         registry.abort();
         takeovers.abort();
         intents.abort();
+        // A batch in flight stays pending in its consumer group: another
+        // node takes it over (PRESENCE_WEBHOOK_CLAIM_IDLE_MS).
+        for w in webhooks {
+            w.abort();
+        }
         // The drain has released the lease; this waits for it (bounded).
         let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
         match tokio::time::timeout(

@@ -202,6 +202,55 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// How long an offline user's last activity and last-online time are
+    /// kept (`POST /api/users/status`, who's online `?include=recent`), in
+    /// seconds: one small hash per user offline in that window.
+    #[arg(long, env = "PRESENCE_LAST_SEEN_TTL_S", default_value_t = 30 * 24 * 3_600)]
+    pub last_seen_ttl_s: u64,
+    /// Shards of the lifecycle stream (docs/events.md): one Redis Stream
+    /// each, on its own hash slot in a Cluster. Every consumer reads them
+    /// all; change it only with the consumers.
+    #[arg(long, env = "PRESENCE_EVENT_SHARDS", default_value_t = 4)]
+    pub event_shards: u32,
+    /// About how many events each shard of the lifecycle stream keeps
+    /// (`XADD MAXLEN ~`): bounds the stream's Redis memory (about 300 bytes
+    /// an event) and so how long a consumer may be away without missing
+    /// any (docs/operations.md).
+    #[arg(long, env = "PRESENCE_EVENT_STREAM_MAXLEN", default_value_t = 100_000)]
+    pub event_stream_maxlen: u64,
+
+    /// Where to POST lifecycle events (comma-separated URLs, http or https;
+    /// each gets every event, through its own consumer group). Unset: no
+    /// webhooks.
+    #[arg(long, env = "PRESENCE_WEBHOOK_URL", value_delimiter = ',')]
+    pub webhook_url: Vec<String>,
+    /// The secret webhook bodies are signed with (`Presence-Signature`, HMAC-SHA256);
+    /// at least 16 bytes, required with `PRESENCE_WEBHOOK_URL`.
+    #[arg(long, env = "PRESENCE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// The event types to deliver (comma-separated: `member.joined`,
+    /// families like `user.*`, or `*`). Unset: every type.
+    #[arg(long, env = "PRESENCE_WEBHOOK_EVENTS", value_delimiter = ',')]
+    pub webhook_events: Vec<String>,
+    /// How long an event is retried (with exponential backoff) before it is
+    /// dropped and counted, in seconds from when it happened.
+    #[arg(long, env = "PRESENCE_WEBHOOK_MAX_AGE_S", default_value_t = 3_600)]
+    pub webhook_max_age_s: u64,
+    /// Most events in one webhook request.
+    #[arg(long, env = "PRESENCE_WEBHOOK_BATCH_MAX", default_value_t = 100)]
+    pub webhook_batch_max: usize,
+    /// The longest an event waits for others to share its request, in ms.
+    #[arg(long, env = "PRESENCE_WEBHOOK_BATCH_WAIT_MS", default_value_t = 1_000)]
+    pub webhook_batch_wait_ms: u64,
+    /// How long a webhook request may take before it counts as failed, in ms.
+    #[arg(long, env = "PRESENCE_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+    /// How long a batch may sit unacknowledged with a node that took it
+    /// before another node claims it (the node died), in ms. A node still
+    /// retrying a batch keeps it its own.
+    #[arg(long, env = "PRESENCE_WEBHOOK_CLAIM_IDLE_MS", default_value_t = 30_000)]
+    pub webhook_claim_idle_ms: u64,
+
     /// Log format.
     #[arg(long, env = "PRESENCE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -239,6 +288,9 @@ impl Config {
             max_intents_to_user: self.max_intents_to_user,
             max_intent_ttl_ms: self.max_intent_ttl_ms,
             max_note_bytes: self.max_note_bytes,
+            last_seen_ttl_ms: (self.last_seen_ttl_s as Millis).saturating_mul(1_000),
+            event_stream_max_len: self.event_stream_maxlen,
+            event_shards: self.event_shards,
         }
     }
 
@@ -279,6 +331,57 @@ impl Config {
             Verifier::from_keys(self.jwt_secret.as_deref(), self.jwt_public_key.as_deref())?
                 .map(|v| v.with_max_ttl(self.jwt_max_ttl_s)),
         )
+    }
+
+    /// Checks the lifecycle stream and webhook settings.
+    fn validate_events(&self) -> Result<(), ConfigError> {
+        if self.last_seen_ttl_s == 0 {
+            return Err("PRESENCE_LAST_SEEN_TTL_S must be > 0".into());
+        }
+        if !(1..=64).contains(&self.event_shards) {
+            return Err("PRESENCE_EVENT_SHARDS must be between 1 and 64".into());
+        }
+        if self.event_stream_maxlen < 1_000 {
+            return Err("PRESENCE_EVENT_STREAM_MAXLEN must be at least 1000".into());
+        }
+        for url in &self.webhook_url {
+            let ok = url.parse::<axum::http::Uri>().ok().is_some_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
+            if !ok {
+                return Err(ConfigError(format!(
+                    "PRESENCE_WEBHOOK_URL: {url:?} is not an http:// or https:// URL"
+                )));
+            }
+        }
+        if !self.webhook_url.is_empty() && self.webhook_secret.as_ref().is_none_or(|s| s.len() < 16)
+        {
+            return Err(
+                "PRESENCE_WEBHOOK_SECRET (at least 16 bytes) is required with PRESENCE_WEBHOOK_URL: receivers verify every request by it".into(),
+            );
+        }
+        if let Some(bad) = self
+            .webhook_events
+            .iter()
+            .find(|e| !presence_core::lifecycle::valid_filter(e))
+        {
+            return Err(ConfigError(format!(
+                "PRESENCE_WEBHOOK_EVENTS: {bad:?} is not an event type ({}), a family like user.*, or *",
+                presence_core::lifecycle::EVENT_TYPES.join(", ")
+            )));
+        }
+        if self.webhook_max_age_s == 0 {
+            return Err("PRESENCE_WEBHOOK_MAX_AGE_S must be > 0".into());
+        }
+        if !(1..=1_000).contains(&self.webhook_batch_max) {
+            return Err("PRESENCE_WEBHOOK_BATCH_MAX must be between 1 and 1000".into());
+        }
+        if self.webhook_timeout_ms == 0 || self.webhook_claim_idle_ms == 0 {
+            return Err(
+                "PRESENCE_WEBHOOK_TIMEOUT_MS and PRESENCE_WEBHOOK_CLAIM_IDLE_MS must be > 0".into(),
+            );
+        }
+        Ok(())
     }
 
     /// Checks everything that can be checked before start.
@@ -324,6 +427,7 @@ impl Config {
             }
         }
         self.verifier()?;
+        self.validate_events()?;
         if presence_core::ids::validate_id(&self.key_prefix).is_err()
             || self.key_prefix.contains(['{', '}'])
         {

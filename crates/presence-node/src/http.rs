@@ -13,9 +13,9 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use presence_core::{RoomId, UserId};
+use presence_core::{RoomId, SessionId, UserId};
 use presence_store::{Page, StoreError};
 use serde_json::{json, Value};
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use presence_store::PresenceStore;
 
-use crate::acks::{IntentAck, ReachAck};
+use crate::acks::{IntentAck, Moderated, ReachAck, True};
 use crate::fanout::Fanout;
 use crate::node::LocalNode;
 use crate::wire::{ErrorCode, WireError};
@@ -79,7 +79,9 @@ impl From<WireError> for ApiError {
             ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorCode::Forbidden | ErrorCode::ForbiddenRoom => StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden | ErrorCode::ForbiddenRoom | ErrorCode::Kicked => {
+                StatusCode::FORBIDDEN
+            }
             ErrorCode::NotFound | ErrorCode::NoSession | ErrorCode::NotJoined => {
                 StatusCode::NOT_FOUND
             }
@@ -146,6 +148,12 @@ pub fn router(api: ApiState) -> Router {
         .route("/api/users/{user_id}/reachability", get(reachability))
         .route("/api/intents", post(make_intent))
         .route("/api/cluster", get(cluster))
+        .route("/api/sessions/{session_id}", delete(end_session))
+        .route("/api/users/{user_id}/sessions", delete(end_user_sessions))
+        .route(
+            "/api/rooms/{room_id}/members/{user_id}",
+            delete(remove_member),
+        )
         .route_layer(middleware::from_fn_with_state(api.clone(), require_api_key));
     Router::new()
         .route("/", get(demo_page))
@@ -349,6 +357,11 @@ async fn whos_online(
         None => None,
         Some(c) => Some(UserId::new(c).map_err(|e| WireError::bad("cursor", e))?),
     };
+    let recent = match q.get("include").map(String::as_str) {
+        None | Some("") => false,
+        Some("recent") => true,
+        Some(_) => return Err(WireError::bad("include", "must be \"recent\"").into()),
+    };
     let page = api.store.whos_online(Page { limit, after }).await?;
     let mut body = json!({
         "ok": true,
@@ -358,6 +371,22 @@ async fn whos_online(
     });
     if let Some(c) = page.next_cursor {
         body["nextCursor"] = json!(c);
+    }
+    if recent {
+        // The users whose last session ended most recently, newest first
+        // (at most `limit`, within PRESENCE_LAST_SEEN_TTL_S).
+        let gone = api.store.recently_offline(limit).await?;
+        body["recent"] = gone
+            .into_iter()
+            .map(|(user, seen)| {
+                json!({
+                    "userId": user,
+                    "status": "offline",
+                    "lastSeenAt": seen.last_seen_at,
+                    "lastOnlineAt": seen.last_online_at,
+                })
+            })
+            .collect();
     }
     Ok(Json(body))
 }
@@ -496,6 +525,64 @@ async fn users_status(
     Ok(Json(
         json!({ "ok": true, "generatedAt": api.node.clock.now_ms(), "users": statuses }),
     ))
+}
+
+fn missing(what: String) -> ApiError {
+    WireError::new(ErrorCode::NotFound, what).into()
+}
+
+/// `DELETE /api/sessions/{sessionId}`: ends the session; its connection
+/// gets `presence:error { code: "kicked" }` and is closed.
+async fn end_session(
+    State(api): State<ApiState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Moderated>, ApiError> {
+    let session = SessionId::new(&raw).map_err(|e| WireError::bad("sessionId", e))?;
+    let done = crate::moderation::end_session(&*api.store, &session)
+        .await?
+        .ok_or_else(|| missing(format!("no live session {raw:?}")))?;
+    Ok(Json(Moderated {
+        ok: True,
+        user_id: done.user_id,
+        sessions: done.sessions,
+        room_id: None,
+    }))
+}
+
+/// `DELETE /api/users/{userId}/sessions`: ends every session of the user.
+async fn end_user_sessions(
+    State(api): State<ApiState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Moderated>, ApiError> {
+    let user = UserId::new(&raw).map_err(|e| WireError::bad("userId", e))?;
+    let done = crate::moderation::end_user(&*api.store, &user)
+        .await?
+        .ok_or_else(|| missing(format!("user {raw:?} has no live session")))?;
+    Ok(Json(Moderated {
+        ok: True,
+        user_id: done.user_id,
+        sessions: done.sessions,
+        room_id: None,
+    }))
+}
+
+/// `DELETE /api/rooms/{roomId}/members/{userId}`: takes every session of the
+/// user out of the room; a new join is needed to come back.
+async fn remove_member(
+    State(api): State<ApiState>,
+    Path((room, user)): Path<(String, String)>,
+) -> Result<Json<Moderated>, ApiError> {
+    let room_id = room_id(&room)?;
+    let user_id = UserId::new(&user).map_err(|e| WireError::bad("userId", e))?;
+    let done = crate::moderation::remove_member(&*api.store, &room_id, &user_id)
+        .await?
+        .ok_or_else(|| missing(format!("user {user:?} is not in room {room:?}")))?;
+    Ok(Json(Moderated {
+        ok: True,
+        user_id: done.user_id,
+        sessions: done.sessions,
+        room_id: Some(room_id),
+    }))
 }
 
 async fn cluster(State(api): State<ApiState>) -> ApiResult {

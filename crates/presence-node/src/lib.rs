@@ -16,6 +16,8 @@
 //! - [`node`]: this node's identity and counters, and its registration.
 //! - [`reaper`]: the leader lease and the sweeps of whoever holds it.
 //! - [`shutdown`]: the graceful drain.
+//! - [`moderation`]: ending sessions and removing members for backends.
+//! - [`webhooks`]: lifecycle events POSTed to backends (signed, batched, retried).
 //! - [`metrics`]: Prometheus counters and gauges (`GET /metrics`).
 //! - [`app`]: the wiring: assembles the parts and runs them.
 //!
@@ -31,8 +33,10 @@ pub mod error;
 pub mod fanout;
 pub mod http;
 pub mod metrics;
+pub mod moderation;
 pub mod node;
 pub mod reaper;
 pub mod shutdown;
 pub mod socket;
+pub mod webhooks;
 pub mod wire;

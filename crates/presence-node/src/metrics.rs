@@ -69,6 +69,33 @@ pub fn snapshot_sent() {
     metrics::counter!("presence_snapshots_total").increment(1);
 }
 
+/// Lifecycle events a webhook endpoint acknowledged (2xx).
+pub fn webhook_delivered(events: u64) {
+    metrics::counter!("presence_webhook_delivered_total").increment(events);
+}
+
+/// A webhook request that failed and will be sent again.
+pub fn webhook_retried() {
+    metrics::counter!("presence_webhook_retried_total").increment(1);
+}
+
+/// Lifecycle events given up on after `PRESENCE_WEBHOOK_MAX_AGE_S` of
+/// failed deliveries.
+pub fn webhook_dropped(events: u64) {
+    metrics::counter!("presence_webhook_dropped_total").increment(events);
+}
+
+/// One webhook request, by result (`ok`, `status`: a non-2xx answer,
+/// `timeout`, `error`: no answer).
+pub fn webhook_request(result: &'static str) {
+    metrics::counter!("presence_webhook_requests_total", "result" => result).increment(1);
+}
+
+/// From an event's change to its delivery, in seconds.
+pub fn webhook_lag(seconds: f64) {
+    metrics::histogram!("presence_webhook_delivery_lag_seconds").record(seconds);
+}
+
 /// What one sweep did.
 pub fn sweep(r: &presence_store::SweepReport) {
     metrics::counter!("presence_status_changes_total").increment(r.status_changes);

@@ -42,8 +42,10 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug.
     Internal,
-    /// No such route.
+    /// No such route, or no such session, user or member (the moderation API).
     NotFound,
+    /// The server ended the session (the moderation API); a new session may start.
+    Kicked,
 }
 
 impl ErrorCode {
@@ -63,6 +65,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::Kicked => "kicked",
         }
     }
 }
@@ -152,6 +155,7 @@ impl From<StoreError> for WireError {
             StoreError::StateTooLarge { size, limit } => {
                 return WireError::too_large("state", *size, *limit)
             }
+            StoreError::Kicked => ErrorCode::Kicked,
             StoreError::Unavailable(_) => ErrorCode::Unavailable,
             StoreError::Internal(_) => ErrorCode::Internal,
         };

@@ -1,6 +1,7 @@
 //! The [`PresenceStore`] trait: every operation a node needs, each atomic.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use presence_core::page::{page_of, PageCursor};
@@ -13,6 +14,7 @@ use presence_core::{
 use tokio::sync::{broadcast, watch};
 
 use crate::error::StoreError;
+use crate::lifecycle::EventLog;
 
 /// Events buffered between the store and its followers (the memory store's
 /// channel, the Redis client's and the event bus's). A follower that falls
@@ -153,6 +155,54 @@ pub struct Takeover {
     pub epoch: u64,
     /// The epoch of the connection that holds it now.
     pub current: u64,
+}
+
+/// What one node tells another over the other's channel.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum NodeNotice {
+    /// A connection of the node lost its session to a newer one.
+    Takeover(Takeover),
+    /// A backend ended a session, or took it out of a room (the moderation
+    /// API).
+    Removal(Removal),
+}
+
+/// A session a backend ended, or took out of a room.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Removal {
+    /// The session.
+    pub session_id: SessionId,
+    /// The epoch of the connection that held it.
+    pub epoch: u64,
+    /// The room it was taken out of; `None` when the session was ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<RoomId>,
+}
+
+/// Who holds a session now (the moderation API finds a connection by it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The session's user.
+    pub user_id: UserId,
+    /// Its current epoch: what a write on its behalf carries.
+    pub epoch: u64,
+    /// The node of the connection that claimed it last.
+    pub node_id: NodeId,
+    /// The rooms it is in.
+    pub rooms: Vec<RoomId>,
+}
+
+/// What is kept of a user after their last session ended
+/// (`Limits::last_seen_ttl_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastSeen {
+    /// The last activity any of their sessions reported.
+    pub last_seen_at: Millis,
+    /// When their last session ended.
+    pub last_online_at: Millis,
 }
 
 /// The identity a connection writes with.
@@ -410,11 +460,36 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// Everyone online, one page at a time, users derived from all their sessions.
     async fn whos_online(&self, page: Page) -> Result<Online, StoreError>;
 
-    /// Bulk "is this user online", over all of each user's sessions.
+    /// Bulk "is this user online", over all of each user's sessions. An
+    /// offline user's `last_seen_at` and `last_online_at` are their
+    /// [`LastSeen`], if kept.
     async fn users_status(
         &self,
         users: &[UserId],
     ) -> Result<BTreeMap<UserId, UserSummary>, StoreError>;
+
+    /// The users whose last session ended most recently (within
+    /// `Limits::last_seen_ttl_ms`, and not online since), newest first, at
+    /// most `limit`.
+    async fn recently_offline(&self, limit: usize) -> Result<Vec<(UserId, LastSeen)>, StoreError>;
+
+    /// The moderation API: ends `session` (`room` = `None`), or takes it out
+    /// of `room`, whatever its connection's state; observers see a leave.
+    /// An ended session's id is refused ([`StoreError::Kicked`]) for as long
+    /// as its tombstone lives. `None` when there is no such live session,
+    /// or it is not in the room. The holder's epoch and node are as they
+    /// were at the removal (for the notice to its node).
+    async fn remove(
+        &self,
+        session: &SessionId,
+        room: Option<&RoomId>,
+    ) -> Result<Option<Holder>, StoreError>;
+
+    /// Who holds a live session now, if it exists.
+    async fn session_holder(&self, session: &SessionId) -> Result<Option<Holder>, StoreError>;
+
+    /// The lifecycle stream the store appends to (see [`crate::lifecycle`]).
+    fn lifecycle(&self) -> Arc<dyn EventLog>;
 
     /// Succeeds when the store can serve requests, if perhaps not all of
     /// them ([`Health::degraded`]); fails when it can serve none.
@@ -499,15 +574,23 @@ pub trait PresenceStore: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Tells node `node` that one of its connections lost its session to a
-    /// newer one (on Redis: over the node's channel).
-    async fn notify_takeover(&self, node: &NodeId, takeover: &Takeover) -> Result<(), StoreError>;
+    /// Tells node `node` something about its connections (on Redis: over
+    /// the node's channel).
+    async fn notify_node(&self, node: &NodeId, notice: &NodeNotice) -> Result<(), StoreError>;
 
-    /// Starts receiving the takeovers other nodes send to `node` (this node).
-    async fn listen_takeovers(
+    /// Tells node `node` that one of its connections lost its session to a
+    /// newer one.
+    async fn notify_takeover(&self, node: &NodeId, takeover: &Takeover) -> Result<(), StoreError> {
+        self.notify_node(node, &NodeNotice::Takeover(takeover.clone()))
+            .await
+    }
+
+    /// Starts receiving the notices other nodes (and backends, through
+    /// them) send to `node` (this node).
+    async fn listen_notices(
         &self,
         node: &NodeId,
-    ) -> Result<broadcast::Receiver<Takeover>, StoreError>;
+    ) -> Result<broadcast::Receiver<NodeNotice>, StoreError>;
 
     /// Takes the reaper lease for `node` if no one holds it (with a new
     /// term), or renews it if `node` holds it; returns the lease as it is

@@ -38,7 +38,7 @@ use tokio::sync::{broadcast, watch, Mutex};
 
 pub use crate::redis::conn::PubSub;
 
-use crate::api::{Signal, Takeover, EVENT_BUFFER};
+use crate::api::{NodeNotice, Signal, EVENT_BUFFER};
 use crate::error::StoreError;
 use crate::redis::conn::RedisOptions;
 use crate::redis::keys::Keys;
@@ -73,7 +73,7 @@ pub struct EventBus {
     signals: broadcast::Sender<Signal>,
     /// The node whose channel this bus listens to (a node's own bus), if any.
     node: Mutex<Option<NodeId>>,
-    takeovers: broadcast::Sender<Takeover>,
+    notices: broadcast::Sender<NodeNotice>,
     intents: broadcast::Sender<IntentNotice>,
     resyncs: watch::Sender<u64>,
     /// Publishes signals (a subscriber connection cannot).
@@ -107,7 +107,7 @@ impl EventBus {
             events,
             signals,
             node: Mutex::new(None),
-            takeovers: broadcast::Sender::new(1024),
+            notices: broadcast::Sender::new(1024),
             intents: broadcast::Sender::new(1024),
             resyncs: watch::Sender::new(0),
             publisher,
@@ -138,9 +138,9 @@ impl EventBus {
             .await
     }
 
-    /// Tells `node` that one of its connections was superseded.
-    pub async fn publish_takeover(&self, node: &NodeId, t: &Takeover) -> Result<(), StoreError> {
-        self.publish(self.keys.node_channel(node.as_str()), t).await
+    /// Tells `node` something about its connections (a takeover, a removal).
+    pub async fn publish_notice(&self, node: &NodeId, n: &NodeNotice) -> Result<(), StoreError> {
+        self.publish(self.keys.node_channel(node.as_str()), n).await
     }
 
     /// Tells every node about an intent.
@@ -178,8 +178,8 @@ impl EventBus {
     pub async fn follow_node(
         &self,
         node: &NodeId,
-    ) -> Result<broadcast::Receiver<Takeover>, StoreError> {
-        let rx = self.takeovers.subscribe();
+    ) -> Result<broadcast::Receiver<NodeNotice>, StoreError> {
+        let rx = self.notices.subscribe();
         let mut followed = self.node.lock().await;
         self.subscribe_to(vec![self.keys.node_channel(node.as_str())])
             .await?;
@@ -289,7 +289,7 @@ impl EventBus {
         let mut rx = self.listener.messages();
         let tx = self.events.clone();
         let signals = self.signals.clone();
-        let takeovers = self.takeovers.clone();
+        let notices = self.notices.clone();
         let intents = self.intents.clone();
         let intents_channel = self.keys.intents_channel();
         let signal_prefix = self.keys.signals_prefix();
@@ -312,7 +312,7 @@ impl EventBus {
                 if *msg.channel == *intents_channel {
                     forward(&text, &intents, "intent notice");
                 } else if msg.channel.starts_with(&node_prefix) {
-                    forward(&text, &takeovers, "node notice");
+                    forward(&text, &notices, "node notice");
                 } else if msg.channel.starts_with(&signal_prefix) {
                     forward(&text, &signals, "signal");
                 } else {

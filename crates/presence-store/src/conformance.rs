@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use presence_core::{
-    Activity, Capabilities, Confidence, EventKind, Intent, IntentOutcome, JsonMap, Limits,
-    ManualClock, NodeId, PresenceEvent, Readiness, RoomId, SessionId, SessionStatus, Timings,
-    UserId, UserStatus,
+    Activity, Capabilities, Confidence, EventKind, Intent, IntentOutcome, JsonMap, LifecycleEvent,
+    Limits, ManualClock, NodeId, PresenceEvent, Readiness, RoomId, SessionId, SessionStatus,
+    Timings, UserId, UserStatus,
 };
 use serde_json::json;
 use tokio::sync::broadcast;
@@ -92,6 +92,61 @@ async fn claim(store: &dyn PresenceStore, user: &str, session: &str) -> SessionR
         session_id: c.session_id,
         epoch: c.epoch,
     }
+}
+
+/// Every lifecycle event group `group` has not read yet, acknowledged,
+/// shard by shard.
+async fn read_lifecycle(store: &dyn PresenceStore, group: &str) -> Vec<LifecycleEvent> {
+    let log = store.lifecycle();
+    let mut out = Vec::new();
+    for shard in 0..log.shards() {
+        let got = log.read_new(group, "c", shard, 1_000).await.unwrap();
+        let ids: Vec<String> = got.iter().map(|e| e.id.clone()).collect();
+        log.ack(group, shard, &ids).await.unwrap();
+        out.extend(got.into_iter().filter_map(|e| e.event));
+    }
+    out
+}
+
+/// The new lifecycle events of group `t`, each as `"<type> <subject>"`
+/// (with the status for user events), sorted: the stream orders a user's
+/// events, not those of different shards.
+async fn lifecycle(store: &dyn PresenceStore) -> Vec<String> {
+    use presence_core::Lifecycle as L;
+    let status = |s: &UserStatus| {
+        serde_json::to_value(s)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let mut out: Vec<String> = read_lifecycle(store, "t")
+        .await
+        .into_iter()
+        .map(|e| {
+            let tail = match &e.kind {
+                L::UserOnline { status: s, .. } => format!(" {}", status(s)),
+                L::UserStatus {
+                    status: s,
+                    previous,
+                    ..
+                } => {
+                    format!(" {}<{}", status(s), status(previous))
+                }
+                L::MemberJoined { user_id, .. } | L::MemberLeft { user_id, .. } => {
+                    format!(" {user_id}")
+                }
+                _ => String::new(),
+            };
+            let subject = match &e.kind {
+                L::MemberJoined { room_id, .. } | L::MemberLeft { room_id, .. } => room_id.as_str(),
+                k => k.subject(),
+            };
+            format!("{} {subject}{tail}", e.kind.type_name())
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// A fresh event receiver following `rooms`, after events already in
@@ -932,5 +987,179 @@ cases! {
         let refused = store.put_intent(&Intent { expires_at: T0 + 20_000, ..make(0, "erin", "dave") }).await;
         assert!(matches!(refused, Err(StoreError::TooManyIntents(_))), "{refused:?}");
         assert!(store.intents_from(&uid("erin")).await.unwrap().is_empty(), "not counted for its caller");
+    }
+
+    /// Lifecycle events are decided once, at the user level: a second tab,
+    /// its leave, a resume and a disconnect inside the grace window are not
+    /// joins or leaves; the last session out is.
+    async fn lifecycle_events_are_decided_once_at_the_user_level(store, env) {
+        let log = store.lifecycle();
+        log.ensure_group("t").await.unwrap();
+        let s1 = claim(store, "ada", "s1").await;
+        assert_eq!(lifecycle(store).await, ["user.online ada active"]);
+        store.join(&s1, &rid("doc"), None).await.unwrap();
+        assert_eq!(lifecycle(store).await, ["member.joined doc ada", "room.occupied doc"]);
+        // A second tab of the same user: nothing at the user level.
+        let s2 = claim(store, "ada", "s2").await;
+        store.join(&s2, &rid("doc"), None).await.unwrap();
+        store.leave(&s2, &rid("doc")).await.unwrap();
+        store.end(&s2).await.unwrap();
+        assert!(lifecycle(store).await.is_empty());
+        // The user's derived status changes.
+        env.clock.advance(1_000);
+        store.heartbeat(&s1, Some(Activity::Idle)).await.unwrap();
+        assert_eq!(lifecycle(store).await, ["user.status ada idle<active"]);
+        store.disconnect(&s1).await.unwrap();
+        assert_eq!(lifecycle(store).await, ["user.status ada stale<idle"]);
+        // A resume inside the grace window: back, no leave, no join.
+        let s1 = claim(store, "ada", "s1").await;
+        assert_eq!(lifecycle(store).await, ["user.status ada active<stale"]);
+        let b1 = claim(store, "bob", "b1").await;
+        store.join(&b1, &rid("doc"), None).await.unwrap();
+        assert_eq!(lifecycle(store).await, ["member.joined doc bob", "user.online bob active"]);
+        // The last session out.
+        env.clock.advance(1_000);
+        let ended_at = T0 + 2_000;
+        store.end(&s1).await.unwrap();
+        let got = lifecycle(store).await;
+        assert_eq!(got, ["member.left doc ada", "user.offline ada"]);
+        let st = store.users_status(&[uid("ada")]).await.unwrap();
+        assert_eq!(st["ada"].status, UserStatus::Offline);
+        assert_eq!(st["ada"].last_online_at, ended_at, "when the last session ended");
+        assert_eq!(st["ada"].last_seen_at, T0 + 1_000, "the last activity reported");
+        // Bob's session is culled: stale, then gone, with the room.
+        env.clock.advance(env.timings.heartbeat_timeout_ms + 1);
+        store.sweep(1).await.unwrap();
+        env.clock.advance(env.timings.reconnect_grace_ms + 1);
+        store.sweep(1).await.unwrap();
+        assert_eq!(
+            lifecycle(store).await,
+            ["member.left doc bob", "room.vacated doc", "user.offline bob", "user.status bob stale<active"]
+        );
+        let recent = store.recently_offline(10).await.unwrap();
+        let names: Vec<&str> = recent.iter().map(|(u, _)| u.as_str()).collect();
+        assert_eq!(names, ["bob", "ada"], "newest first");
+        assert_eq!(recent[1].1.last_online_at, ended_at);
+        // Back online: no longer recently offline, and no last seen shown.
+        claim(store, "ada", "s3").await;
+        let recent = store.recently_offline(10).await.unwrap();
+        assert_eq!(recent.len(), 1);
+        let st = store.users_status(&[uid("ada")]).await.unwrap();
+        assert_eq!(st["ada"].last_online_at, 0);
+        // Kept for the last-seen TTL only.
+        env.clock.advance(env.limits.last_seen_ttl_ms);
+        assert!(store.recently_offline(10).await.unwrap().is_empty());
+        let st = store.users_status(&[uid("bob")]).await.unwrap();
+        assert_eq!(st["bob"].last_online_at, 0, "forgotten after the TTL");
+    }
+
+    /// A resolved intent is one lifecycle event (a cancelled one none).
+    async fn resolved_intents_are_lifecycle_events(store, env) {
+        store.lifecycle().ensure_group("t").await.unwrap();
+        let make = |id: &str| Intent {
+            id: id.into(),
+            from: uid("ada"),
+            from_session: None,
+            to: uid("bob"),
+            need: caps(&["audio"]),
+            note: None,
+            created_at: T0,
+            expires_at: T0 + 10_000,
+            outcome: None,
+        };
+        for id in ["i1", "i2", "i3"] {
+            store.put_intent(&make(id)).await.unwrap();
+        }
+        let ready = IntentOutcome::Reachable { session_id: sid("b1") };
+        store.resolve_intent(&make("i1"), ready.clone()).await.unwrap().unwrap();
+        assert!(store.resolve_intent(&make("i1"), ready).await.unwrap().is_none());
+        store.resolve_intent(&make("i2"), IntentOutcome::Cancelled).await.unwrap().unwrap();
+        env.clock.advance(10_000);
+        store.resolve_intent(&make("i3"), IntentOutcome::Expired).await.unwrap().unwrap();
+        let got = read_lifecycle(store, "t").await;
+        let kinds: Vec<String> = got.iter().map(|e| serde_json::to_string(e).unwrap()).collect();
+        assert_eq!(got.len(), 2, "{kinds:?}");
+        assert!(matches!(&got[0].kind, presence_core::Lifecycle::IntentReady { intent_id, session_id, .. }
+            if intent_id == "i1" && session_id.as_str() == "b1"), "{kinds:?}");
+        assert!(matches!(&got[1].kind, presence_core::Lifecycle::IntentExpired { intent_id, .. }
+            if intent_id == "i3"), "{kinds:?}");
+    }
+
+    /// A consumer group hands an entry to one consumer; one that never
+    /// acknowledges loses it to a claim, and an acknowledged entry is done.
+    async fn the_lifecycle_stream_is_read_through_consumer_groups(store, env) {
+        let log = store.lifecycle();
+        log.ensure_group("g").await.unwrap();
+        let s = claim(store, "ada", "s1").await;
+        store.join(&s, &rid("doc"), None).await.unwrap();
+        let mut taken = Vec::new();
+        for shard in 0..log.shards() {
+            taken.extend(log.read_new("g", "c1", shard, 100).await.unwrap());
+            assert!(log.read_new("g", "c2", shard, 100).await.unwrap().is_empty(), "handed out once");
+        }
+        assert_eq!(taken.len(), 3, "{taken:?}");
+        assert!(taken.iter().all(|e| e.event.is_some()));
+        let mut ids: Vec<&str> = taken.iter().map(|e| e.event.as_ref().unwrap().id.as_str()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 3, "unique ids");
+        // c1 never acknowledges: c2 claims them (idle for at least 0 ms).
+        let mut claimed = Vec::new();
+        for shard in 0..log.shards() {
+            claimed.extend(log.claim_idle("g", "c2", shard, 0, 100).await.unwrap());
+        }
+        assert_eq!(claimed.len(), 3);
+        for e in &claimed {
+            log.ack("g", e.shard, std::slice::from_ref(&e.id)).await.unwrap();
+        }
+        for shard in 0..log.shards() {
+            assert!(log.claim_idle("g", "c3", shard, 0, 100).await.unwrap().is_empty(), "done");
+        }
+        // Another group reads on its own, from when it was made.
+        log.ensure_group("h").await.unwrap();
+        store.leave(&s, &rid("doc")).await.unwrap();
+        let mut fresh = Vec::new();
+        for shard in 0..log.shards() {
+            fresh.extend(log.read_new("h", "c1", shard, 100).await.unwrap());
+        }
+        let kinds: Vec<&str> = fresh.iter().map(|e| e.event.as_ref().unwrap().kind.type_name()).collect();
+        assert_eq!(kinds.len(), 2, "{kinds:?}");
+        assert!(kinds.contains(&"member.left") && kinds.contains(&"room.vacated"));
+        let _ = env;
+    }
+
+    /// The moderation API removes a session from a room, or ends it,
+    /// whatever its connection's state; an ended session's id is refused.
+    async fn moderation_removes_and_ends_sessions(store, env) {
+        let s1 = claim(store, "ada", "s1").await;
+        let s2 = claim(store, "ada", "s2").await;
+        store.join(&s1, &rid("doc"), None).await.unwrap();
+        store.join(&s2, &rid("doc"), None).await.unwrap();
+        store.join(&s2, &rid("chat"), None).await.unwrap();
+        assert_eq!(store.remove(&sid("nope"), None).await.unwrap(), None);
+        assert_eq!(store.remove(&s1.session_id, Some(&rid("chat"))).await.unwrap(), None, "not in it");
+        let h = store.remove(&s2.session_id, Some(&rid("doc"))).await.unwrap().unwrap();
+        assert_eq!((h.user_id.as_str(), h.epoch, h.node_id.as_str()), ("ada", s2.epoch, "node-a"));
+        assert_eq!(h.rooms, vec![rid("doc")]);
+        let v = store.room_view(&rid("doc")).await.unwrap();
+        assert!(v.sessions.contains_key("s1") && !v.sessions.contains_key("s2"));
+        // Still a live session, in its other room; a new join is needed to come back.
+        store.heartbeat(&s2, None).await.unwrap();
+        assert!(store.room_view(&rid("chat")).await.unwrap().sessions.contains_key("s2"));
+        // A disconnected session is ended all the same.
+        store.disconnect(&s2).await.unwrap();
+        let h = store.remove(&s2.session_id, None).await.unwrap().unwrap();
+        assert_eq!(h.rooms, vec![rid("chat")]);
+        assert!(store.room_view(&rid("chat")).await.unwrap().sessions.is_empty());
+        let again = store.hello(hello("ada", Some("s2"))).await;
+        assert!(matches!(again, Err(StoreError::Kicked)), "{again:?}");
+        // The connection that held it is fenced; a new session starts.
+        assert!(store.heartbeat(&s2, None).await.is_err());
+        let fresh = store.hello(hello("ada", None)).await.unwrap();
+        assert!(!fresh.resumed);
+        store.remove(&s1.session_id, None).await.unwrap().unwrap();
+        assert!(matches!(store.heartbeat(&s1, None).await, Err(StoreError::NoSession)));
+        assert_eq!(store.remove(&s1.session_id, None).await.unwrap(), None, "once");
+        let _ = env;
     }
 }

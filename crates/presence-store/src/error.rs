@@ -46,6 +46,10 @@ pub enum StoreError {
         /// The configured limit.
         limit: usize,
     },
+    /// The session was ended by the server (the moderation API): its id is
+    /// refused for as long as its tombstone lives; a new session may start.
+    #[error("this session was ended by the server (kicked); start a new session")]
+    Kicked,
     /// The backing service cannot be reached; the caller may retry.
     #[error("presence store unavailable: {0}")]
     Unavailable(String),

@@ -9,7 +9,10 @@
 //! Layout:
 //! - [`api`]: the trait, its requests and answers.
 //! - [`error`]: the one error type of the crate boundary.
-//! - [`memory`]: the embedded in-memory store (single node, no Redis).
+//! - [`memory`]: the embedded in-memory store (single node, no Redis), and
+//!   [`memory_log`], its lifecycle stream.
+//! - [`lifecycle`]: the lifecycle stream's interface (appends, consumer
+//!   groups), which webhooks and consumers read.
 //! - [`redis`]: the Redis store (standalone, Cluster, Sentinel): a folder with
 //!   its key layout, connections, typed script calls, projections and sweep.
 //! - [`bus`]: presence events over Redis Pub/Sub, one room at a time, for
@@ -23,15 +26,18 @@ pub mod bus;
 #[macro_use]
 pub mod conformance;
 pub mod error;
+pub mod lifecycle;
 pub mod memory;
+pub mod memory_log;
 pub mod redis;
 
 pub use api::{
-    Claimed, Declare, Health, Hello, Joined, Lease, NodeInfo, Online, Page, PresenceStore,
-    RoomMembers, RoomPage, RoomStats, SessionRef, Signal, Superseded, SweepReport, Takeover,
-    UserSession, EVENT_BUFFER, INTENT_KEEP_MS, TOMBSTONE_MS,
+    Claimed, Declare, Health, Hello, Holder, Joined, LastSeen, Lease, NodeInfo, NodeNotice, Online,
+    Page, PresenceStore, Removal, RoomMembers, RoomPage, RoomStats, SessionRef, Signal, Superseded,
+    SweepReport, Takeover, UserSession, EVENT_BUFFER, INTENT_KEEP_MS, TOMBSTONE_MS,
 };
 pub use bus::{BusMessage, EventBus, Subscribed};
 pub use error::StoreError;
+pub use lifecycle::{EventLog, StreamEntry};
 pub use memory::MemoryStore;
 pub use redis::{PubSub, RedisOptions, RedisStore};

@@ -11,23 +11,27 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use presence_core::event::{EventMember, EventStatus};
+use presence_core::lifecycle::user_change;
 use presence_core::page::PageCursor;
 use presence_core::session::Liveness;
 use presence_core::user::{derive_user, SessionSignal};
 use presence_core::view::{build_view, Member};
 use presence_core::{
-    Clock, EventKind, Intent, IntentNotice, IntentOutcome, JsonMap, Limits, Millis, NodeId,
-    PresenceEvent, RoomId, SessionFacts, SessionId, SessionStatus, Timings, UserId, UserSummary,
+    Clock, EventKind, Intent, IntentNotice, IntentOutcome, JsonMap, Lifecycle, Limits, Millis,
+    NodeId, PresenceEvent, RoomId, SessionFacts, SessionId, SessionStatus, Timings, UserId,
+    UserStatus, UserSummary,
 };
 use tokio::sync::{broadcast, watch};
 
 use crate::api::{
     first_epoch, new_session_id, too_many_from, too_many_to, Claimed, Declare, Health, Hello,
-    Joined, Lease, NodeInfo, Online, Page, PresenceStore, RoomMembers, RoomPage, RoomStats,
-    SessionRef, Signal, Superseded, SweepReport, Takeover, UserSession, EVENT_BUFFER,
-    INTENT_KEEP_MS, TOMBSTONE_MS,
+    Holder, Joined, LastSeen, Lease, NodeInfo, NodeNotice, Online, Page, PresenceStore,
+    RoomMembers, RoomPage, RoomStats, SessionRef, Signal, Superseded, SweepReport, UserSession,
+    EVENT_BUFFER, INTENT_KEEP_MS, TOMBSTONE_MS,
 };
 use crate::error::StoreError;
+use crate::lifecycle::{new_event_id, EventLog};
+use crate::memory_log::MemoryLog;
 
 /// The in-memory [`PresenceStore`].
 pub struct MemoryStore {
@@ -40,9 +44,11 @@ pub struct MemoryStore {
     resyncs: watch::Sender<u64>,
     /// Never carries anything: there is no other node.
     signals: broadcast::Sender<Signal>,
-    /// Takeovers to this (the only) node; the node handles its own takeovers
-    /// without it, so this carries only what `notify_takeover` is given.
-    takeovers: broadcast::Sender<Takeover>,
+    /// Notices to this (the only) node; the node handles its own takeovers
+    /// without it, so this carries only what `notify_node` is given.
+    notices: broadcast::Sender<NodeNotice>,
+    /// The lifecycle stream.
+    log: Arc<MemoryLog>,
     /// Intent notices, handed back to this (the only) node.
     intent_notices: broadcast::Sender<IntentNotice>,
 }
@@ -69,6 +75,12 @@ struct Inner {
     swept_term: u64,
     /// Intents, kept until delivered or [`INTENT_KEEP_MS`] past their TTL.
     intents: Intents,
+    /// Each online user's derived status as the lifecycle stream last told
+    /// it, and the latest activity of their sessions (ended ones included).
+    tracked: HashMap<UserId, (UserStatus, Millis)>,
+    /// Offline users' last activity and last-online time, for
+    /// `Limits::last_seen_ttl_ms`.
+    last_seen: HashMap<UserId, LastSeen>,
 }
 
 /// Intents by callee (as the Redis store keeps them), and each caller's by
@@ -149,6 +161,8 @@ struct Tombstone {
     at: Millis,
     /// Its user: only that user may use the id again.
     user_id: UserId,
+    /// Ended by the moderation API: the id is refused while this lives.
+    kicked: bool,
 }
 
 struct SessionEntry {
@@ -195,14 +209,68 @@ impl MemoryStore {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Self {
             inner: Mutex::new(Inner::default()),
+            resyncs: watch::Sender::new(0),
+            signals: broadcast::Sender::new(1),
+            notices: broadcast::Sender::new(64),
+            intent_notices: broadcast::Sender::new(1024),
+            log: Arc::new(MemoryLog::new(
+                clock.clone(),
+                limits.event_shards,
+                limits.event_stream_max_len,
+            )),
             clock,
             timings,
             limits,
             events,
-            resyncs: watch::Sender::new(0),
-            signals: broadcast::Sender::new(1),
-            takeovers: broadcast::Sender::new(64),
-            intent_notices: broadcast::Sender::new(1024),
+        }
+    }
+
+    /// Appends one lifecycle event (under the store's lock, so that the
+    /// stream has a user's events in the order of their changes).
+    fn emit(&self, kind: Lifecycle, now: Millis) {
+        self.log.push(vec![kind.at(new_event_id(), now)]);
+    }
+
+    /// Re-derives `user`'s status over their sessions after a change and
+    /// appends what it changed at the user level (online, offline, status);
+    /// keeps their last seen when they went offline.
+    fn settle_user(&self, inner: &mut Inner, user: &UserId, now: Millis) {
+        let mut best: Option<SessionStatus> = None;
+        let mut active_at = 0;
+        for e in inner
+            .users
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|sid| inner.sessions.get(sid))
+        {
+            best = Some(best.map_or(e.status, |b| b.min(e.status)));
+            active_at = active_at.max(e.facts.last_active_at);
+        }
+        let after = best.map_or(UserStatus::Offline, UserStatus::from);
+        let (before, seen) = inner
+            .tracked
+            .get(user)
+            .copied()
+            .unwrap_or((UserStatus::Offline, 0));
+        let seen = seen.max(active_at);
+        if after == UserStatus::Offline {
+            inner.tracked.remove(user);
+            if before != UserStatus::Offline {
+                inner.last_seen.insert(
+                    user.clone(),
+                    LastSeen {
+                        last_seen_at: seen,
+                        last_online_at: now,
+                    },
+                );
+            }
+        } else {
+            inner.tracked.insert(user.clone(), (after, seen));
+            inner.last_seen.remove(user);
+        }
+        if let Some(k) = user_change(user, before, after, seen) {
+            self.emit(k, now);
         }
     }
 
@@ -309,9 +377,11 @@ impl MemoryStore {
                 }
                 e.status = status;
                 let rooms: Vec<RoomId> = e.rooms.keys().cloned().collect();
+                let user = e.facts.user_id.clone();
                 for room in rooms {
                     self.publish(inner, EventKind::Status, session, &room, now);
                 }
+                self.settle_user(inner, &user, now);
                 (true, false)
             }
         }
@@ -339,10 +409,23 @@ impl MemoryStore {
                 *n -= 1;
                 if *n == 0 {
                     r.users.remove(&user);
+                    self.emit(
+                        Lifecycle::MemberLeft {
+                            room_id: room.clone(),
+                            user_id: user.clone(),
+                        },
+                        now,
+                    );
                 }
             }
             if r.sessions.is_empty() {
                 inner.rooms.remove(room);
+                self.emit(
+                    Lifecycle::RoomVacated {
+                        room_id: room.clone(),
+                    },
+                    now,
+                );
             }
         }
     }
@@ -356,12 +439,16 @@ impl MemoryStore {
             self.leave_room(inner, session, room, kind, now);
         }
         if let Some(e) = inner.sessions.remove(session) {
+            if let Some(t) = inner.tracked.get_mut(&e.facts.user_id) {
+                t.1 = t.1.max(e.facts.last_active_at);
+            }
             inner.tombstones.insert(
                 session.clone(),
                 Tombstone {
                     epoch: e.facts.epoch,
                     at: now,
                     user_id: e.facts.user_id.clone(),
+                    kicked: false,
                 },
             );
             inner.deadlines.remove(&(e.deadline, session.clone()));
@@ -371,6 +458,7 @@ impl MemoryStore {
                     inner.users.remove(&e.facts.user_id);
                 }
             }
+            self.settle_user(inner, &e.facts.user_id, now);
         }
     }
 
@@ -427,6 +515,11 @@ impl PresenceStore for MemoryStore {
                     "this sessionId belongs to another user".into(),
                 ));
             }
+            if !inner.sessions.contains_key(id)
+                && inner.tombstones.get(id).is_some_and(|t| t.kicked)
+            {
+                return Err(StoreError::Kicked);
+            }
             // A session past its deadline but not yet swept is gone, not resumable.
             if let Some(e) = inner.sessions.get(id) {
                 if e.facts.liveness(now, &self.timings) == Liveness::Expired {
@@ -467,7 +560,13 @@ impl PresenceStore for MemoryStore {
                     rooms: e.rooms.keys().cloned().collect(),
                     superseded,
                 };
+                let user = e.facts.user_id.clone();
                 let (changed, _) = self.rederive(inner, id, now);
+                if !changed {
+                    // A resume of a session the user still had changes
+                    // nothing at the user level; this keeps it exact anyway.
+                    self.settle_user(inner, &user, now);
+                }
                 // Observers hear of a new readiness with the resume (a status
                 // change has told them already).
                 if redeclared && !changed {
@@ -523,6 +622,7 @@ impl PresenceStore for MemoryStore {
             .entry(req.user_id)
             .or_default()
             .insert(session_id.clone());
+        let user = facts.user_id.clone();
         inner.sessions.insert(
             session_id.clone(),
             SessionEntry {
@@ -532,6 +632,7 @@ impl PresenceStore for MemoryStore {
                 rooms: BTreeMap::new(),
             },
         );
+        self.settle_user(inner, &user, now);
         Ok(Claimed {
             session_id,
             epoch,
@@ -581,10 +682,30 @@ impl PresenceStore for MemoryStore {
         );
         let user = e.facts.user_id.clone();
         let r = inner.rooms.entry(room.clone()).or_default();
+        let occupied = r.sessions.is_empty();
         r.sessions.insert(s.session_id.clone());
         r.order.insert((user.clone(), s.session_id.clone()));
-        *r.users.entry(user).or_default() += 1;
+        let n = r.users.entry(user.clone()).or_default();
+        *n += 1;
+        let first = *n == 1;
         self.publish(inner, EventKind::Join, &s.session_id, room, now);
+        if occupied {
+            self.emit(
+                Lifecycle::RoomOccupied {
+                    room_id: room.clone(),
+                },
+                now,
+            );
+        }
+        if first {
+            self.emit(
+                Lifecycle::MemberJoined {
+                    room_id: room.clone(),
+                    user_id: user,
+                },
+                now,
+            );
+        }
         let seq = inner.rooms.get(room).map_or(0, |r| r.seq);
         Ok(Joined {
             seq,
@@ -798,6 +919,7 @@ impl PresenceStore for MemoryStore {
         &self,
         users: &[UserId],
     ) -> Result<BTreeMap<UserId, UserSummary>, StoreError> {
+        let now = self.clock.now_ms();
         let inner = self.lock();
         Ok(users
             .iter()
@@ -814,6 +936,19 @@ impl PresenceStore for MemoryStore {
                             last_active_at: e.facts.last_active_at,
                         }),
                 );
+                let summary = match inner.last_seen.get(u) {
+                    Some(l)
+                        if summary.session_count == 0
+                            && now - l.last_online_at < self.limits.last_seen_ttl_ms =>
+                    {
+                        UserSummary {
+                            last_seen_at: l.last_seen_at,
+                            last_online_at: l.last_online_at,
+                            ..summary
+                        }
+                    }
+                    _ => summary,
+                };
                 (u.clone(), summary)
             })
             .collect())
@@ -916,6 +1051,9 @@ impl PresenceStore for MemoryStore {
             return Ok(None);
         };
         *stored = resolved.clone();
+        if let Some(k) = Lifecycle::of_intent(&resolved) {
+            self.emit(k, now);
+        }
         Ok(Some(resolved))
     }
 
@@ -952,16 +1090,93 @@ impl PresenceStore for MemoryStore {
         self.signals.subscribe()
     }
 
-    async fn notify_takeover(&self, _node: &NodeId, t: &Takeover) -> Result<(), StoreError> {
-        let _ = self.takeovers.send(t.clone());
+    async fn notify_node(&self, _node: &NodeId, notice: &NodeNotice) -> Result<(), StoreError> {
+        let _ = self.notices.send(notice.clone());
         Ok(())
     }
 
-    async fn listen_takeovers(
+    async fn listen_notices(
         &self,
         _node: &NodeId,
-    ) -> Result<broadcast::Receiver<Takeover>, StoreError> {
-        Ok(self.takeovers.subscribe())
+    ) -> Result<broadcast::Receiver<NodeNotice>, StoreError> {
+        Ok(self.notices.subscribe())
+    }
+
+    async fn recently_offline(&self, limit: usize) -> Result<Vec<(UserId, LastSeen)>, StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        let ttl = self.limits.last_seen_ttl_ms;
+        inner.last_seen.retain(|_, l| now - l.last_online_at < ttl);
+        let mut all: Vec<(UserId, LastSeen)> = inner
+            .last_seen
+            .iter()
+            .map(|(u, l)| (u.clone(), *l))
+            .collect();
+        all.sort_by(|a, b| {
+            b.1.last_online_at
+                .cmp(&a.1.last_online_at)
+                .then_with(|| a.0.cmp(&b.0))
+        });
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    async fn remove(
+        &self,
+        session: &SessionId,
+        room: Option<&RoomId>,
+    ) -> Result<Option<Holder>, StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Some(e) = inner
+            .sessions
+            .get(session)
+            .filter(|e| e.facts.liveness(now, &self.timings) != Liveness::Expired)
+        else {
+            return Ok(None);
+        };
+        let mut holder = Holder {
+            user_id: e.facts.user_id.clone(),
+            epoch: e.facts.epoch,
+            node_id: e.facts.node_id.clone(),
+            rooms: e.rooms.keys().cloned().collect(),
+        };
+        match room {
+            Some(room) => {
+                if !e.rooms.contains_key(room) {
+                    return Ok(None);
+                }
+                holder.rooms = vec![room.clone()];
+                self.leave_room(inner, session, room, EventKind::Leave, now);
+            }
+            None => {
+                self.remove_session(inner, session, EventKind::Leave, now);
+                if let Some(t) = inner.tombstones.get_mut(session) {
+                    t.kicked = true;
+                }
+            }
+        }
+        Ok(Some(holder))
+    }
+
+    async fn session_holder(&self, session: &SessionId) -> Result<Option<Holder>, StoreError> {
+        let now = self.clock.now_ms();
+        let inner = self.lock();
+        Ok(inner
+            .sessions
+            .get(session)
+            .filter(|e| e.facts.liveness(now, &self.timings) != Liveness::Expired)
+            .map(|e| Holder {
+                user_id: e.facts.user_id.clone(),
+                epoch: e.facts.epoch,
+                node_id: e.facts.node_id.clone(),
+                rooms: e.rooms.keys().cloned().collect(),
+            }))
+    }
+
+    fn lifecycle(&self) -> Arc<dyn EventLog> {
+        self.log.clone()
     }
 
     async fn acquire_lease(&self, node: &NodeId, lease_ms: Millis) -> Result<Lease, StoreError> {

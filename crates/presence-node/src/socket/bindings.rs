@@ -98,6 +98,13 @@ impl Bindings {
         Some((b.conn.upgrade()?, b.socket))
     }
 
+    /// The connection holding `session` here, at whatever epoch.
+    pub(super) fn holder(&self, session: &SessionId) -> Option<(Arc<Conn>, SocketRef, u64)> {
+        let inner = self.lock();
+        let b = inner.sessions.get(session)?;
+        Some((b.conn.upgrade()?, b.socket.clone(), b.epoch))
+    }
+
     /// The socket holding `session` here, if one does.
     pub fn socket_of(&self, session: &SessionId) -> Option<SocketRef> {
         self.lock().sessions.get(session).map(|b| b.socket.clone())

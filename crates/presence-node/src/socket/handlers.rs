@@ -3,7 +3,7 @@
 use presence_core::{Activity, RoomId};
 use std::sync::Arc;
 
-use presence_store::{Hello, SessionRef, Signal, StoreError, Takeover};
+use presence_store::{Hello, Removal, SessionRef, Signal, StoreError, Takeover};
 use serde_json::Value;
 use socketioxide::extract::{AckSender, SocketRef};
 
@@ -314,6 +314,11 @@ async fn revive(
     let user = b.user_id.clone();
     let r = revive_now(cx, conn, b, activity).await;
     conn.end_revival(r.is_ok());
+    if matches!(r, Err(StoreError::Kicked)) {
+        // Lost because a backend ended it: not to be re-created.
+        cx.bindings.unbind(&old.session_id, old.epoch);
+        close_kicked(cx, conn, socket.clone());
+    }
     if let Ok(epoch) = r {
         // The re-created session is held at its new epoch. (Its claim names
         // this very connection as the one it took over: nothing to unbind.)
@@ -627,4 +632,51 @@ pub fn superseded(cx: &Arc<SocketContext>, t: &Takeover) {
     socket.emit("presence:error", &e).ok();
     // It holds no session now: it must say hello again in time.
     super::watch_hello(cx, &conn, &socket);
+}
+
+/// Closes a connection whose session the moderation API ended: it is told
+/// `kicked` first.
+fn close_kicked(cx: &SocketContext, conn: &Arc<Conn>, socket: SocketRef) {
+    let Some(b) = conn.unbind() else { return };
+    tracing::info!(session_id = %b.session.session_id, user_id = %b.user_id, "session ended by the moderation API; closing its connection");
+    crate::metrics::request("moderation", "kicked");
+    cx.node.session_unbound();
+    for room in b.rooms.keys() {
+        cx.fanout.leave(room, socket.clone());
+    }
+    cx.coordinator
+        .session_ended(&b.user_id, &b.session.session_id);
+    socket
+        .emit("presence:error", &WireError::from(StoreError::Kicked))
+        .ok();
+    socket.disconnect().ok();
+}
+
+/// A backend ended a session that a connection of this node holds, or took
+/// it out of a room (the moderation API; the store has done it already).
+/// Ended: the connection is told `kicked` and closed. Out of a room: the
+/// socket leaves the room (no more diffs or signals) and is told
+/// `presence:removed`; a new join brings it back.
+pub fn removed(cx: &Arc<SocketContext>, r: &Removal) {
+    let Some((conn, socket, epoch)) = cx.bindings.holder(&r.session_id) else {
+        return;
+    };
+    match &r.room_id {
+        None => {
+            cx.bindings.unbind(&r.session_id, epoch);
+            close_kicked(cx, &conn, socket);
+        }
+        Some(room) => {
+            let held = conn.with_bound(|b| b.rooms.remove(room).is_some());
+            if held != Some(true) {
+                return;
+            }
+            tracing::info!(session_id = %r.session_id, room_id = %room, "removed from a room by the moderation API");
+            crate::metrics::request("moderation", "removed");
+            cx.fanout.leave(room, socket.clone());
+            socket
+                .emit("presence:removed", &crate::acks::Removed::new(room))
+                .ok();
+        }
+    }
 }

@@ -24,7 +24,7 @@ mod queue;
 mod reach;
 
 pub use bindings::Bindings;
-pub use handlers::superseded;
+pub use handlers::{removed, superseded};
 
 use std::num::NonZeroU32;
 use std::sync::Arc;

@@ -3,59 +3,120 @@
 //! `nodes_read`): their typed arguments and replies.
 
 use fred::types::Value;
-use presence_core::{Millis, NodeId};
+use presence_core::{Millis, NodeId, SessionStatus, UserStatus};
 
 use super::keys::Keys;
 use super::scripts::{integer, json, Decode, Lua, ScriptCall, Scripts};
 use crate::api::{Lease, NodeInfo};
 use crate::error::StoreError;
 
-/// `user_put.lua`: a session belongs to its user.
-pub(super) struct AddUserSession<'a> {
+/// One entry of a [`PutUserSessions`] call.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct UserEntry<'a> {
     pub user_id: &'a str,
     pub session: &'a str,
     pub version: u64,
-    /// Most sessions the user may hold.
+    pub status: SessionStatus,
+    pub last_active_at: Millis,
+    /// A hello: the session may be new to the user (else only an entry that
+    /// is there is updated).
+    pub add: bool,
+}
+
+/// `user_put.lua`: sessions belong to their users, with their status (the
+/// users' keys on one slot on Redis Cluster).
+pub(super) struct PutUserSessions<'a> {
+    pub entries: &'a [UserEntry<'a>],
+    /// Most sessions a user may hold.
     pub max_sessions: usize,
 }
 
-/// What `user_put.lua` did.
+/// What `user_put.lua` did with one entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum UserSessionAdded {
     /// Recorded.
     Recorded,
-    /// A newer entry was there and stays.
+    /// A newer entry was there and stays (or a status change found none).
     Newer,
     /// The session is new to the user and the user holds as many as allowed:
     /// nothing written.
     Full,
 }
 
-impl Decode for UserSessionAdded {
+/// A user's derived status around one entry of a user script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct UserTurn {
+    pub before: UserStatus,
+    pub after: UserStatus,
+}
+
+/// Per entry of a [`PutUserSessions`], in call order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct UserSessionsPut(pub Vec<(UserSessionAdded, UserTurn)>);
+
+fn user_status(script: &str, v: Option<Value>) -> Result<UserStatus, StoreError> {
+    let s: String = v
+        .ok_or_else(|| StoreError::Internal(format!("{script}: short reply")))?
+        .convert()
+        .map_err(|e| StoreError::Internal(format!("{script}: {e}")))?;
+    Ok(match s.as_str() {
+        "active" => UserStatus::Active,
+        "idle" => UserStatus::Idle,
+        "away" => UserStatus::Away,
+        "stale" => UserStatus::Stale,
+        _ => UserStatus::Offline,
+    })
+}
+
+fn int(script: &str, v: Option<Value>) -> Result<i64, StoreError> {
+    v.ok_or_else(|| StoreError::Internal(format!("{script}: short reply")))?
+        .convert()
+        .map_err(|e| StoreError::Internal(format!("{script}: {e}")))
+}
+
+impl Decode for UserSessionsPut {
     fn decode(v: Value) -> Result<Self, StoreError> {
-        match integer("user_put.lua", v)? {
-            1 => Ok(UserSessionAdded::Recorded),
-            0 => Ok(UserSessionAdded::Newer),
-            -1 => Ok(UserSessionAdded::Full),
-            n => Err(StoreError::Internal(format!("user_put.lua answered {n}"))),
-        }
+        const S: &str = "user_put.lua";
+        v.into_array()
+            .into_iter()
+            .map(|entry| {
+                let mut it = entry.into_array().into_iter();
+                let added = match int(S, it.next())? {
+                    1 => UserSessionAdded::Recorded,
+                    0 => UserSessionAdded::Newer,
+                    -1 => UserSessionAdded::Full,
+                    n => return Err(StoreError::Internal(format!("{S} answered {n}"))),
+                };
+                let before = user_status(S, it.next())?;
+                let after = user_status(S, it.next())?;
+                Ok((added, UserTurn { before, after }))
+            })
+            .collect::<Result<_, _>>()
+            .map(UserSessionsPut)
     }
 }
 
-impl ScriptCall for AddUserSession<'_> {
-    type Reply = UserSessionAdded;
+impl ScriptCall for PutUserSessions<'_> {
+    type Reply = UserSessionsPut;
     fn script(s: &Scripts) -> &Lua {
         &s.user_put
     }
     fn keys(&self, keys: &Keys) -> Vec<String> {
-        vec![keys.user(self.user_id)]
+        self.entries.iter().map(|e| keys.user(e.user_id)).collect()
     }
     fn args(self, _: &Keys) -> Vec<String> {
-        vec![
-            self.session.to_owned(),
-            self.version.to_string(),
-            self.max_sessions.to_string(),
-        ]
+        let mut args = Vec::with_capacity(1 + 5 * self.entries.len());
+        args.push(self.max_sessions.to_string());
+        for e in self.entries {
+            args.extend([
+                e.session.to_owned(),
+                e.version.to_string(),
+                e.status.as_str().to_owned(),
+                e.last_active_at.to_string(),
+                if e.add { "add" } else { "set" }.to_owned(),
+            ]);
+        }
+        args
     }
 }
 
@@ -66,26 +127,52 @@ pub(super) struct UserSession<'a> {
     pub session: &'a str,
     /// An entry newer than this stays (the id was claimed again since).
     pub version: u64,
+    /// The session's last activity when it ended (0: unknown).
+    pub last_active_at: Millis,
 }
 
 /// `user_del.lua`: sessions are no longer their users' (the users' keys on
-/// one slot on Redis Cluster).
+/// one slot on Redis Cluster); an offline user's last seen is kept.
 pub(super) struct RemoveUserSessions<'a> {
     pub entries: &'a [UserSession<'a>],
+    pub now: Millis,
+    /// How long last seen is kept.
+    pub keep_ms: Millis,
 }
 
-/// Per entry, in call order, how many sessions its user has left.
+/// What `user_del.lua` found for one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct UserLeft {
+    /// Sessions the user has left.
+    pub left: u64,
+    pub turn: UserTurn,
+    /// The user's last activity, as kept.
+    pub last_seen_at: Millis,
+}
+
+/// Per entry, in call order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct SessionsLeft(pub Vec<u64>);
+pub(super) struct SessionsLeft(pub Vec<UserLeft>);
 
 impl Decode for SessionsLeft {
     fn decode(v: Value) -> Result<Self, StoreError> {
-        let left: Vec<i64> = v
-            .convert()
-            .map_err(|e| StoreError::Internal(format!("user_del.lua: {e}")))?;
-        Ok(SessionsLeft(
-            left.into_iter().map(|n| n.max(0) as u64).collect(),
-        ))
+        const S: &str = "user_del.lua";
+        v.into_array()
+            .into_iter()
+            .map(|entry| {
+                let mut it = entry.into_array().into_iter();
+                let left = int(S, it.next())?.max(0) as u64;
+                let before = user_status(S, it.next())?;
+                let after = user_status(S, it.next())?;
+                let last_seen_at = int(S, it.next())?;
+                Ok(UserLeft {
+                    left,
+                    turn: UserTurn { before, after },
+                    last_seen_at,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(SessionsLeft)
     }
 }
 
@@ -95,13 +182,21 @@ impl ScriptCall for RemoveUserSessions<'_> {
         &s.user_del
     }
     fn keys(&self, keys: &Keys) -> Vec<String> {
-        self.entries.iter().map(|e| keys.user(e.user_id)).collect()
-    }
-    fn args(self, _: &Keys) -> Vec<String> {
         self.entries
             .iter()
-            .flat_map(|e| [e.session.to_owned(), e.version.to_string()])
+            .flat_map(|e| [keys.user(e.user_id), keys.last_seen(e.user_id)])
             .collect()
+    }
+    fn args(self, _: &Keys) -> Vec<String> {
+        let mut args = vec![self.now.to_string(), self.keep_ms.max(1).to_string()];
+        args.extend(self.entries.iter().flat_map(|e| {
+            [
+                e.session.to_owned(),
+                e.version.to_string(),
+                e.last_active_at.to_string(),
+            ]
+        }));
+        args
     }
 }
 

@@ -253,7 +253,7 @@ impl RedisStore {
         intent: &Intent,
         outcome: &IntentOutcome,
     ) -> Result<Option<Intent>, StoreError> {
-        Ok(self
+        let resolved = self
             .run(Resolve {
                 callee: intent.to.as_str(),
                 id: &intent.id,
@@ -261,7 +261,15 @@ impl RedisStore {
                 outcome,
             })
             .await?
-            .0)
+            .0;
+        // The script let one resolution win: its event is appended once.
+        if let Some(k) = resolved
+            .as_ref()
+            .and_then(presence_core::Lifecycle::of_intent)
+        {
+            self.record(vec![k]).await;
+        }
+        Ok(resolved)
     }
 
     pub(super) async fn take(&self, intent: &Intent) -> Result<bool, StoreError> {

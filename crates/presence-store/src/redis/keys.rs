@@ -22,6 +22,9 @@
 //! | `P:it:{<userId>}` | hash | the intents waiting for the user (and those resolved, until their outcome is delivered): intentId → intent JSON, with a TTL past the latest |
 //! | `P:ib:{<userId>}` | sorted set | the intents the user made: `<intentId> <calleeId>` → when it expires (the caller's limit) |
 //! | `P:intents` | channel | intent notices (made, resolved, cancelled), heard by every node |
+//! | `P:seen:{<userId>}` | hash | an offline user's last seen: `la` (last activity of any session), `at` (when the last one ended); `PRESENCE_LAST_SEEN_TTL_S` |
+//! | `P:ro:{<0..16>}` | sorted set | recently offline users → when they went offline (who's online `?include=recent`), trimmed to the last-seen TTL, sharded by user id |
+//! | `P:lc:{lc<n>}` | stream | the lifecycle events (docs/events.md), `PRESENCE_EVENT_SHARDS` shards, each capped at about `PRESENCE_EVENT_STREAM_MAXLEN` entries; field `e` = the event JSON; consumer groups `webhook:<hash of the URL>` |
 //! | `P:lease:{lease}` | string | the reaper lease (JSON: nodeId, term, leaseUntil), with its TTL |
 //! | `P:lease:{lease}:term` | string | the last term handed out |
 //! | `P:nodes:{nodes}` | sorted set | registered nodes: nodeId → when the registration lapses (its TTL) |
@@ -189,6 +192,21 @@ impl Keys {
     /// A user's sessions.
     pub fn user(&self, uid: &str) -> String {
         format!("{}:u:{{{uid}}}", self.prefix)
+    }
+
+    /// An offline user's last seen (same slot as the user's sessions).
+    pub fn last_seen(&self, uid: &str) -> String {
+        format!("{}:seen:{{{uid}}}", self.prefix)
+    }
+
+    /// A shard of the recently-offline index.
+    pub fn recent(&self, shard: u32) -> String {
+        format!("{}:ro:{{{shard}}}", self.prefix)
+    }
+
+    /// A shard of the lifecycle stream.
+    pub fn lifecycle(&self, shard: u32) -> String {
+        format!("{}:lc:{{lc{shard}}}", self.prefix)
     }
 
     /// The intents waiting for a user (and those resolved, until delivered).

@@ -23,6 +23,7 @@
 //!   reachability);
 //! - `intents`: intents kept per callee, counted per caller;
 //! - `sweep`: the reaper's sweep and its repairs;
+//! - `stream`: the lifecycle stream (Redis Streams, consumer groups);
 //! - `vouches`: the heartbeats this node answers itself (it vouches for its
 //!   own sessions) and their times written in bulk.
 
@@ -37,6 +38,7 @@ mod room_scripts;
 pub(crate) mod route;
 mod scripts;
 mod session_scripts;
+mod stream;
 mod sweep;
 #[cfg(test)]
 mod tests;
@@ -51,31 +53,36 @@ use presence_core::page::PageCursor;
 use presence_core::user::{derive_user, SessionSignal};
 use presence_core::view::build_view;
 use presence_core::{
-    Activity, Clock, Intent, IntentNotice, IntentOutcome, JsonMap, Limits, Millis, NodeId,
-    PresenceEvent, RoomId, SessionId, Timings, UserId, UserSummary,
+    Activity, Clock, Intent, IntentNotice, IntentOutcome, JsonMap, Lifecycle, Limits, Millis,
+    NodeId, PresenceEvent, RoomId, SessionId, SessionStatus, Timings, UserId, UserSummary,
 };
 use tokio::sync::{broadcast, watch};
 
 pub use conn::{normalize_url, PubSub, RedisOptions};
 pub use vouches::Vouching;
 
-use self::index_scripts::{ReadNodes, RegisterNode, ReleaseLease, TakeLease};
+use self::index_scripts::{
+    ReadNodes, RegisterNode, ReleaseLease, TakeLease, UserEntry, UserSession as UserSessionEntry,
+};
 use self::keys::{field, Keys, SHARDS};
 use self::listen::Listener;
+use self::project::first_error;
 use self::room_scripts::{PutKind, ReadRoom};
 use self::route::Route;
 use self::scripts::{Fenced, Refusal, ScriptCall, Scripts};
 use self::session_scripts::{
     timings_json, Claim, Disconnect, Heartbeat, Join, Leave, On, SetDeclared, SetState,
 };
+use self::stream::RedisLog;
 use self::vouches::{Flush, Vouches};
 use crate::api::{
-    first_epoch, new_session_id, Claimed, Declare, Health, Hello, Joined, Lease, NodeInfo, Online,
-    Page, PresenceStore, RoomMembers, RoomPage, RoomStats, SessionRef, Signal, Superseded,
-    SweepReport, Takeover, UserSession,
+    first_epoch, new_session_id, Claimed, Declare, Health, Hello, Holder, Joined, LastSeen, Lease,
+    NodeInfo, NodeNotice, Online, Page, PresenceStore, RoomMembers, RoomPage, RoomStats,
+    SessionRef, Signal, Superseded, SweepReport, Takeover, UserSession,
 };
 use crate::bus::{EventBus, Subscribed};
 use crate::error::StoreError;
+use crate::lifecycle::{stamp, EventLog};
 
 /// How often a state update is retried when the session changed under it.
 const STATE_RETRIES: usize = 8;
@@ -94,6 +101,8 @@ pub struct RedisStore {
     /// The sessions this node vouches for, and how their beats are written.
     vouches: Arc<Vouches>,
     flush: Flush,
+    /// The lifecycle stream.
+    log: Arc<RedisLog>,
 }
 
 impl RedisStore {
@@ -123,7 +132,14 @@ impl RedisStore {
                 .clone()
                 .spawn(Arc::downgrade(&vouches), clock.clone(), every);
         }
+        let log = RedisLog::new(
+            route.clone(),
+            keys.clone(),
+            limits.event_shards,
+            limits.event_stream_max_len,
+        );
         Ok(Self {
+            log,
             route,
             scripts,
             keys,
@@ -155,6 +171,53 @@ impl RedisStore {
     }
 
     /// Runs one script call.
+    /// Appends lifecycle events a script decided. A failed append is tried
+    /// twice more (an event appended twice keeps its id: receivers
+    /// deduplicate); then it is lost, and said so.
+    pub(super) async fn record(&self, kinds: Vec<Lifecycle>) {
+        if kinds.is_empty() {
+            return;
+        }
+        let events = stamp(kinds, self.now());
+        for attempt in 1..=3u64 {
+            match self.log.append(events.clone()).await {
+                Ok(()) => return,
+                Err(e) if attempt < 3 => {
+                    tracing::debug!(error = %e, attempt, "lifecycle append failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, events = events.len(), "lifecycle events lost: the stream did not take them");
+                }
+            }
+        }
+    }
+
+    /// An offline user's last seen, if kept (`None` for a user who has a
+    /// session: their user hash and last seen share a slot, one call).
+    async fn offline_seen(&self, uid: &str) -> Result<Option<LastSeen>, StoreError> {
+        let (user, seen) = (&self.keys.user(uid), &self.keys.last_seen(uid));
+        let (n, la, at): (u64, Option<i64>, Option<i64>) = self
+            .route
+            .on_key(seen, |c| async move {
+                let pipe = c.pipeline();
+                let _: () = pipe.hlen(user).await?;
+                let _: () = pipe.hmget(seen, vec!["la", "at"]).await?;
+                let (n, (la, at)): (u64, (Option<i64>, Option<i64>)) = pipe.all().await?;
+                Ok((n, la, at))
+            })
+            .await?;
+        // The key's TTL runs on Redis's clock; the store's decides.
+        let kept_since = self.now() - self.limits.last_seen_ttl_ms;
+        Ok(match (n, at) {
+            (0, Some(at)) if at > kept_since => Some(LastSeen {
+                last_seen_at: la.unwrap_or(0),
+                last_online_at: at,
+            }),
+            _ => None,
+        })
+    }
+
     async fn run<C: ScriptCall>(&self, call: C) -> Result<C::Reply, StoreError> {
         self.scripts.run(&self.route, &self.keys, call).await
     }
@@ -183,6 +246,7 @@ fn refused(r: Refusal, room: Option<&RoomId>) -> StoreError {
             None => StoreError::Internal("not_joined from a call without a room".into()),
         },
         Refusal::Retry => StoreError::Unavailable("state update kept conflicting; retry".into()),
+        Refusal::Kicked => StoreError::Kicked,
     }
 }
 
@@ -211,10 +275,23 @@ impl PresenceStore for RedisStore {
         if let Some(old) = &c.buried {
             self.remove_from_rooms(sid.as_str(), old.version, &old.dels)
                 .await?;
-            self.remove_from_user(&old.user_id, sid.as_str(), old.version)
-                .await?;
+            self.remove_from_user(UserSessionEntry {
+                user_id: &old.user_id,
+                session: sid.as_str(),
+                version: old.version,
+                last_active_at: 0,
+            })
+            .await?;
         }
-        if let Err(e) = self.add_to_user(&c.user_id, sid.as_str(), c.version).await {
+        let entry = UserEntry {
+            user_id: &c.user_id,
+            session: sid.as_str(),
+            version: c.version,
+            status: c.status.unwrap_or(SessionStatus::Active),
+            last_active_at: c.last_active_at,
+            add: true,
+        };
+        if let Err(e) = self.add_to_user(entry).await {
             if matches!(e, StoreError::TooManySessions { .. }) {
                 // Undo the claim: the new session never shows anywhere.
                 let me = SessionRef {
@@ -327,6 +404,15 @@ impl PresenceStore for RedisStore {
         if b.changed {
             self.put_rooms(sid, &b.user_id, b.version, PutKind::Status, &b.puts)
                 .await?;
+            let entry = UserEntry {
+                user_id: &b.user_id,
+                session: sid,
+                version: b.version,
+                status: b.status,
+                last_active_at: b.last_active_at,
+                add: false,
+            };
+            first_error(self.set_user_statuses(&[entry]).await)?;
         }
         self.file_deadline(sid, b.deadline).await?;
         self.vouches
@@ -387,7 +473,7 @@ impl PresenceStore for RedisStore {
         let sid = s.session_id.as_str();
         let call = Leave {
             on: self.on(sid, self.now()),
-            epoch: s.epoch,
+            epoch: Some(s.epoch),
             room: Some(room.as_str()),
         };
         let left = self.run_fenced(call, Some(room)).await?;
@@ -399,14 +485,19 @@ impl PresenceStore for RedisStore {
         self.vouches.ended(sid, s.epoch, self.now());
         let call = Leave {
             on: self.on(sid, self.now()),
-            epoch: s.epoch,
+            epoch: Some(s.epoch),
             room: None,
         };
         let left = self.run_fenced(call, None).await?;
         self.remove_from_rooms(sid, left.version, &left.dels)
             .await?;
-        self.remove_from_user(&left.user_id, sid, left.version)
-            .await?;
+        self.remove_from_user(UserSessionEntry {
+            user_id: &left.user_id,
+            session: sid,
+            version: left.version,
+            last_active_at: left.last_active_at,
+        })
+        .await?;
         self.unfile_deadline(sid).await?;
         Ok(left
             .dels
@@ -426,6 +517,15 @@ impl PresenceStore for RedisStore {
         if d.changed {
             self.put_rooms(sid, &d.user_id, d.version, PutKind::Status, &d.puts)
                 .await?;
+            let entry = UserEntry {
+                user_id: &d.user_id,
+                session: sid,
+                version: d.version,
+                status: d.status.unwrap_or(SessionStatus::Stale),
+                last_active_at: d.last_active_at,
+                add: false,
+            };
+            first_error(self.set_user_statuses(&[entry]).await)?;
         }
         self.file_deadline(sid, d.deadline).await
     }
@@ -585,7 +685,14 @@ impl PresenceStore for RedisStore {
                         last_heartbeat_at: m.last_heartbeat_at,
                         last_active_at: m.last_active_at,
                     });
-            out.insert(uid.clone(), derive_user(signals));
+            let mut summary = derive_user(signals);
+            if summary.session_count == 0 {
+                if let Some(seen) = self.offline_seen(uid.as_str()).await? {
+                    summary.last_seen_at = seen.last_seen_at;
+                    summary.last_online_at = seen.last_online_at;
+                }
+            }
+            out.insert(uid.clone(), summary);
         }
         Ok(out)
     }
@@ -693,15 +800,125 @@ impl PresenceStore for RedisStore {
         self.bus.signals()
     }
 
-    async fn notify_takeover(&self, node: &NodeId, takeover: &Takeover) -> Result<(), StoreError> {
-        self.bus.publish_takeover(node, takeover).await
+    async fn notify_node(&self, node: &NodeId, notice: &NodeNotice) -> Result<(), StoreError> {
+        self.bus.publish_notice(node, notice).await
     }
 
-    async fn listen_takeovers(
+    async fn listen_notices(
         &self,
         node: &NodeId,
-    ) -> Result<broadcast::Receiver<Takeover>, StoreError> {
+    ) -> Result<broadcast::Receiver<NodeNotice>, StoreError> {
         self.bus.follow_node(node).await
+    }
+
+    async fn recently_offline(&self, limit: usize) -> Result<Vec<(UserId, LastSeen)>, StoreError> {
+        let oldest = format!("({}", self.now() - self.limits.last_seen_ttl_ms);
+        let oldest = oldest.as_str();
+        let want = limit as i64;
+        let reads = self
+            .route
+            .on_each(
+                (0..SHARDS).map(|k| self.keys.recent(k)),
+                |c, key| async move {
+                    c.zrevrangebyscore::<Vec<(String, f64)>, _, _, _>(
+                        key,
+                        "+inf",
+                        oldest,
+                        true,
+                        Some((0, want)),
+                    )
+                    .await
+                },
+            )
+            .await;
+        let mut all = Vec::new();
+        for r in reads {
+            all.extend(r?);
+        }
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let mut out = Vec::new();
+        for (uid, _) in all {
+            if out.len() >= limit {
+                break;
+            }
+            if let Some(seen) = self.offline_seen(&uid).await? {
+                if let Ok(u) = UserId::new(&uid) {
+                    out.push((u, seen));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove(
+        &self,
+        session: &SessionId,
+        room: Option<&RoomId>,
+    ) -> Result<Option<Holder>, StoreError> {
+        let sid = session.as_str();
+        let call = Leave {
+            on: self.on(sid, self.now()),
+            epoch: None,
+            room: room.map(RoomId::as_str),
+        };
+        let left = match self.run(call).await? {
+            Ok(left) => left,
+            Err(Refusal::NoSession | Refusal::NotJoined) => return Ok(None),
+            Err(r) => return Err(refused(r, room)),
+        };
+        if left.ended {
+            self.vouches.ended(sid, left.epoch, self.now());
+        }
+        self.remove_from_rooms(sid, left.version, &left.dels)
+            .await?;
+        if left.ended {
+            self.remove_from_user(UserSessionEntry {
+                user_id: &left.user_id,
+                session: sid,
+                version: left.version,
+                last_active_at: left.last_active_at,
+            })
+            .await?;
+            self.unfile_deadline(sid).await?;
+        }
+        let node_id = left.node_id.as_deref().and_then(|n| NodeId::new(n).ok());
+        let (Ok(user_id), Some(node_id)) = (UserId::new(&left.user_id), node_id) else {
+            return Err(StoreError::Internal("leave.lua: no user or node".into()));
+        };
+        Ok(Some(Holder {
+            user_id,
+            epoch: left.epoch,
+            node_id,
+            rooms: left
+                .dels
+                .iter()
+                .filter_map(|d| RoomId::new(&d.room).ok())
+                .collect(),
+        }))
+    }
+
+    async fn session_holder(&self, session: &SessionId) -> Result<Option<Holder>, StoreError> {
+        let mut read = self.sessions(&[session.as_str().to_owned()]).await?;
+        let Some(f) = read.pop().flatten() else {
+            return Ok(None);
+        };
+        let holder = (|| {
+            Some(Holder {
+                user_id: UserId::new(f.get(field::USER_ID)?).ok()?,
+                epoch: f.get("epoch")?.parse().ok()?,
+                node_id: NodeId::new(f.get("n")?).ok()?,
+                rooms: f
+                    .keys()
+                    .filter_map(|k| k.strip_prefix("r:"))
+                    .filter_map(|r| RoomId::new(r).ok())
+                    .collect(),
+            })
+        })();
+        Ok(holder)
+    }
+
+    fn lifecycle(&self) -> Arc<dyn EventLog> {
+        self.log.clone()
     }
 
     async fn acquire_lease(&self, node: &NodeId, lease_ms: Millis) -> Result<Lease, StoreError> {

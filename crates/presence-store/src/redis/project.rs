@@ -12,12 +12,16 @@ use fred::prelude::*;
 use fred::types::sorted_sets::Ordering;
 use futures::StreamExt;
 
+use presence_core::lifecycle::user_change;
+use presence_core::{Lifecycle, Millis, RoomId, UserId, UserStatus};
+
 use super::index_scripts::{
-    AddUserSession, RemoveUserSessions, SessionsLeft, UserSession, UserSessionAdded,
+    PutUserSessions, RemoveUserSessions, SessionsLeft, UserEntry, UserSession, UserSessionAdded,
+    UserSessionsPut, UserTurn,
 };
 use super::keys::{field, shard_of};
 use super::room_scripts::{
-    MemberRemoval, MemberUpdate, MembersPut, PutKind, PutMembers, RemoveMembers,
+    MemberRemoval, MemberUpdate, MembersPut, MembersRemoved, PutKind, PutMembers, RemoveMembers,
 };
 use super::session_scripts::{RoomDel, RoomPut};
 use super::RedisStore;
@@ -49,7 +53,7 @@ where
 }
 
 /// The first error of `results`, if any.
-fn first_error(results: Vec<Result<(), StoreError>>) -> Result<(), StoreError> {
+pub(super) fn first_error(results: Vec<Result<(), StoreError>>) -> Result<(), StoreError> {
     results.into_iter().collect()
 }
 
@@ -89,6 +93,21 @@ impl RedisStore {
                 pubsub: self.bus.mode(),
             })
             .await?;
+        if let Ok(room_id) = RoomId::new(room) {
+            let mut kinds = Vec::new();
+            if r.occupied {
+                kinds.push(Lifecycle::RoomOccupied {
+                    room_id: room_id.clone(),
+                });
+            }
+            kinds.extend(r.first_in.iter().filter_map(|u| {
+                Some(Lifecycle::MemberJoined {
+                    room_id: room_id.clone(),
+                    user_id: UserId::new(u).ok()?,
+                })
+            }));
+            self.record(kinds).await;
+        }
         if let Some(at) = r.list_at {
             self.list_room(room, at, r.fresh).await?;
         }
@@ -173,17 +192,41 @@ impl RedisStore {
         for (room, members) in &by_room {
             for chunk in members.chunks(ROOM_CHUNK) {
                 calls.push(async move {
-                    self.run(RemoveMembers {
-                        room,
-                        members: chunk,
-                        pubsub: self.bus.mode(),
-                    })
-                    .await
-                    .map(|_| ())
+                    let removed = self
+                        .run(RemoveMembers {
+                            room,
+                            members: chunk,
+                            pubsub: self.bus.mode(),
+                        })
+                        .await?;
+                    self.record_room_removals(room, &removed).await;
+                    Ok(())
                 });
             }
         }
         bounded(calls).await
+    }
+
+    /// Appends what a `room_del` call decided: member.left for each user
+    /// whose last session went, then room.vacated.
+    pub(super) async fn record_room_removals(&self, room: &str, removed: &MembersRemoved) {
+        let Ok(room_id) = RoomId::new(room) else {
+            return;
+        };
+        let mut kinds: Vec<Lifecycle> = removed
+            .last_out
+            .iter()
+            .filter_map(|u| {
+                Some(Lifecycle::MemberLeft {
+                    room_id: room_id.clone(),
+                    user_id: UserId::new(u).ok()?,
+                })
+            })
+            .collect();
+        if removed.vacated {
+            kinds.push(Lifecycle::RoomVacated { room_id });
+        }
+        self.record(kinds).await;
     }
 
     /// Files a room in the rooms-by-deadline index at `at`, after a write
@@ -207,56 +250,97 @@ impl RedisStore {
         .await
     }
 
-    /// Records the session in its user's index and the user as online;
-    /// refused (`TooManySessions`) when the session is new to the user and
-    /// the user is at the limit.
-    pub(super) async fn add_to_user(
-        &self,
-        user_id: &str,
-        session: &str,
-        version: u64,
-    ) -> Result<(), StoreError> {
-        let added = self
-            .run(AddUserSession {
-                user_id,
-                session,
-                version,
+    /// Records the session in its user's index (with its status) and the
+    /// user as online; refused (`TooManySessions`) when the session is new
+    /// to the user and the user is at the limit.
+    pub(super) async fn add_to_user(&self, entry: UserEntry<'_>) -> Result<(), StoreError> {
+        let user_id = entry.user_id;
+        let UserSessionsPut(put) = self
+            .run(PutUserSessions {
+                entries: &[entry],
                 max_sessions: self.limits.max_sessions_per_user,
             })
             .await?;
+        let Some((added, turn)) = put.first().copied() else {
+            return Err(StoreError::Internal("user_put.lua: no outcome".into()));
+        };
         if added == UserSessionAdded::Full {
             return Err(StoreError::TooManySessions {
                 limit: self.limits.max_sessions_per_user,
             });
         }
+        if turn.before == UserStatus::Offline && turn.after != UserStatus::Offline {
+            // Back online: no longer among the recently offline.
+            let recent = self.keys.recent(shard_of(user_id));
+            self.zrem_many(&recent, &[user_id.to_owned()]).await?;
+        }
+        self.record_users(&[(user_id, turn, 0)]).await;
         self.zadd_one(self.keys.online(shard_of(user_id)), None, None, 0, user_id)
             .await
     }
 
+    /// Carries sessions' status changes into their users' indexes (a call
+    /// per group of users' keys), and what they changed at the user level
+    /// into the lifecycle stream.
+    pub(super) async fn set_user_statuses(
+        &self,
+        entries: &[UserEntry<'_>],
+    ) -> Vec<Result<(), StoreError>> {
+        let keyed = entries
+            .iter()
+            .map(|e| (self.keys.user(e.user_id), *e))
+            .collect();
+        let batches = self.route.batches(keyed, |(key, _)| key, USER_CHUNK);
+        let mut calls = Vec::new();
+        for batch in batches {
+            let entries: Vec<UserEntry<'_>> = batch.into_iter().map(|(_, e)| e).collect();
+            calls.push(async move {
+                let UserSessionsPut(put) = self
+                    .run(PutUserSessions {
+                        entries: &entries,
+                        max_sessions: self.limits.max_sessions_per_user,
+                    })
+                    .await?;
+                let turns: Vec<_> = entries
+                    .iter()
+                    .zip(put)
+                    .map(|(e, (_, turn))| (e.user_id, turn, 0))
+                    .collect();
+                self.record_users(&turns).await;
+                Ok(())
+            });
+        }
+        bounded(calls).await
+    }
+
+    /// Appends the user-level events of `turns` (user, status before and
+    /// after, last activity).
+    async fn record_users(&self, turns: &[(&str, UserTurn, Millis)]) {
+        let kinds = turns
+            .iter()
+            .filter_map(|(user, turn, seen)| {
+                let user = UserId::new(user).ok()?;
+                user_change(&user, turn.before, turn.after, *seen)
+            })
+            .collect();
+        self.record(kinds).await;
+    }
+
     /// Takes the session out of its user's index, and the user out of
     /// who's online when it was the last one.
-    pub(super) async fn remove_from_user(
-        &self,
-        user_id: &str,
-        session: &str,
-        version: u64,
-    ) -> Result<(), StoreError> {
-        let entry = [UserSession {
-            user_id,
-            session,
-            version,
-        }];
-        first_error(self.remove_from_users(&entry).await)
+    pub(super) async fn remove_from_user(&self, entry: UserSession<'_>) -> Result<(), StoreError> {
+        first_error(self.remove_from_users(&[entry]).await)
     }
 
     /// [`remove_from_user`](Self::remove_from_user) for many sessions: a
     /// call per group of users' keys (one slot on a cluster), then the
-    /// users left without a session out of who's online, a call per shard.
-    /// The outcome of each call.
+    /// users left without a session out of who's online and into the
+    /// recently offline, a call per shard. The outcome of each call.
     pub(super) async fn remove_from_users(
         &self,
         entries: &[UserSession<'_>],
     ) -> Vec<Result<(), StoreError>> {
+        let now = self.now();
         let keyed = entries
             .iter()
             .map(|e| (self.keys.user(e.user_id), *e))
@@ -266,13 +350,22 @@ impl RedisStore {
         for batch in batches {
             let entries: Vec<UserSession<'_>> = batch.into_iter().map(|(_, e)| e).collect();
             calls.push(async move {
-                let SessionsLeft(left) = self.run(RemoveUserSessions { entries: &entries }).await?;
+                let SessionsLeft(left) = self
+                    .run(RemoveUserSessions {
+                        entries: &entries,
+                        now,
+                        keep_ms: self.limits.last_seen_ttl_ms,
+                    })
+                    .await?;
                 let mut emptied = Vec::new();
-                for (e, n) in entries.iter().zip(left) {
-                    if n == 0 {
+                let mut turns = Vec::new();
+                for (e, l) in entries.iter().zip(left) {
+                    if l.left == 0 {
                         emptied.push(e.user_id);
                     }
+                    turns.push((e.user_id, l.turn, l.last_seen_at));
                 }
+                self.record_users(&turns).await;
                 Ok::<_, StoreError>(emptied)
             });
         }
@@ -290,7 +383,7 @@ impl RedisStore {
         let mut calls = Vec::new();
         for (shard, users) in &by_shard {
             for users in users.chunks(INDEX_CHUNK) {
-                calls.push(self.unlist_users(*shard, users));
+                calls.push(self.unlist_users(*shard, users, now));
             }
         }
         outcomes.extend(bounded(calls).await);
@@ -298,8 +391,15 @@ impl RedisStore {
     }
 
     /// Takes `users` (who have no session left) out of who's online shard
-    /// `shard`, and puts back any whose hello raced the removal.
-    async fn unlist_users(&self, shard: u32, users: &[&str]) -> Result<(), StoreError> {
+    /// `shard` and into the recently offline, and puts back any whose hello
+    /// raced the removal.
+    async fn unlist_users(
+        &self,
+        shard: u32,
+        users: &[&str],
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.list_recent(shard, users, now).await?;
         let key = &self.keys.online(shard);
         let users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
         self.zrem_many(key, &users).await?;
@@ -325,6 +425,26 @@ impl RedisStore {
             }
         }
         Ok(())
+    }
+
+    /// Files `users` as gone offline at `now` in the recently-offline shard
+    /// `shard`, and drops those offline for longer than last seen is kept.
+    async fn list_recent(&self, shard: u32, users: &[&str], now: Millis) -> Result<(), StoreError> {
+        let key = &self.keys.recent(shard);
+        let entries: Vec<(f64, String)> =
+            users.iter().map(|u| (now as f64, u.to_string())).collect();
+        let entries = &entries;
+        let oldest = (now - self.limits.last_seen_ttl_ms) as f64;
+        self.route
+            .on_key(key, |c| async move {
+                let pipe = c.pipeline();
+                let _: () = pipe
+                    .zadd(key, None, None, false, false, entries.clone())
+                    .await?;
+                let _: () = pipe.zremrangebyscore(key, "-inf", oldest).await?;
+                pipe.all::<()>().await
+            })
+            .await
     }
 
     /// Files the session in the deadline index at `at`, when its script asked.

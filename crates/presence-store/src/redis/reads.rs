@@ -48,7 +48,7 @@ impl RedisStore {
     }
 
     /// The hashes of live sessions, read at once (`None`: gone or a tombstone).
-    async fn sessions(
+    pub(super) async fn sessions(
         &self,
         ids: &[String],
     ) -> Result<Vec<Option<BTreeMap<String, String>>>, StoreError> {

@@ -64,21 +64,42 @@ pub(super) struct MembersPut {
     /// The room's expiry index was empty before: set that entry outright
     /// (see room_put.lua).
     pub fresh: bool,
+    /// The room had no member before this call (room.occupied).
+    pub occupied: bool,
+    /// The users whose first session in the room this call added
+    /// (member.joined).
+    pub first_in: Vec<String>,
+}
+
+/// A room script's reply: its integers (the last of them a lifecycle
+/// flag), then the user ids of its lifecycle (strings).
+fn lifecycle_reply(script: &str, v: Value) -> Result<(Vec<i64>, bool, Vec<String>), StoreError> {
+    let bad = |e: &dyn std::fmt::Display| StoreError::Internal(format!("{script}: {e}"));
+    let mut ints = Vec::new();
+    let mut users = Vec::new();
+    for item in v.into_array() {
+        match item {
+            Value::Integer(i) if users.is_empty() => ints.push(i),
+            other => users.push(other.convert::<String>().map_err(|e| bad(&e))?),
+        }
+    }
+    let flag = ints.pop().ok_or_else(|| bad(&"empty reply"))?;
+    Ok((ints, flag == 1, users))
 }
 
 impl Decode for MembersPut {
     fn decode(v: Value) -> Result<Self, StoreError> {
-        let reply: Vec<i64> = v
-            .convert()
-            .map_err(|e| StoreError::Internal(format!("room_put.lua: {e}")))?;
-        match reply[..] {
+        let (ints, occupied, first_in) = lifecycle_reply("room_put.lua", v)?;
+        match ints[..] {
             [list, fresh, ref seqs @ ..] => Ok(MembersPut {
                 seqs: seqs.iter().map(|s| (*s).max(0) as u64).collect(),
                 list_at: (list > 0).then_some(list),
                 fresh: fresh == 1,
+                occupied,
+                first_in,
             }),
             _ => Err(StoreError::Internal(format!(
-                "room_put.lua: bad reply {reply:?}"
+                "room_put.lua: bad reply {ints:?}"
             ))),
         }
     }
@@ -134,22 +155,27 @@ pub(super) struct RemoveMembers<'a> {
 /// What `room_del.lua` did: per member, in call order, the room's seq after
 /// its removal; `None` when nothing was removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct MembersRemoved(pub Vec<Option<u64>>);
+pub(super) struct MembersRemoved {
+    /// Per member, the room's seq after its removal (`None`: not removed).
+    pub seqs: Vec<Option<u64>>,
+    /// This call removed the room's last member (room.vacated).
+    pub vacated: bool,
+    /// The users whose last session in the room this call removed
+    /// (member.left).
+    pub last_out: Vec<String>,
+}
 
 impl Decode for MembersRemoved {
     fn decode(v: Value) -> Result<Self, StoreError> {
-        let reply: Vec<i64> = if v.is_null() {
-            Vec::new()
-        } else {
-            v.convert()
-                .map_err(|e| StoreError::Internal(format!("room_del.lua: {e}")))?
-        };
-        Ok(MembersRemoved(
-            reply
+        let (ints, vacated, last_out) = lifecycle_reply("room_del.lua", v)?;
+        Ok(MembersRemoved {
+            seqs: ints
                 .into_iter()
                 .map(|s| (s > 0).then_some(s as u64))
                 .collect(),
-        ))
+            vacated,
+            last_out,
+        })
     }
 }
 
@@ -415,31 +441,55 @@ mod tests {
 
     #[test]
     fn room_put_replies_are_read_by_position() {
-        let r = MembersPut::decode(Value::Array(vec![0.into(), 0.into(), 4.into()])).unwrap();
+        let r =
+            MembersPut::decode(Value::Array(vec![0.into(), 0.into(), 4.into(), 0.into()])).unwrap();
         assert_eq!(
             r,
             MembersPut {
                 seqs: vec![4],
                 list_at: None,
-                fresh: false
+                fresh: false,
+                occupied: false,
+                first_in: vec![],
             }
         );
-        let r = MembersPut::decode(Value::Array(vec![99.into(), 1.into(), 0.into(), 7.into()]))
-            .unwrap();
+        let r = MembersPut::decode(Value::Array(vec![
+            99.into(),
+            1.into(),
+            0.into(),
+            7.into(),
+            1.into(),
+            "ada".into(),
+        ]))
+        .unwrap();
         assert_eq!(
             r,
             MembersPut {
                 seqs: vec![0, 7],
                 list_at: Some(99),
-                fresh: true
+                fresh: true,
+                occupied: true,
+                first_in: vec!["ada".into()],
             }
         );
         assert!(MembersPut::decode(Value::Array(vec![1.into()])).is_err());
     }
 
     #[test]
-    fn room_del_replies_are_a_seq_or_nothing_per_member() {
-        let r = MembersRemoved::decode(Value::Array(vec![5.into(), 0.into()])).unwrap();
-        assert_eq!(r, MembersRemoved(vec![Some(5), None]));
+    fn room_del_replies_are_a_seq_or_nothing_per_member_then_the_lifecycle() {
+        let r = MembersRemoved::decode(Value::Array(vec![5.into(), 0.into(), 0.into()])).unwrap();
+        assert_eq!(
+            r,
+            MembersRemoved {
+                seqs: vec![Some(5), None],
+                vacated: false,
+                last_out: vec![]
+            }
+        );
+        // A user id that looks like a number is still a user id (a string).
+        let r =
+            MembersRemoved::decode(Value::Array(vec![5.into(), 1.into(), "42".into()])).unwrap();
+        assert!(r.vacated);
+        assert_eq!(r.last_out, vec!["42".to_string()]);
     }
 }

@@ -143,8 +143,8 @@ impl Scripts {
             alone!("room_page"),
             alone!("room_due"),
             alone!("rooms_settle"),
-            alone!("user_put"),
-            alone!("user_del"),
+            with_prelude!("user_put"),
+            with_prelude!("user_del"),
             alone!("node_put"),
             alone!("nodes_read"),
             alone!("lease"),
@@ -406,6 +406,8 @@ pub(super) enum Refusal {
     NotJoined,
     /// The session changed since the caller read it (state.lua's compare-and-set).
     Retry,
+    /// The id is of a session the moderation API ended.
+    Kicked,
 }
 
 /// A session script's reply: what it did, or why it did nothing.

@@ -164,6 +164,18 @@ pub(super) struct Claimed {
     /// The connection the claim took the session from, if it was connected.
     #[serde(default)]
     pub superseded: Option<PreviousOwner>,
+    /// The session's status after the claim.
+    #[serde(rename = "st", default, deserialize_with = "status")]
+    pub status: Option<SessionStatus>,
+    /// Its last reported activity.
+    #[serde(rename = "la", default)]
+    pub last_active_at: Millis,
+}
+
+/// A status the scripts wrote (`None`: absent or unknown).
+fn status<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SessionStatus>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    Ok(s.as_deref().and_then(SessionStatus::parse))
 }
 
 /// The connection a claim took a session from.
@@ -423,7 +435,9 @@ session_call!(SetState, state, Fenced<StateSet>, |call| [
 /// `leave.lua`: leaves one room, or (`room: None`) ends the session.
 pub(super) struct Leave<'a> {
     pub on: On<'a>,
-    pub epoch: u64,
+    /// `None`: the moderation API (no fence; an ended session's id is then
+    /// refused as kicked).
+    pub epoch: Option<u64>,
     pub room: Option<&'a str>,
 }
 
@@ -437,10 +451,22 @@ pub(super) struct Left {
     /// The removals to project: the one room, or every room of an ended session.
     #[serde(deserialize_with = "list")]
     pub dels: Vec<RoomDel>,
+    /// The session's last reported activity (when it ended).
+    #[serde(rename = "la", default)]
+    pub last_active_at: Millis,
+    /// Its epoch when it left.
+    #[serde(rename = "e", default)]
+    pub epoch: u64,
+    /// The node of its last connection.
+    #[serde(rename = "n", default)]
+    pub node_id: Option<String>,
+    /// The session ended (else it left one room).
+    #[serde(default)]
+    pub ended: bool,
 }
 
 session_call!(Leave, leave, Fenced<Left>, |call| [
-    call.epoch.to_string(),
+    call.epoch.map(|e| e.to_string()).unwrap_or_default(),
     call.room.unwrap_or_default().to_owned(),
 ]);
 
@@ -462,6 +488,12 @@ pub(super) struct Disconnected {
     pub deadline: Option<i64>,
     #[serde(deserialize_with = "list")]
     pub puts: Vec<RoomPut>,
+    /// The session's status now (stale, unless it was past that).
+    #[serde(rename = "st", default, deserialize_with = "status")]
+    pub status: Option<SessionStatus>,
+    /// Its last reported activity.
+    #[serde(rename = "la", default)]
+    pub last_active_at: Millis,
 }
 
 session_call!(Disconnect, disconnect, Fenced<Disconnected>, |call| [call
@@ -498,6 +530,9 @@ pub(super) enum Expiry {
         user_id: String,
         #[serde(deserialize_with = "list")]
         dels: Vec<RoomDel>,
+        /// Its last reported activity.
+        #[serde(rename = "la", default)]
+        last_active_at: Millis,
     },
     /// Alive; its status may have changed.
     Alive {
@@ -516,6 +551,12 @@ pub(super) enum Expiry {
         /// When that room should check the session again.
         #[serde(rename = "x")]
         check_at: i64,
+        /// Its status now.
+        #[serde(rename = "st", default, deserialize_with = "status")]
+        status: Option<SessionStatus>,
+        /// Its last reported activity.
+        #[serde(rename = "la", default)]
+        last_active_at: Millis,
     },
 }
 

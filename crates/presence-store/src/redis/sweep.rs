@@ -19,7 +19,7 @@ use futures::StreamExt;
 use presence_core::Millis;
 use serde_json::json;
 
-use super::index_scripts::UserSession;
+use super::index_scripts::{UserEntry, UserSession};
 use super::keys::SHARDS;
 use super::room_scripts::{
     Due, DueMembers, MemberEntry, MemberRemoval, MemberUpdate, MembersRemoved, PutKind,
@@ -220,6 +220,7 @@ impl RedisStore {
         report: &mut SweepReport,
     ) -> Result<(), StoreError> {
         let (mut puts, mut dels, mut users) = (Vec::new(), Vec::new(), Vec::new());
+        let mut statuses = Vec::new();
         let (mut file, mut unfile) = (Vec::new(), Vec::new());
         for (sid, e) in found {
             let sid = *sid;
@@ -230,6 +231,7 @@ impl RedisStore {
                     version,
                     user_id,
                     dels: rooms,
+                    last_active_at,
                 } => {
                     dels.extend(rooms.iter().map(|d| {
                         (
@@ -245,6 +247,7 @@ impl RedisStore {
                         user_id,
                         session: sid,
                         version: *version,
+                        last_active_at: *last_active_at,
                     });
                     unfile.push(sid);
                     report.expired += 1;
@@ -255,8 +258,20 @@ impl RedisStore {
                     user_id,
                     next,
                     puts: rooms,
+                    status,
+                    last_active_at,
                     ..
                 } => {
+                    if let (true, Some(status)) = (*changed, status) {
+                        statuses.push(UserEntry {
+                            user_id,
+                            session: sid,
+                            version: *version,
+                            status: *status,
+                            last_active_at: *last_active_at,
+                            add: false,
+                        });
+                    }
                     if *changed {
                         puts.extend(rooms.iter().map(|put| MemberUpdate {
                             session: sid,
@@ -273,6 +288,7 @@ impl RedisStore {
         }
         let mut outcomes = self.put_many(&puts).await;
         outcomes.extend(self.remove_many(&dels).await);
+        outcomes.extend(self.set_user_statuses(&statuses).await);
         outcomes.extend(self.remove_from_users(&users).await);
         outcomes.extend(self.file_deadlines(&file).await);
         outcomes.extend(self.unfile_deadlines(&unfile).await);
@@ -433,13 +449,14 @@ impl RedisStore {
             version: member.version + 1,
             event: &event,
         }];
-        let MembersRemoved(removed) = self
+        let removed: MembersRemoved = self
             .run(RemoveMembers {
                 room,
                 members: &member,
                 pubsub: self.bus.mode(),
             })
             .await?;
-        Ok(removed.first().is_some_and(Option::is_some))
+        self.record_room_removals(room, &removed).await;
+        Ok(removed.seqs.first().is_some_and(Option::is_some))
     }
 }

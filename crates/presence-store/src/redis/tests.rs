@@ -530,7 +530,7 @@ mod standalone {
             version,
             event: &ev,
         };
-        let MembersRemoved(removed) = store
+        let MembersRemoved { seqs: removed, .. } = store
             .run(RemoveMembers {
                 room: room.as_str(),
                 members: &[removal(103), removal(104)],
