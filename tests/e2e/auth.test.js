@@ -172,6 +172,14 @@ test("the HTTP API needs the key; health checks and the demo page do not", async
     method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ from: "x", userId: "alice", ttlMs: 1000 }),
   });
   assert.equal(intent.status, 401);
+  // The moderation API: refused without the key, before anything is looked up.
+  for (const path of ["/api/sessions/s-1", "/api/users/alice/sessions", "/api/rooms/lobby/members/alice"]) {
+    const res = await fetch(`${hs.url}${path}`, { method: "DELETE" });
+    assert.equal(res.status, 401, path);
+    assert.equal((await res.json()).error.code, "unauthorized");
+    const keyed = await fetch(`${hs.url}${path}`, { method: "DELETE", headers: { authorization: `Bearer ${API_KEY}` } });
+    assert.equal(keyed.status, 404, path);
+  }
   for (const path of ["/healthz", "/readyz", "/"]) {
     assert.equal((await fetch(`${hs.url}${path}`)).status, 200, path);
   }

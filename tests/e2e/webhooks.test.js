@@ -17,7 +17,7 @@ const SECRET = "e2e-webhook-secret-0123";
 afterEach(() => closeAll());
 
 /** A receiver, a Redis and nodes `ids` delivering to it (each test its own). */
-async function setup(ids, { redis = null, flags = {} } = {}) {
+async function setup(ids, { redis = null, flags = {}, alsoTo = [] } = {}) {
   const hooks = await startReceiver(SECRET);
   redis ||= await startRedis();
   const nodes = [];
@@ -27,7 +27,7 @@ async function setup(ids, { redis = null, flags = {} } = {}) {
       "--node-id": id,
       "--key-prefix": "hooks",
       "--emit-debounce-ms": 50,
-      "--webhook-url": hooks.url,
+      "--webhook-url": [hooks.url, ...alsoTo].join(","),
       "--webhook-secret": SECRET,
       "--webhook-batch-wait-ms": 100,
       ...flags,
@@ -202,5 +202,32 @@ test("the Rust stream consumer example reads the lifecycle stream with a consume
     await until(() => env.hooks.delivered().filter((e) => e.userId === "exu-0" || e.roomId === "rexample").length === 3, "the webhook's copy");
   } finally {
     await env.stop();
+  }
+});
+
+test("two URLs each get every event, through groups of their own; the type filter keeps only its types", async () => {
+  const other = await startReceiver(SECRET);
+  const env = await setup(["f-a", "f-b"], {
+    flags: { "--webhook-events": "member.*,room.occupied" },
+    alsoTo: [other.url],
+  });
+  try {
+    const expected = (await crowd(env.nodes[1].url, "rtwo", 3, "tw")).filter((k) => !k.startsWith("user."));
+    for (const r of [env.hooks, other]) {
+      await until(() => expected.every((k) => r.delivered().some((e) => key(e) === k)), "every member event at each URL", 15000);
+    }
+    const s = await connect(env.nodes[0].url);
+    await enter(s, "tw-x", "rtwo");
+    assert.ok((await call(s, "presence:leave", {})).ok);
+    await until(() => other.delivered().some((e) => e.type === "member.left" && e.userId === "tw-x"), "member.left");
+    await sleep(300);
+    for (const r of [env.hooks, other]) {
+      const types = new Set(r.delivered().map((e) => e.type));
+      assert.deepEqual([...types].sort(), ["member.joined", "member.left", "room.occupied"], "only the filtered types");
+      assert.ok(r.requests.every((q) => q.verified));
+    }
+  } finally {
+    await env.stop();
+    await other.stop();
   }
 });

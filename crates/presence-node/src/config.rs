@@ -451,13 +451,17 @@ impl Config {
         Ok(())
     }
 
-    /// The configuration as it may be logged: passwords in REDIS_URL masked.
+    /// The configuration as it may be logged: passwords in REDIS_URL and
+    /// the webhook URLs masked, secrets replaced.
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
         if let Some(url) = &c.redis_url {
             c.redis_url = Some(redact_url(url));
         }
-        for secret in [&mut c.jwt_secret, &mut c.api_key] {
+        for url in &mut c.webhook_url {
+            *url = redact_url(url);
+        }
+        for secret in [&mut c.jwt_secret, &mut c.api_key, &mut c.webhook_secret] {
             if secret.is_some() {
                 *secret = Some("***".into());
             }
@@ -533,10 +537,17 @@ mod tests {
             "0123456789abcdef0123456789abcdef-secret",
             "--api-key",
             "api-key-0123456789",
+            "--webhook-secret",
+            "hook-secret-0123456789",
+            "--webhook-url",
+            "https://hooks:pa55word@example.com/presence",
         ]);
         let keys = format!("{:?}", keys.redacted());
         assert!(
-            !keys.contains("-secret") && !keys.contains("api-key-"),
+            !keys.contains("-secret")
+                && !keys.contains("api-key-")
+                && !keys.contains("hook-secret")
+                && !keys.contains("pa55word"),
             "{keys}"
         );
         assert!(shown.contains("redis://app:***@10.0.0.1:6379/0"));

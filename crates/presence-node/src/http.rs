@@ -478,7 +478,8 @@ async fn reachability(
 
 /// `POST /api/intents` `{ from, userId, need, ttlMs, note? }`: an intent made
 /// by a backend on behalf of `from`. The callee's sessions hear of it like
-/// any other; its outcome has no session to go to.
+/// any other; its outcome reaches the backend as the lifecycle event
+/// `intent.ready` or `intent.expired`.
 async fn make_intent(
     State(api): State<ApiState>,
     body: Result<Bytes, BytesRejection>,

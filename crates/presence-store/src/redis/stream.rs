@@ -94,6 +94,37 @@ fn busy_group(e: &fred::error::Error) -> bool {
     e.details().contains("BUSYGROUP")
 }
 
+impl RedisLog {
+    /// Makes the group on `shard` at `from` unless it exists.
+    async fn make_group(&self, group: &str, shard: u32, from: &str) -> Result<(), StoreError> {
+        let key = &self.key(shard);
+        self.route
+            .on_key(key, |c| async move {
+                match c
+                    .xgroup_create::<Value, _, _, _>(key, group, from, true)
+                    .await
+                {
+                    Err(e) if busy_group(&e) => Ok(Value::Null),
+                    other => other,
+                }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// The group went away with the stream (Redis restarted without its
+    /// data, or someone deleted the key): made again from the start of
+    /// what the stream holds now, which all came after the loss.
+    async fn regroup(&self, group: &str, shard: u32) -> Result<(), StoreError> {
+        tracing::warn!(
+            group,
+            shard,
+            "the lifecycle stream lost its consumer group (Redis lost its data?); making it again"
+        );
+        self.make_group(group, shard, "0").await
+    }
+}
+
 #[async_trait]
 impl EventLog for RedisLog {
     fn shards(&self) -> u32 {
@@ -131,20 +162,7 @@ impl EventLog for RedisLog {
 
     async fn ensure_group(&self, group: &str) -> Result<(), StoreError> {
         for shard in 0..self.shards {
-            let key = &self.key(shard);
-            let made = self
-                .route
-                .on_key(key, |c| async move {
-                    match c
-                        .xgroup_create::<Value, _, _, _>(key, group, "$", true)
-                        .await
-                    {
-                        Err(e) if busy_group(&e) => Ok(Value::Null),
-                        other => other,
-                    }
-                })
-                .await;
-            made?;
+            self.make_group(group, shard, "$").await?;
         }
         Ok(())
     }
@@ -177,7 +195,7 @@ impl EventLog for RedisLog {
             // The stream (and its group) went away: Redis restarted without
             // its data, or someone deleted it. Make the group again.
             Err(StoreError::Internal(e)) if e.contains("NOGROUP") => {
-                self.ensure_group(group).await?;
+                self.regroup(group, shard).await?;
                 Ok(vec![])
             }
             Err(e) => Err(e),
@@ -212,7 +230,7 @@ impl EventLog for RedisLog {
         let v = match claimed {
             Ok(v) => v,
             Err(StoreError::Internal(e)) if e.contains("NOGROUP") => {
-                self.ensure_group(group).await?;
+                self.regroup(group, shard).await?;
                 return Ok(vec![]);
             }
             Err(e) => return Err(e),
