@@ -26,6 +26,9 @@ use fred::types::streams::XReadResponse;
 use presence_core::LifecycleEvent;
 use presence_store::redis::keys::Keys;
 
+/// A stream entry as read: its id and its fields.
+type Entry = (String, Vec<(String, String)>);
+
 /// Entries a consumer of the group took and left unacknowledged this long
 /// are taken over.
 const CLAIM_IDLE_MS: u64 = 60_000;
@@ -83,7 +86,7 @@ async fn read_shard(
     limit: u64,
 ) -> Result<(), Error> {
     // First what a consumer that died left behind, then what is new.
-    let (_, left): (String, Vec<(String, Vec<(String, String)>)>) = client
+    let (_, left): (String, Vec<Entry>) = client
         .xautoclaim(
             &key,
             &group,
@@ -117,7 +120,7 @@ async fn handle(
     client: &Client,
     key: &str,
     group: &str,
-    entries: Vec<(String, Vec<(String, String)>)>,
+    entries: Vec<Entry>,
     seen: &AtomicU64,
     limit: u64,
 ) -> Result<(), Error> {
