@@ -213,7 +213,7 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_EVENT_SHARDS", default_value_t = 4)]
     pub event_shards: u32,
     /// About how many events each shard of the lifecycle stream keeps
-    /// (`XADD MAXLEN ~`): bounds the stream's Redis memory (about 300 bytes
+    /// (`XADD MAXLEN ~`): bounds the stream's Redis memory (150–250 bytes
     /// an event) and so how long a consumer may be away without missing
     /// any (docs/operations.md).
     #[arg(long, env = "PRESENCE_EVENT_STREAM_MAXLEN", default_value_t = 100_000)]
