@@ -15,6 +15,9 @@ import {
 
 const SECRET = "e2e-webhook-secret-0123";
 afterEach(() => closeAll());
+// Each test starts its own Redis and nodes; each start listens for this
+// process's exit to kill them.
+process.setMaxListeners(64);
 
 /** A receiver, a Redis and nodes `ids` delivering to it (each test its own). */
 async function setup(ids, { redis = null, flags = {}, alsoTo = [] } = {}) {
@@ -57,6 +60,21 @@ async function crowd(url, room, n, prefix) {
 
 const key = (e) => `${e.type} ${e.type.startsWith("room.") ? e.roomId : e.userId}`;
 
+/** A metric summed over `nodes` (`name` with any labels matching `labels`). */
+async function total(nodes, name, labels = "") {
+  let sum = 0;
+  for (const n of nodes) {
+    const text = await (await fetch(`${n.url}/metrics`)).text();
+    for (const line of text.split("\n")) {
+      if (line.startsWith(name) && line.includes(labels) && !line.startsWith("#")) {
+        const rest = line.slice(name.length);
+        if (rest.startsWith(" ") || rest.startsWith("{")) sum += Number(line.split(" ").at(-1));
+      }
+    }
+  }
+  return sum;
+}
+
 test("a receiver that answers 500 and then 200 gets the same batch again", async () => {
   const env = await setup(["w-a", "w-b"]);
   try {
@@ -70,6 +88,11 @@ test("a receiver that answers 500 and then 200 gets the same batch again", async
     assert.ok(again, "the failed batch came again, same ids");
     assert.ok(again.events.every((e, i) => i >= first.events.length || e.id === first.events[i].id), "in the same order");
     assert.ok(env.hooks.requests.every((q) => q.verified));
+    // Counted: the retry, the failed answer, what was delivered, how late.
+    assert.ok(await total(env.nodes, "presence_webhook_retried_total") >= 1);
+    assert.ok(await total(env.nodes, "presence_webhook_requests_total", 'result="status"') >= 1);
+    assert.ok(await total(env.nodes, "presence_webhook_delivered_total") >= expected.length);
+    assert.ok(await total(env.nodes, "presence_webhook_delivery_lag_seconds_count") >= expected.length);
   } finally {
     await env.stop();
   }
@@ -229,5 +252,30 @@ test("two URLs each get every event, through groups of their own; the type filte
   } finally {
     await env.stop();
     await other.stop();
+  }
+});
+
+test("a receiver that does not answer in time gets the batch again; events past the max age are dropped and counted", async () => {
+  const env = await setup(["t-a"], { flags: { "--webhook-timeout-ms": 400, "--webhook-max-age-s": 3 } });
+  try {
+    let calls = 0;
+    env.hooks.respond = () => (++calls === 1 ? null : 200); // the first request hangs
+    const expected = await crowd(env.nodes[0].url, "rslow", 2, "ts");
+    await until(() => expected.every((k) => env.hooks.delivered().some((e) => key(e) === k)), "every event", 15000);
+    const [first, ...rest] = env.hooks.requests;
+    assert.equal(first.status, null, "never answered");
+    assert.ok(rest.some((q) => q.status === 200 && first.events.every((e) => q.events.some((x) => x.id === e.id))), "sent again");
+    assert.ok(await total(env.nodes, "presence_webhook_requests_total", 'result="timeout"') >= 1);
+    // A receiver that keeps failing: after PRESENCE_WEBHOOK_MAX_AGE_S the events are dropped.
+    env.hooks.respond = () => 503;
+    const doomed = await crowd(env.nodes[0].url, "rdrop", 1, "td");
+    await until(async () => (await total(env.nodes, "presence_webhook_dropped_total")) >= doomed.length, "the drop", 20000);
+    env.hooks.respond = () => 200;
+    const later = await crowd(env.nodes[0].url, "rdrop2", 1, "te");
+    await until(() => later.every((k) => env.hooks.delivered().some((e) => key(e) === k)), "delivery to go on", 15000);
+    assert.ok(!env.hooks.delivered().some((e) => e.userId === "td-0" || e.roomId === "rdrop"), "dropped ones never came");
+    env.hooks.release(200);
+  } finally {
+    await env.stop();
   }
 });
