@@ -81,6 +81,8 @@ struct Inner {
     /// Offline users' last activity and last-online time, for
     /// `Limits::last_seen_ttl_ms`.
     last_seen: HashMap<UserId, LastSeen>,
+    /// When the sweep last dropped lapsed last-seen entries.
+    last_seen_pruned_at: Millis,
 }
 
 /// Intents by callee (as the Redis store keeps them), and each caller's by
@@ -807,6 +809,13 @@ impl PresenceStore for MemoryStore {
         inner
             .tombstones
             .retain(|_, t| t.epoch >= past || now - t.at < TOMBSTONE_MS);
+        // Last seen lapses with its TTL (looked at once a minute: it is
+        // a scan of every offline user kept).
+        if now - inner.last_seen_pruned_at >= 60_000 {
+            inner.last_seen_pruned_at = now;
+            let ttl = self.limits.last_seen_ttl_ms;
+            inner.last_seen.retain(|_, l| now - l.last_online_at < ttl);
+        }
         while let Some((deadline, session)) = inner.deadlines.first().cloned() {
             if deadline > now {
                 break;

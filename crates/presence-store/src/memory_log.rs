@@ -44,12 +44,19 @@ impl MemoryLog {
     }
 
     /// Appends events now (what [`EventLog::append`] does, without a wait).
+    ///
+    /// With no consumer group yet nothing is kept (a group starts at the
+    /// end of the stream, so no one could ever read it): a node without
+    /// webhooks spends no memory on the stream.
     pub fn push(&self, events: Vec<LifecycleEvent>) {
         let mut shards = self.lock();
         let n = shards.len() as u32;
         for e in events {
             let s = &mut shards[shard_for(e.kind.subject(), n) as usize];
             s.last += 1;
+            if s.groups.is_empty() {
+                continue;
+            }
             s.entries.push_back((s.last, e));
             while s.entries.len() > self.max_len {
                 s.entries.pop_front();
@@ -214,5 +221,38 @@ impl EventLog for MemoryLog {
             g.pending.remove(&id);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use presence_core::{Lifecycle, ManualClock, RoomId};
+
+    fn ev(n: u64) -> LifecycleEvent {
+        Lifecycle::RoomOccupied {
+            room_id: RoomId::new("r").unwrap(),
+        }
+        .at(format!("e{n}"), 0)
+    }
+
+    #[tokio::test]
+    async fn keeps_nothing_without_a_group_and_at_most_the_cap_with_one() {
+        let log = MemoryLog::new(Arc::new(ManualClock::new(0)), 1, 3);
+        log.push((0..10).map(ev).collect());
+        assert!(log.lock()[0].entries.is_empty(), "no group: nothing kept");
+        log.ensure_group("g").await.unwrap();
+        log.push((10..15).map(ev).collect());
+        assert_eq!(log.lock()[0].entries.len(), 3, "capped");
+        let got = log.read_new("g", "c", 0, 100).await.unwrap();
+        let ids: Vec<String> = got
+            .iter()
+            .map(|e| e.event.as_ref().unwrap().id.clone())
+            .collect();
+        assert_eq!(
+            ids,
+            ["e12", "e13", "e14"],
+            "what the cap kept, after the group began"
+        );
     }
 }
