@@ -12,7 +12,8 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # openssl (certificates for the TLS tests), nginx (the load balancer of the
 # three-node tests, run from deploy/nginx.conf),
 # Node.js and npm (the JavaScript client and its tests), Chromium (the demo
-# page test); python3's venv gives python-socketio for the interop test.
+# page test), Prometheus's promtool (checks and unit-tests deploy/prometheus);
+# python3's venv gives python-socketio for the interop test.
 # Installed from Debian's packages when missing.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
@@ -23,6 +24,7 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ] || missing+=(chromium)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "==> installing ${missing[*]}"
   as_root apt-get update -qq

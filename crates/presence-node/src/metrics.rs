@@ -16,9 +16,49 @@ pub fn install() -> Option<PrometheusHandle> {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new().build_recorder();
             let handle = recorder.handle();
-            metrics::set_global_recorder(recorder).ok().map(|()| handle)
+            let installed = metrics::set_global_recorder(recorder).ok().map(|()| handle);
+            if installed.is_some() {
+                register();
+            }
+            installed
         })
         .clone()
+}
+
+/// Makes every series that alerts and the dashboard (deploy/) query exist
+/// from the start, at zero: a series appears only once it is first
+/// touched, and a rule over a missing one says nothing.
+fn register() {
+    for name in [
+        "presence_diffs_total",
+        "presence_room_reads_total",
+        "presence_snapshots_total",
+        "presence_status_changes_total",
+        "presence_expired_sessions_total",
+        "presence_orphan_members_removed_total",
+        "presence_sweep_writes_fenced_total",
+        "presence_sweep_skipped_total",
+        "presence_sweep_errors_total",
+        "presence_webhook_delivered_total",
+        "presence_webhook_retried_total",
+        "presence_webhook_dropped_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for reason in ["resubscribed", "lagged"] {
+        metrics::counter!("presence_resyncs_total", "reason" => reason).absolute(0);
+    }
+    for reason in ["hello_timeout", "bad_packet"] {
+        metrics::counter!("presence_connections_cut_total", "reason" => reason).absolute(0);
+    }
+    for outcome in ["made", "reachable", "expired", "cancelled"] {
+        metrics::counter!("presence_intents_total", "outcome" => outcome).absolute(0);
+    }
+    for result in ["ok", "status", "timeout", "error"] {
+        metrics::counter!("presence_webhook_requests_total", "result" => result).absolute(0);
+    }
+    metrics::gauge!("presence_connections").set(0.0);
+    leader(false);
 }
 
 /// One answered client request, by event and result (`ok` or the error code).
@@ -94,6 +134,34 @@ pub fn webhook_request(result: &'static str) {
 /// From an event's change to its delivery, in seconds.
 pub fn webhook_lag(seconds: f64) {
     metrics::histogram!("presence_webhook_delivery_lag_seconds").record(seconds);
+}
+
+/// Whether this node holds the reaper lease (1) or not (0): over the
+/// cluster, the sum is 1 while a leader sweeps.
+pub fn leader(holds: bool) {
+    metrics::gauge!("presence_leader").set(if holds { 1.0 } else { 0.0 });
+}
+
+/// Whether the store answered this node's last registration (1) or not (0).
+pub fn store_up(up: bool) {
+    metrics::gauge!("presence_store_up").set(if up { 1.0 } else { 0.0 });
+}
+
+/// Every room re-read at once because events may have been lost: the
+/// store's subscription came back (`resubscribed`) or this node fell
+/// behind the event stream (`lagged`).
+pub fn resync(reason: &'static str) {
+    metrics::counter!("presence_resyncs_total", "reason" => reason).increment(1);
+}
+
+/// How long one sweep took, in seconds.
+pub fn sweep_duration(seconds: f64) {
+    metrics::histogram!("presence_sweep_duration_seconds").record(seconds);
+}
+
+/// A sweep that failed (the store did not answer).
+pub fn sweep_failed() {
+    metrics::counter!("presence_sweep_errors_total").increment(1);
 }
 
 /// What one sweep did.

@@ -93,8 +93,12 @@ pub async fn register_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = store.register_node(&node.info(fanout.rooms()), ttl).await {
-            tracing::warn!(error = %e, "cannot refresh this node's registration");
+        match store.register_node(&node.info(fanout.rooms()), ttl).await {
+            Ok(()) => crate::metrics::store_up(true),
+            Err(e) => {
+                crate::metrics::store_up(false);
+                tracing::warn!(error = %e, "cannot refresh this node's registration");
+            }
         }
     }
 }

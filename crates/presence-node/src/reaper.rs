@@ -82,7 +82,10 @@ impl Reaper {
     }
 
     async fn sweep(&self, term: u64) {
-        match self.store.sweep(term).await {
+        let started = std::time::Instant::now();
+        let swept = self.store.sweep(term).await;
+        crate::metrics::sweep_duration(started.elapsed().as_secs_f64());
+        match swept {
             Ok(r) if r.fenced > 0 => {
                 // A sweeper with a newer term got there first: this node
                 // was paused or cut off past its lease. It stops sweeping
@@ -119,7 +122,10 @@ impl Reaper {
                 )
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "sweep failed"),
+            Err(e) => {
+                crate::metrics::sweep_failed();
+                tracing::warn!(error = %e, "sweep failed")
+            }
         }
     }
 
@@ -142,13 +148,22 @@ impl Reaper {
                         until: sent + trust,
                     });
                     drop(h);
+                    crate::metrics::leader(mine);
                     if mine && !was {
                         tracing::info!(term = l.term, "this node leads the reaper");
                     } else if !mine && was {
                         tracing::warn!(leader = %l.node_id, term = l.term, "lost the reaper lease");
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot renew the reaper lease"),
+                Err(e) => {
+                    // Trusted until its time runs out (see `Held::until`).
+                    let held = self
+                        .slot
+                        .get()
+                        .is_some_and(|h| tokio::time::Instant::now() < h.until);
+                    crate::metrics::leader(held);
+                    tracing::warn!(error = %e, "cannot renew the reaper lease")
+                }
             }
         }
     }

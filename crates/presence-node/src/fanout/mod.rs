@@ -147,6 +147,7 @@ impl Fanout {
                             this.send_existing(&room, HubMsg::Event(ev))
                         }
                         Err(broadcast::error::RecvError::Lagged(n)) => {
+                            crate::metrics::resync("lagged");
                             tracing::warn!(missed = n, "event stream lagged; re-reading every room");
                             this.wake_all();
                         }
@@ -154,6 +155,7 @@ impl Fanout {
                     },
                     // A store that never resyncs may drop its sender: stop watching then.
                     Ok(()) = resyncs.changed() => {
+                        crate::metrics::resync("resubscribed");
                         tracing::info!("events may have been lost; re-reading every room");
                         this.wake_all_with(|| HubMsg::Resync);
                     }
