@@ -71,7 +71,7 @@ use self::room_scripts::{PutKind, ReadRoom};
 use self::route::Route;
 use self::scripts::{Fenced, Refusal, ScriptCall, Scripts};
 use self::session_scripts::{
-    timings_json, Claim, Disconnect, Heartbeat, Join, Leave, On, SetDeclared, SetState,
+    timings_json, Claim, Disconnect, Heartbeat, Join, Leave, Left, On, SetDeclared, SetState,
 };
 use self::stream::RedisLog;
 use self::vouches::{Flush, Vouches};
@@ -216,6 +216,28 @@ impl RedisStore {
             }),
             _ => None,
         })
+    }
+
+    /// Carries what `leave.lua` did into the rooms and, for an ended
+    /// session, its user and the deadline index; the rooms it left.
+    async fn carry_left(&self, sid: &str, left: &Left) -> Result<Vec<RoomId>, StoreError> {
+        self.remove_from_rooms(sid, left.version, &left.dels)
+            .await?;
+        if left.ended {
+            self.remove_from_user(UserSessionEntry {
+                user_id: &left.user_id,
+                session: sid,
+                version: left.version,
+                last_active_at: left.last_active_at,
+            })
+            .await?;
+            self.unfile_deadline(sid).await?;
+        }
+        Ok(left
+            .dels
+            .iter()
+            .filter_map(|d| RoomId::new(&d.room).ok())
+            .collect())
     }
 
     async fn run<C: ScriptCall>(&self, call: C) -> Result<C::Reply, StoreError> {
@@ -489,21 +511,7 @@ impl PresenceStore for RedisStore {
             room: None,
         };
         let left = self.run_fenced(call, None).await?;
-        self.remove_from_rooms(sid, left.version, &left.dels)
-            .await?;
-        self.remove_from_user(UserSessionEntry {
-            user_id: &left.user_id,
-            session: sid,
-            version: left.version,
-            last_active_at: left.last_active_at,
-        })
-        .await?;
-        self.unfile_deadline(sid).await?;
-        Ok(left
-            .dels
-            .iter()
-            .filter_map(|d| RoomId::new(&d.room).ok())
-            .collect())
+        self.carry_left(sid, &left).await
     }
 
     async fn disconnect(&self, s: &SessionRef) -> Result<(), StoreError> {
@@ -869,18 +877,7 @@ impl PresenceStore for RedisStore {
         if left.ended {
             self.vouches.ended(sid, left.epoch, self.now());
         }
-        self.remove_from_rooms(sid, left.version, &left.dels)
-            .await?;
-        if left.ended {
-            self.remove_from_user(UserSessionEntry {
-                user_id: &left.user_id,
-                session: sid,
-                version: left.version,
-                last_active_at: left.last_active_at,
-            })
-            .await?;
-            self.unfile_deadline(sid).await?;
-        }
+        let rooms = self.carry_left(sid, &left).await?;
         let node_id = left.node_id.as_deref().and_then(|n| NodeId::new(n).ok());
         let (Ok(user_id), Some(node_id)) = (UserId::new(&left.user_id), node_id) else {
             return Err(StoreError::Internal("leave.lua: no user or node".into()));
@@ -889,11 +886,7 @@ impl PresenceStore for RedisStore {
             user_id,
             epoch: left.epoch,
             node_id,
-            rooms: left
-                .dels
-                .iter()
-                .filter_map(|d| RoomId::new(&d.room).ok())
-                .collect(),
+            rooms,
         }))
     }
 
