@@ -12,9 +12,12 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 # openssl (certificates for the TLS tests), nginx (the load balancer of the
 # three-node tests, run from deploy/nginx.conf),
 # Node.js and npm (the JavaScript client and its tests), Chromium (the demo
-# page test), Prometheus's promtool (checks and unit-tests deploy/prometheus);
-# python3's venv gives python-socketio for the interop test.
-# Installed from Debian's packages when missing.
+# page test), Prometheus's promtool (checks and unit-tests deploy/prometheus),
+# Docker's engine, debootstrap and docker-compose (the image and the compose
+# file, built and run); python3's venv gives python-socketio for the interop
+# test and kubernetes-validate for deploy/k8s. Installed from Debian's
+# packages when missing. kubectl (its `kustomize`) comes with the machine's
+# Google Cloud CLI; Debian's own kubectl is too old for kustomize bases.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
@@ -25,15 +28,23 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ] || missing+=(chromium)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "==> installing ${missing[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+if ! command -v kubectl >/dev/null 2>&1; then
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubectl \
+    || echo "kubectl is not installed: tests/e2e/k8s.test.js will fail" >&2
+fi
 
-# A Docker engine for the testcontainers path of the Redis test harness:
-# started here if none runs (no bridge, no iptables: containers use the host
-# network and loopback addresses only), stopped again at the end.
+# A Docker engine for the testcontainers path of the Redis test harness and
+# for the image and compose tests: started here if none runs (no default
+# bridge, no iptables: the harness's containers use the host network and
+# loopback addresses; compose makes a private network of its own and
+# publishes nginx on loopback), stopped again before the end-to-end tests.
 started_dockerd=""
 cleanup() {
   if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
@@ -60,8 +71,13 @@ if ! docker info >/dev/null 2>&1; then
   for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
 fi
 backend=local
-if docker info >/dev/null 2>&1 && ./scripts/redis-image.sh; then
+rust_base=""
+if docker info >/dev/null 2>&1 && ./scripts/images.sh redis; then
   backend=docker
+  # The image's build base (debootstrap: mostly downloads), made while cargo compiles.
+  mkdir -p target
+  ./scripts/images.sh rust >target/images-rust.log 2>&1 &
+  rust_base=$!
 elif [ "${CI:-}" = "true" ]; then
   echo "CI needs a Docker engine for the testcontainers path; see /tmp/presence-dockerd.log" >&2
   exit 1
@@ -81,21 +97,30 @@ if [ "$backend" = docker ]; then
   PRESENCE_TEST_BACKEND=local cargo test -p presence-store -p presence-testkit --locked
 fi
 
-# Docker is only for the Rust harness: stop what was started before the end-to-end tests.
+(cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
+if [ "$backend" = docker ]; then
+  echo "==> the image (deploy/Dockerfile, on a debootstrap base) and docker-compose.yml, built and run"
+  wait "$rust_base" || { cat target/images-rust.log >&2; exit 1; }
+  cat target/images-rust.log
+  ./scripts/images.sh nginx node
+  (cd tests/e2e && node --test --test-concurrency=1 $(grep -l '^// e2e: docker' ./*.test.js))
+fi
+
+# Docker is done: stop what was started before the end-to-end tests.
 cleanup
 
 echo "==> end-to-end tests (socket.io-client from npm)"
 cargo build -p presence-node --locked
 cargo build -p presence-store --example lifecycle --locked
-(cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
+python3 -m venv target/pyenv >/dev/null
+target/pyenv/bin/pip install -q --disable-pip-version-check -r clients/python/requirements.txt -r tests/e2e/requirements.txt
 # Once on the embedded store, once with every node on a redis-server of its own.
-(cd tests/e2e && PRESENCE_NODE_BIN="$PWD/../../target/debug/presence-node" node --test --test-concurrency=1)
+(cd tests/e2e && PRESENCE_NODE_BIN="$PWD/../../target/debug/presence-node" \
+  node --test --test-concurrency=1 $(grep -L '^// e2e: docker' ./*.test.js))
 echo "==> end-to-end tests again, on Redis (the files that start Redis themselves ran above)"
 (cd tests/e2e && E2E_STORE=redis PRESENCE_NODE_BIN="$PWD/../../target/debug/presence-node" \
-  node --test --test-concurrency=1 $(grep -L '^// e2e: own-redis' ./*.test.js))
+  node --test --test-concurrency=1 $(grep -L -e '^// e2e: own-redis' -e '^// e2e: docker' ./*.test.js))
 echo "==> the JavaScript client (clients/js): build, view logic, against real nodes, python-socketio interop"
-python3 -m venv target/pyenv >/dev/null
-target/pyenv/bin/pip install -q --disable-pip-version-check -r clients/python/requirements.txt
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error \
   && PRESENCE_PYTHON="$PWD/../../target/pyenv/bin/python" PRESENCE_NODE_BIN="$PWD/../../target/debug/presence-node" npm test)
 echo "==> load tool smoke run (presence-bench, a few sessions for a few seconds)"

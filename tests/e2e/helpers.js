@@ -137,11 +137,11 @@ export async function startNode(flags = {}, opts = {}) {
   return spawnNode(flags, opts);
 }
 
-function spawnNode(flags, { timeoutMs = 20000 } = {}) {
+function spawnNode(flags, { timeoutMs = 20000, env = {} } = {}) {
   const args = [];
   for (const [k, v] of Object.entries({ "--bind": "127.0.0.1:0", ...flags })) args.push(k, String(v));
   const proc = spawn(NODE_BIN, args, {
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn,presence_node::app=info" },
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn,presence_node::app=info", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let output = "";
