@@ -31,7 +31,7 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
 if [ "${#missing[@]}" -gt 0 ]; then
-  echo "==> installing ${missing[*]}"
+  echo "==> [${SECONDS}s] installing ${missing[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
@@ -52,7 +52,7 @@ cleanup() {
     [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1 || true
   fi
   if [ -n "$started_dockerd" ]; then
-    echo "==> stopping dockerd"
+    echo "==> [${SECONDS}s] stopping dockerd"
     as_root kill "$started_dockerd" 2>/dev/null || true
     wait "$started_dockerd" 2>/dev/null || true
     started_dockerd=""
@@ -60,7 +60,7 @@ cleanup() {
 }
 trap cleanup EXIT
 if ! docker info >/dev/null 2>&1; then
-  echo "==> starting dockerd"
+  echo "==> [${SECONDS}s] starting dockerd"
   flags=(--bridge=none --iptables=false --ip-forward=false --ip6tables=false)
   if [ "$(id -u)" -eq 0 ]; then
     dockerd "${flags[@]}" >/tmp/presence-dockerd.log 2>&1 &
@@ -83,23 +83,23 @@ elif [ "${CI:-}" = "true" ]; then
   exit 1
 fi
 
-echo "==> cargo fmt --check"
+echo "==> [${SECONDS}s] cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "==> cargo clippy"
+echo "==> [${SECONDS}s] cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "==> cargo test (Redis servers: $backend$( [ "$backend" = docker ] && echo ', through testcontainers'))"
+echo "==> [${SECONDS}s] cargo test (Redis servers: $backend$( [ "$backend" = docker ] && echo ', through testcontainers'))"
 PRESENCE_TEST_BACKEND=$backend cargo test --workspace --locked
 
 if [ "$backend" = docker ]; then
-  echo "==> the Redis conformance suite again, on local redis-server processes"
+  echo "==> [${SECONDS}s] the Redis conformance suite again, on local redis-server processes"
   PRESENCE_TEST_BACKEND=local cargo test -p presence-store -p presence-testkit --locked
 fi
 
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
 if [ "$backend" = docker ]; then
-  echo "==> the image (deploy/Dockerfile, on a debootstrap base) and docker-compose.yml, built and run"
+  echo "==> [${SECONDS}s] the image (deploy/Dockerfile, on a debootstrap base) and docker-compose.yml, built and run"
   wait "$rust_base" || { cat target/images-rust.log >&2; exit 1; }
   cat target/images-rust.log
   ./scripts/images.sh nginx node
@@ -109,7 +109,7 @@ fi
 # Docker is done: stop what was started before the end-to-end tests.
 cleanup
 
-echo "==> end-to-end tests (socket.io-client from npm)"
+echo "==> [${SECONDS}s] end-to-end tests (socket.io-client from npm)"
 cargo build -p presence-node --locked
 cargo build -p presence-store --example lifecycle --locked
 python3 -m venv target/pyenv >/dev/null
@@ -117,11 +117,12 @@ target/pyenv/bin/pip install -q --disable-pip-version-check -r clients/python/re
 # Once on the embedded store, once with every node on a redis-server of its own.
 (cd tests/e2e && PRESENCE_NODE_BIN="$PWD/../../target/debug/presence-node" \
   node --test --test-concurrency=1 $(grep -L '^// e2e: docker' ./*.test.js))
-echo "==> end-to-end tests again, on Redis (the files that start Redis themselves ran above)"
+echo "==> [${SECONDS}s] end-to-end tests again, on Redis (the files that start Redis themselves ran above)"
 (cd tests/e2e && E2E_STORE=redis PRESENCE_NODE_BIN="$PWD/../../target/debug/presence-node" \
   node --test --test-concurrency=1 $(grep -L -e '^// e2e: own-redis' -e '^// e2e: docker' ./*.test.js))
-echo "==> the JavaScript client (clients/js): build, view logic, against real nodes, python-socketio interop"
+echo "==> [${SECONDS}s] the JavaScript client (clients/js): build, view logic, against real nodes, python-socketio interop"
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error \
   && PRESENCE_PYTHON="$PWD/../../target/pyenv/bin/python" PRESENCE_NODE_BIN="$PWD/../../target/debug/presence-node" npm test)
-echo "==> load tool smoke run (presence-bench, a few sessions for a few seconds)"
+echo "==> [${SECONDS}s] load tool smoke run (presence-bench, a few sessions for a few seconds)"
 BENCH_PROFILE=debug BENCH_OUT=target/bench-smoke ./scripts/bench.sh smoke
+echo "==> [${SECONDS}s] every test passed"
