@@ -76,11 +76,26 @@ image_rust() {
   echo "built presence-rust:local ($(rustc --version))"
 }
 
+# With IMAGES_IDLE=1 the image's build gets only the CPU that other work
+# leaves: it runs in a cgroup of the least CPU weight (cgroup v1's
+# cpu.shares; elsewhere at normal priority). The test command builds the
+# image beside the end-to-end tests, which leave most of the two cores idle.
+idle_cgroup() {
+  local cg=/sys/fs/cgroup/cpu/presence-idle
+  [ "${IMAGES_IDLE:-}" = 1 ] || return 0
+  if [ -d /sys/fs/cgroup/cpu ] && as_root mkdir -p "$cg" 2>/dev/null \
+    && echo 2 | as_root tee "$cg/cpu.shares" >/dev/null 2>&1; then
+    echo "--cgroup-parent=/presence-idle"
+  else
+    echo "no cgroup v1 cpu controller: the image builds at normal priority" >&2
+  fi
+}
+
 image_node() {
   docker image inspect presence-rust:local >/dev/null 2>&1 || image_rust
   # The build fetches crates from crates.io: on the host's network (the
   # engine here has no bridge).
-  docker build --network host -f deploy/Dockerfile \
+  docker build --network host $(idle_cgroup) -f deploy/Dockerfile \
     --build-arg BUILD_IMAGE=presence-rust:local \
     -t presence-node:local .
 }

@@ -44,13 +44,16 @@ fi
 # for the image and compose tests: started here if none runs (no default
 # bridge, no iptables: the harness's containers use the host network and
 # loopback addresses; compose makes a private network of its own and
-# publishes nginx on loopback), stopped again before the end-to-end tests.
+# publishes nginx on loopback), stopped again before the load tool's smoke run.
 started_dockerd=""
-cleanup() {
+remove_test_containers() {
   if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
     ids=$(docker ps -aq --filter label=presence-testkit)
     [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1 || true
   fi
+}
+cleanup() {
+  remove_test_containers
   if [ -n "$started_dockerd" ]; then
     echo "==> [${SECONDS}s] stopping dockerd"
     as_root kill "$started_dockerd" 2>/dev/null || true
@@ -97,19 +100,22 @@ if [ "$backend" = docker ]; then
   PRESENCE_TEST_BACKEND=local cargo test -p presence-store -p presence-testkit --locked
 fi
 
-(cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
+node_image=""
 if [ "$backend" = docker ]; then
-  echo "==> [${SECONDS}s] the image (deploy/Dockerfile, on a debootstrap base) and docker-compose.yml, built and run"
+  remove_test_containers # none of the harness's Redis servers outlives its test
+  # deploy/Dockerfile's release build takes ~10 CPU-minutes; it runs beside
+  # the end-to-end tests, which keep the cores about a third busy, with only
+  # the CPU they leave (IMAGES_IDLE), and its suites run after them.
+  echo "==> [${SECONDS}s] building the image (deploy/Dockerfile, on a debootstrap base) in the background"
   wait "$rust_base" || { cat target/images-rust.log >&2; exit 1; }
   cat target/images-rust.log
-  ./scripts/images.sh nginx node
-  (cd tests/e2e && node --test --test-concurrency=1 $(grep -l '^// e2e: docker' ./*.test.js))
+  ./scripts/images.sh nginx
+  IMAGES_IDLE=1 ./scripts/images.sh node >target/images-node.log 2>&1 &
+  node_image=$!
 fi
 
-# Docker is done: stop what was started before the end-to-end tests.
-cleanup
-
 echo "==> [${SECONDS}s] end-to-end tests (socket.io-client from npm)"
+(cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
 cargo build -p presence-node --locked
 cargo build -p presence-store --example lifecycle --locked
 python3 -m venv target/pyenv >/dev/null
@@ -123,6 +129,15 @@ echo "==> [${SECONDS}s] end-to-end tests again, on Redis (the files that start R
 echo "==> [${SECONDS}s] the JavaScript client (clients/js): build, view logic, against real nodes, python-socketio interop"
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error \
   && PRESENCE_PYTHON="$PWD/../../target/pyenv/bin/python" PRESENCE_NODE_BIN="$PWD/../../target/debug/presence-node" npm test)
+if [ -n "$node_image" ]; then
+  echo "==> [${SECONDS}s] the image and docker-compose.yml, run (waiting for the image's build)"
+  wait "$node_image" || { tail -40 target/images-node.log >&2; exit 1; }
+  tail -3 target/images-node.log
+  (cd tests/e2e && node --test --test-concurrency=1 $(grep -l '^// e2e: docker' ./*.test.js))
+fi
+# Docker is done.
+cleanup
+
 echo "==> [${SECONDS}s] load tool smoke run (presence-bench, a few sessions for a few seconds)"
 BENCH_PROFILE=debug BENCH_OUT=target/bench-smoke ./scripts/bench.sh smoke
 echo "==> [${SECONDS}s] every test passed"
