@@ -140,6 +140,25 @@ test("presence:signal is relayed to the room, not stored, not echoed", async () 
   assert.ok(acks.some((x) => x.ok === false && x.error.code === "rate_limited"));
 });
 
+test("a joiner gets every signal sent after its join's ack, even at once", async () => {
+  const a = await connect(node.url);
+  await call(a, "presence:hello", { userId: "alice" });
+  // Each round a new member joins and alice signals the moment its ack is in.
+  for (let i = 0; i < 20; i++) {
+    const room = `r-sig-now-${i}`;
+    assert.equal((await call(a, "presence:join", { roomId: room })).ok, true);
+    const b = await connect(node.url);
+    await call(b, "presence:hello", { userId: `bob-${i}` });
+    const got = waitFor(b, "presence:signal", (s) => s.roomId === room);
+    assert.equal((await call(b, "presence:join", { roomId: room })).ok, true);
+    assert.deepEqual(await call(a, "presence:signal", { roomId: room, data: i }), { ok: true });
+    assert.equal((await got).data, i);
+    b.disconnect();
+    assert.equal((await call(a, "presence:leave", { roomId: room })).ok, true);
+    await sleep(60); // under the signal budget
+  }
+});
+
 test("resume after a disconnect: same session, epoch + 1, no leave/join flapping", async () => {
   const obs = await connect(node.url);
   await enter(obs, "observer", "r-resume");

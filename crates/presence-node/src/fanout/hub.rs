@@ -514,9 +514,17 @@ impl Hub {
                     if !socket.connected() {
                         continue;
                     }
+                    // Signals reach the joiner from before its ack: a member
+                    // that signals once it sees the ack may run on another
+                    // thread before this task gets to `enter`.
+                    let all = &self.followers.channels().all;
+                    let was_in = self.follows(&socket.id);
+                    socket.join(all.clone());
                     if let Some(view) = out.open(&socket, reply, follow, &mut shared) {
                         crate::metrics::snapshot_sent();
                         entered.insert(socket.id, (socket, view));
+                    } else if !was_in {
+                        socket.leave(all.clone());
                     }
                 }
                 Pending::Page(socket, ack, after, limit) => {
