@@ -105,6 +105,7 @@ test("compose: docker stop drains a node; its clients resume on the others and n
   const before = new Map(moving.map((c) => [c, { sessionId: c.sessionId, hellos: c.hellos.length }]));
   const from = new Map(clients.map((c) => [c, c.socket.received.length]));
 
+  console.log(`# compose drain: ${moving.length} of ${clients.length} clients on node2`);
   const node2 = compose("ps", "-q", "node2");
   docker("stop", "-t", "15", node2);
   assert.equal(JSON.parse(docker("inspect", node2))[0].State.ExitCode, 0, "node2 drained and exited 0");
