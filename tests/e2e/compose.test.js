@@ -57,16 +57,16 @@ after(() => {
   if (!missing && env) compose("down", "--volumes", "--remove-orphans", "--timeout", "15");
 });
 
-/** Clients of users u0.. through nginx until each node holds at least two (bounded). */
+/** Clients of users u0.. through nginx until each node holds at least four (bounded). */
 async function spread(room) {
   const clients = [];
   const on = (id) => clients.filter((c) => c.nodeId === id).length;
-  for (let i = 0; i < 40 && !["node1", "node2", "node3"].every((id) => on(id) >= 2); i++) {
+  for (let i = 0; i < 60 && !["node1", "node2", "node3"].every((id) => on(id) >= 4); i++) {
     const c = liveClient(url, `u${i}`, { rooms: [room], heartbeatMs: 1000 });
     clients.push(c);
     await until(() => c.hellos.length > 0 && c.errors.length === 0, `u${i}'s hello and join (${JSON.stringify(c.errors)})`);
   }
-  for (const id of ["node1", "node2", "node3"]) assert.ok(on(id) >= 2, `nginx sent clients to ${id}`);
+  for (const id of ["node1", "node2", "node3"]) assert.ok(on(id) >= 4, `nginx sent clients to ${id}`);
   return clients;
 }
 
