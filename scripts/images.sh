@@ -14,22 +14,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# A root holding `binary` and every library it links, as in a distroless image.
-with_libs() {
-  local root=$1 binary=$2
-  mkdir -p "$root$(dirname "$binary")"
-  cp -L "$binary" "$root$binary"
-  for lib in $(ldd "$binary" | grep -oE '/[^ ]+'); do
-    mkdir -p "$root$(dirname "$lib")"
-    cp -L "$lib" "$root$lib"
-  done
-}
-
 image_redis() {
   local root
   root=$(mktemp -d)
   trap 'rm -rf "$root"' RETURN
-  with_libs "$root" "$(command -v redis-server)"
+  ./scripts/with-libs.sh "$root" "$(command -v redis-server)"
   mkdir -p "$root/tmp" && chmod 1777 "$root/tmp"
   tar -C "$root" -c . | docker import -c "ENTRYPOINT [\"$(command -v redis-server)\"]" - presence-redis:local >/dev/null
   echo "built presence-redis:local"
@@ -40,7 +29,7 @@ image_nginx() {
   root=$(mktemp -d)
   trap 'rm -rf "$root"' RETURN
   bin=$( [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx || command -v nginx)
-  with_libs "$root" "$bin"
+  ./scripts/with-libs.sh "$root" "$bin"
   # The paths Debian's nginx opens before it reads its configuration, and
   # the user its workers run as.
   mkdir -p "$root/etc/nginx" "$root/var/log/nginx" "$root/var/lib/nginx" "$root/run" "$root/tmp"

@@ -9,11 +9,9 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { freePort, liveClient, closeAll, getJson, until, sleep } from "./helpers.js";
+import { root, freePort, liveClient, closeAll, getJson, until, sleep } from "./helpers.js";
 import { docker, dockerMissing, requireImage } from "./docker.js";
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const IMAGES = {
   PRESENCE_IMAGE: ["presence-node:local", "scripts/images.sh node"],
   REDIS_IMAGE: ["presence-redis:local", "scripts/images.sh redis"],

@@ -11,7 +11,8 @@ import assert from "node:assert/strict";
 import crypto from "node:crypto";
 import { io } from "socket.io-client";
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+/** The repository's root. */
+export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const NODE_BIN = process.env.PRESENCE_NODE_BIN || path.join(root, "target/debug/presence-node");
 
 /** Short lifecycle timings, so that idle/away/stale/expiry happen within a test. */

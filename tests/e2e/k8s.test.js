@@ -15,10 +15,8 @@ import { execFileSync, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { NODE_BIN, startNode } from "./helpers.js";
+import { root, NODE_BIN, startNode } from "./helpers.js";
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const KUBECTL = process.env.KUBECTL || "kubectl";
 const PYTHON = process.env.PRESENCE_PYTHON || path.join(root, "target/pyenv/bin/python");
 const VERSIONS = ["1.30.0", null]; // the oldest supported (preStop `sleep`), and the validator's newest
@@ -32,15 +30,16 @@ const parse = (yaml) => JSON.parse(run(PYTHON, ["-c",
   "import sys, json, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))"], yaml));
 /** kubernetes-validate --strict on `yaml`: { ok, out }. */
 function validate(yaml, version) {
-  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "k8s-")), "objects.yaml");
+  const file = path.join(scratch, "objects.yaml");
   fs.writeFileSync(file, yaml);
   const args = ["-m", "kubernetes_validate", "--strict", "--quiet", ...(version ? ["-k", version] : []), file];
   const r = spawnSync(PYTHON, args, { encoding: "utf8" });
   return { ok: r.status === 0, out: `${r.stdout}${r.stderr}` };
 }
 
-let base, example, objects, byKind;
+let base, example, objects, byKind, scratch;
 before(() => {
+  scratch = fs.mkdtempSync(path.join(os.tmpdir(), "k8s-"));
   const tools = spawnSync(KUBECTL, ["version", "--client"], { encoding: "utf8" });
   if (tools.status !== 0) throw new Error(`kubectl is needed (${KUBECTL}): ${tools.error ?? tools.stderr}`);
   const kv = spawnSync(PYTHON, ["-c", "import kubernetes_validate"], { encoding: "utf8" });
@@ -52,6 +51,7 @@ before(() => {
   objects = parse(example);
   byKind = (kind) => objects.filter((o) => o.kind === kind);
 });
+after(() => scratch && fs.rmSync(scratch, { recursive: true, force: true }));
 
 test("kustomize renders the base and the example; every object validates strictly against Kubernetes 1.30 and the newest schema", () => {
   assert.deepEqual(parse(base).map((o) => o.kind).sort(),

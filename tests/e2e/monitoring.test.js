@@ -7,10 +7,8 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { startNode, startReceiver, connect, call, enter, until, closeAll } from "./helpers.js";
+import { root, startNode, startReceiver, connect, call, enter, until, closeAll } from "./helpers.js";
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const rules = path.join(root, "deploy/prometheus/alerts.yml");
 const dashboard = path.join(root, "deploy/grafana/presence.json");
 const SECRET = "e2e-webhook-secret-0123";
