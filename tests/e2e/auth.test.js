@@ -5,7 +5,7 @@ import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
 import { io } from "socket.io-client";
-import { startNode, connect, closeAll, call, enter, getJson, sleep, waitFor, jwt as sign, FAST } from "./helpers.js";
+import { startNode, connect, closeAll, call, enter, getJson, sleep, until, waitFor, jwt as sign, FAST } from "./helpers.js";
 
 const SECRET = "e2e-secret-0123456789abcdef-0123456789";
 const now = () => Math.floor(Date.now() / 1000);
@@ -240,7 +240,13 @@ test("a socket over the event rate gets rate_limited; one that floods is cut off
     // The others are still connected and their presence did not change.
     assert.equal((await call(calm, "presence:heartbeat", { epoch: ec.epoch })).ok, true);
     assert.equal((await call(obs, "presence:heartbeat", { epoch: eo.epoch })).ok, true);
-    const view = (await getJson(`${n.url}/api/rooms/r/presence`)).body;
+    // The client may see its transport close before the node has handled
+    // the disconnect: wait for the flooder's session to change (bounded).
+    let view;
+    await until(async () => {
+      view = (await getJson(`${n.url}/api/rooms/r/presence`)).body;
+      return view.users.flood?.status !== "active";
+    }, "the node to handle the flooder's disconnect", 5000).catch(() => {});
     for (const u of ["observer", "calm", "busy"]) assert.equal(view.users[u].status, "active", u);
     assert.equal(view.users.flood.status, "stale", "the flooder's session is kept for the grace window, as any disconnect");
   } finally {
